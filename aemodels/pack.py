@@ -1,0 +1,457 @@
+"""K autoencoders of one architecture family trained together as one batched model.
+
+Every parameter is stacked along a leading member dimension: linear layers run as one batched matmul
+(`baddbmm`), convolutions as one grouped convolution (`groups=K`). Members may differ in variant
+(vanilla, denoising and sparse share the MLP family), latent_dim (zero-padded to the pack's widest,
+which gets exactly zero gradient and stays zero), lr, noise_factor, sparsity_weight, seed and epoch:
+each draws its own batches and noise from generators keyed by (seed, epoch), and has its own Adam
+state and step count. A member therefore computes what it would compute alone; `aemodels.train`
+is a pack of one. Members join and leave between epochs.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Hashable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .config import TrainConfig
+from .data import Dataset
+from .models import create_model
+
+FAMILY = {"vanilla": "mlp", "denoising": "mlp", "sparse": "mlp", "conv": "conv"}
+# (module prefix, kind) in forward order; "linear" slots are stored transposed, (in, out), for baddbmm.
+LAYOUT = {
+    "mlp": [("encoder.0", "linear"), ("encoder.2", "linear"), ("encoder.4", "linear"),
+            ("decoder.0", "linear"), ("decoder.2", "linear"), ("decoder.4", "linear")],
+    "conv": [("enc_conv.0", "conv"), ("enc_conv.2", "conv"), ("enc_fc", "linear"),
+             ("dec_fc", "linear"), ("dec_conv.0", "conv"), ("dec_conv.2", "conv")],
+}
+ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as the seed's training uses
+ADAM_EPS = 1e-8
+EVAL_ROWS = 8192  # member-images per evaluation chunk: bounds activation memory for any pack size
+
+
+def derived_seed(seed: int, *keys) -> int:
+    """A 63-bit seed for one random stream of a run (e.g. the batch order of epoch 3)."""
+    digest = hashlib.sha256(repr((seed,) + keys).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def generator(seed: int, *keys, device="cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(derived_seed(seed, *keys))
+
+
+def epoch_order(config: TrainConfig, epoch: int, total: int) -> torch.Tensor:
+    """Indices into the training set for one epoch: the seeded subset, in the epoch's seeded order."""
+    size = config.train_subset or total
+    subset = torch.randperm(total, generator=generator(config.seed, "subset"))[:size] if size < total else None
+    order = torch.randperm(size, generator=generator(config.seed, "order", epoch))
+    return order if subset is None else subset[order]
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue a run after an epoch: save it, load it, pass it to `train(resume=)`.
+
+    `model` is the variant's own state_dict, so the weights load into `create_model(...)` directly;
+    the random streams are keyed by (seed, epoch), so `epoch` is all the RNG state there is.
+    """
+
+    config: TrainConfig
+    epoch: int  # epochs completed
+    model: dict[str, torch.Tensor]
+    exp_avg: dict[str, torch.Tensor]
+    exp_avg_sq: dict[str, torch.Tensor]
+    adam_step: int
+    history: list[dict] = field(default_factory=list)
+    status: str = "running"
+
+    @classmethod
+    def initial(cls, config: TrainConfig) -> "TrainState":
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+            torch.manual_seed(config.seed)
+            model = create_model(config.variant, config.latent_dim)
+        weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        zeros = lambda: {k: torch.zeros_like(v) for k, v in weights.items()}  # noqa: E731
+        return cls(config, 0, weights, zeros(), zeros(), 0)
+
+    def to_module(self) -> torch.nn.Module:
+        kwargs = {k: getattr(self.config, k) for k in ("noise_factor", "sparsity_weight")
+                  if getattr(self.config, k) is not None}
+        with torch.device("meta"):  # no random init: the weights are about to be replaced
+            model = create_model(self.config.variant, self.config.latent_dim, **kwargs)
+        model.load_state_dict({k: v.clone() for k, v in self.model.items()}, assign=True)
+        return model.eval()
+
+    def to_dict(self) -> dict:
+        return {"format": 1, "config": self.config.to_dict(), "epoch": self.epoch, "model": self.model,
+                "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "adam_step": self.adam_step,
+                "history": self.history, "status": self.status}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainState":
+        values = dict(values)
+        if values.pop("format", None) != 1:
+            raise ValueError("not an aemodels training state (format 1)")
+        values["config"] = TrainConfig.from_dict(values["config"])
+        return cls(**values)
+
+    def save(self, path) -> None:
+        """Write atomically: a crash leaves the previous file or the new one, never half of one."""
+        import os
+        import tempfile
+
+        path = os.fspath(path)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".pt")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(self.to_dict(), fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path) -> "TrainState":
+        return cls.from_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+# ---- packed parameters --------------------------------------------------------------------------
+
+def _to_slot(name: str, kind: str, tensor: torch.Tensor) -> torch.Tensor:
+    """A parameter as the pack stores one member's share of it: linear weights (in, out), biases (1, out)."""
+    if kind != "linear":
+        return tensor
+    return tensor.t() if name.endswith(".weight") else tensor.unsqueeze(0)
+
+
+def _from_slot(name: str, kind: str, slot: torch.Tensor) -> torch.Tensor:
+    if kind != "linear":
+        return slot
+    return slot.t().contiguous() if name.endswith(".weight") else slot.squeeze(0)
+
+
+def _param_kinds(family: str):
+    for prefix, kind in LAYOUT[family]:
+        yield f"{prefix}.weight", kind
+        yield f"{prefix}.bias", kind
+
+
+def _slot_shapes(config: TrainConfig) -> dict[str, torch.Size]:
+    with torch.device("meta"):
+        model = create_model(config.variant, config.latent_dim)
+    state = model.state_dict()
+    return {name: _to_slot(name, kind, state[name]).shape for name, kind in _param_kinds(FAMILY[config.variant])}
+
+
+def _mlp_forward(p: dict, x: torch.Tensor):
+    h = torch.relu(torch.baddbmm(p["encoder.0.bias"], x, p["encoder.0.weight"]))
+    h = torch.relu(torch.baddbmm(p["encoder.2.bias"], h, p["encoder.2.weight"]))
+    z = torch.baddbmm(p["encoder.4.bias"], h, p["encoder.4.weight"])
+    h = torch.relu(torch.baddbmm(p["decoder.0.bias"], z, p["decoder.0.weight"]))
+    h = torch.relu(torch.baddbmm(p["decoder.2.bias"], h, p["decoder.2.weight"]))
+    return torch.sigmoid(torch.baddbmm(p["decoder.4.bias"], h, p["decoder.4.weight"])), z
+
+
+def _conv_forward(p: dict, x: torch.Tensor):
+    # Member k's channels are the k-th contiguous block of every grouped convolution's channels.
+    k, b = x.shape[:2]
+    flat = lambda name: p[name].reshape(-1, *p[name].shape[2:])  # noqa: E731  (K, C, ...) -> (K*C, ...)
+    h = x.transpose(0, 1).reshape(b, k, 28, 28)
+    h = torch.relu(F.conv2d(h, flat("enc_conv.0.weight"), p["enc_conv.0.bias"].flatten(), stride=2, padding=1, groups=k))
+    h = torch.relu(F.conv2d(h, flat("enc_conv.2.weight"), p["enc_conv.2.bias"].flatten(), stride=2, padding=1, groups=k))
+    z = torch.baddbmm(p["enc_fc.bias"], h.reshape(b, k, 32 * 7 * 7).transpose(0, 1), p["enc_fc.weight"])
+    h = torch.baddbmm(p["dec_fc.bias"], z, p["dec_fc.weight"]).transpose(0, 1).reshape(b, k * 32, 7, 7)
+    h = torch.relu(F.conv_transpose2d(h, flat("dec_conv.0.weight"), p["dec_conv.0.bias"].flatten(), stride=2,
+                                      padding=1, output_padding=1, groups=k))
+    h = torch.sigmoid(F.conv_transpose2d(h, flat("dec_conv.2.weight"), p["dec_conv.2.bias"].flatten(), stride=2,
+                                         padding=1, output_padding=1, groups=k))
+    return h.reshape(b, k, 28 * 28).transpose(0, 1), z
+
+
+FORWARD = {"mlp": _mlp_forward, "conv": _conv_forward}
+
+
+@contextlib.contextmanager
+def _matmul_precision(precision: str):
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+@dataclass
+class _Member:
+    key: Hashable
+    config: TrainConfig
+    epoch: int
+    adam_step: int
+    history: list
+    status: str
+    slot_shapes: dict
+
+
+class Pack:
+    """The members of one family, batch size and training-set size, on one device, trained in lockstep."""
+
+    def __init__(self, dataset: Dataset, family: str, batch_size: int, train_size: int,
+                 cuda_graphs: bool = True, matmul_precision: str = "highest"):
+        self.dataset, self.family, self.batch_size, self.train_size = dataset, family, batch_size, train_size
+        self.device = dataset.device
+        self.use_graphs = cuda_graphs and self.device.type == "cuda"
+        self.matmul_precision = matmul_precision
+        self.members: list[_Member] = []
+        self.names = [name for name, _ in _param_kinds(family)]
+        self._kinds = dict(_param_kinds(family))
+        self.params: dict[str, torch.Tensor] = {}
+        self.exp_avg: dict[str, torch.Tensor] = {}
+        self.exp_avg_sq: dict[str, torch.Tensor] = {}
+        self._graph = None
+
+    @staticmethod
+    def key_of(config: TrainConfig) -> tuple:
+        """Members with equal keys can share a pack."""
+        return (FAMILY[config.variant], config.batch_size, config.train_subset, config.dataset)
+
+    @classmethod
+    def for_config(cls, config: TrainConfig, dataset: Dataset) -> "Pack":
+        return cls(dataset, FAMILY[config.variant], config.batch_size,
+                   config.train_subset or len(dataset.train_images), config.cuda_graphs, config.matmul_precision)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    @property
+    def keys(self) -> list:
+        return [m.key for m in self.members]
+
+    # ---- membership ----------------------------------------------------------------------------
+
+    def add(self, key: Hashable, state: TrainState) -> None:
+        config = state.config
+        if FAMILY[config.variant] != self.family or config.batch_size != self.batch_size or \
+                (config.train_subset or len(self.dataset.train_images)) != self.train_size:
+            raise ValueError(f"member {key!r} does not fit this pack ({self.family}, batch {self.batch_size}, "
+                             f"{self.train_size} images)")
+        if key in self.keys:
+            raise ValueError(f"member {key!r} is already in the pack")
+        shapes = _slot_shapes(config)
+        incoming = {
+            "params": {n: _to_slot(n, self._kinds[n], state.model[n]) for n in self.names},
+            "exp_avg": {n: _to_slot(n, self._kinds[n], state.exp_avg[n]) for n in self.names},
+            "exp_avg_sq": {n: _to_slot(n, self._kinds[n], state.exp_avg_sq[n]) for n in self.names},
+        }
+        member = _Member(key, config, state.epoch, state.adam_step, list(state.history), state.status, shapes)
+        self._restack(self.members + [member], {key: incoming})
+
+    def remove(self, key: Hashable) -> TrainState:
+        state = self.snapshot(key)
+        self._restack([m for m in self.members if m.key != key], {})
+        return state
+
+    def retain(self, keys) -> None:
+        """Drop every member not in `keys` (without snapshotting them)."""
+        keep = set(keys)
+        if keep != set(self.keys):
+            self._restack([m for m in self.members if m.key in keep], {})
+
+    def snapshot(self, key: Hashable) -> TrainState:
+        """The member's state now, as CPU tensors in the variant's own state_dict layout."""
+        k = self.keys.index(key)
+        member = self.members[k]
+        take = lambda stack: {n: _from_slot(n, self._kinds[n], self._crop(stack[n][k], member.slot_shapes[n])).cpu().clone()
+                              for n in self.names}  # noqa: E731
+        return TrainState(member.config, member.epoch, take(self.params), take(self.exp_avg), take(self.exp_avg_sq),
+                          member.adam_step, [dict(h) for h in member.history], member.status)
+
+    @staticmethod
+    def _crop(slot: torch.Tensor, shape) -> torch.Tensor:
+        return slot[tuple(slice(0, n) for n in shape)]
+
+    def _restack(self, members: list, incoming: dict) -> None:
+        """Rebuild the stacked tensors for `members`, zero-padding every slot to the widest member."""
+        old = {m.key: i for i, m in enumerate(self.members)}
+        stacks = {"params": self.params, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
+        new = {what: {} for what in stacks}
+        for name in self.names:
+            shape = [max(m.slot_shapes[name][d] for m in members) for d in range(len(members[0].slot_shapes[name]))] \
+                if members else []
+            for what, stack in stacks.items():
+                out = torch.zeros((len(members), *shape), device=self.device)
+                for i, m in enumerate(members):
+                    src = incoming[m.key][what][name] if m.key in incoming else \
+                        self._crop(stack[name][old[m.key]], m.slot_shapes[name])
+                    self._crop(out[i], m.slot_shapes[name]).copy_(src)
+                new[what][name] = out.requires_grad_(what == "params")
+        self.params, self.exp_avg, self.exp_avg_sq = new["params"], new["exp_avg"], new["exp_avg_sq"]
+        self.members = members
+        self._graph = None
+        self._build_member_tensors()
+
+    def _build_member_tensors(self) -> None:
+        dev, ms = self.device, self.members
+        as_tensor = lambda values, dtype=torch.float32: torch.tensor(values, dtype=dtype, device=dev)  # noqa: E731
+        self.lr = as_tensor([m.config.lr for m in ms], torch.float64)
+        self.adam_steps = as_tensor([m.adam_step for m in ms], torch.float64)
+        self.noise_factor = as_tensor([m.config.noise_factor or 0.0 for m in ms])
+        self.sparsity_weight = as_tensor([m.config.sparsity_weight or 0.0 for m in ms])
+        self.inv_latent = as_tensor([1.0 / m.config.latent_dim for m in ms])
+        self.has_noise = any(m.config.noise_factor for m in ms)
+        self.has_sparsity = any(m.config.sparsity_weight for m in ms)
+        self.order = torch.zeros((len(ms), self.train_size), dtype=torch.long, device=dev)
+        self.noise = torch.zeros((len(ms), self.batch_size, 784), device=dev) if self.has_noise else None
+        self.noise_row = torch.zeros(len(ms), dtype=torch.long, device=dev)
+        self.batch_no = torch.zeros((), dtype=torch.long, device=dev)
+        self.loss_sum = torch.zeros(len(ms), dtype=torch.float64, device=dev)
+        self.columns = torch.arange(self.batch_size, device=dev)
+
+    # ---- one step ------------------------------------------------------------------------------
+
+    def _step(self, size: int) -> None:
+        """Forward, backward and Adam for batch number `self.batch_no` of every member (capturable)."""
+        cols = self.batch_no * self.batch_size + self.columns[:size]
+        x = self.dataset.train_images[self.order[:, cols]].float().div_(255)  # (K, size, 784)
+        x_in = x
+        if self.has_noise:
+            noise = self.noise[self.noise_row, :size]
+            x_in = torch.clamp(x + self.noise_factor.view(-1, 1, 1) * noise, 0.0, 1.0)
+        with torch.enable_grad():
+            x_hat, z = FORWARD[self.family](self.params, x_in)
+            objective = (x_hat - x).pow(2).mean(dim=(1, 2))
+            if self.has_sparsity:
+                mean_abs_z = z.abs().sum(dim=(1, 2)) * self.inv_latent / size
+                objective = objective + self.sparsity_weight * mean_abs_z
+            grads = torch.autograd.grad(objective.sum(), [self.params[n] for n in self.names])
+        with torch.no_grad():
+            self.loss_sum += objective.detach().double()
+            self._adam(grads)
+            self.batch_no += 1
+
+    def _adam(self, grads) -> None:
+        """torch.optim.Adam's update, with a learning rate and a step count per member."""
+        beta1, beta2 = ADAM_BETAS
+        self.adam_steps += 1
+        step_size = (self.lr / (1 - beta1 ** self.adam_steps)).float()
+        bias_correction2_sqrt = (1 - beta2 ** self.adam_steps).sqrt().float()
+        for name, grad in zip(self.names, grads):
+            param, exp_avg, exp_avg_sq = self.params[name], self.exp_avg[name], self.exp_avg_sq[name]
+            view = (-1,) + (1,) * (param.dim() - 1)
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt.view(view)).add_(ADAM_EPS)
+            param.sub_(exp_avg.mul(step_size.view(view)).div_(denom))
+
+    def _mutable(self) -> list[torch.Tensor]:
+        return [*self.params.values(), *self.exp_avg.values(), *self.exp_avg_sq.values(),
+                self.adam_steps, self.loss_sum, self.batch_no]
+
+    def _capture(self):
+        """The full-batch step as one CUDA graph; warm-up steps run on a side stream and are undone."""
+        saved = [t.detach().clone() for t in self._mutable()]
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                self._step(self.batch_size)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        with torch.no_grad():
+            for tensor, value in zip(self._mutable(), saved):
+                tensor.copy_(value)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._step(self.batch_size)
+        return graph
+
+    def _full_step(self) -> None:
+        if self.use_graphs and self._graph is None:
+            try:
+                self._graph = self._capture()
+            except Exception as exc:  # an unsupported driver or op: train eagerly, same arithmetic
+                warnings.warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); training without graphs")
+                self.use_graphs = False
+        if self._graph is not None:
+            self._graph.replay()
+        else:
+            self._step(self.batch_size)
+
+    # ---- one epoch -----------------------------------------------------------------------------
+
+    def _prepare_epoch(self) -> None:
+        total = len(self.dataset.train_images)
+        orders = torch.stack([epoch_order(m.config, m.epoch, total) for m in self.members])
+        self.order.copy_(orders)
+        self.batch_no.zero_()
+        self.loss_sum.zero_()
+        self._noise_streams = {}
+        if self.has_noise:
+            rows = []
+            for m in self.members:  # members with the same seed and epoch share one noise stream
+                key = (m.config.seed, m.epoch)
+                if m.config.noise_factor and key not in self._noise_streams:
+                    self._noise_streams[key] = (len(self._noise_streams),
+                                                generator(m.config.seed, "noise", m.epoch, device=self.device))
+                rows.append(self._noise_streams.get(key, (0, None))[0])
+            self.noise_row.copy_(torch.tensor(rows))
+
+    def _draw_noise(self, size: int) -> None:
+        for row, gen in self._noise_streams.values():
+            torch.randn((size, 784), generator=gen, device=self.device, out=self.noise[row, :size])
+
+    def run_epoch(self) -> dict[Hashable, dict]:
+        """Train every member for one epoch of its own, then measure val_loss; return metrics per member."""
+        if not self.members:
+            return {}
+        with _matmul_precision(self.matmul_precision):
+            start = time.perf_counter()
+            self._prepare_epoch()
+            full, tail = divmod(self.train_size, self.batch_size)
+            for _ in range(full):
+                if self.has_noise:
+                    self._draw_noise(self.batch_size)
+                self._full_step()
+            if tail:
+                if self.has_noise:
+                    self._draw_noise(tail)
+                self._step(tail)
+            train_loss = (self.loss_sum / (full + (tail > 0))).tolist()  # waits for the device
+            train_s = time.perf_counter() - start
+            val_loss = self.evaluate().tolist()
+            epoch_s = time.perf_counter() - start
+        metrics = {}
+        for m, t_loss, v_loss in zip(self.members, train_loss, val_loss):
+            m.epoch += 1
+            m.adam_step += full + (tail > 0)
+            finite = math.isfinite(t_loss) and math.isfinite(v_loss)
+            m.status = "running" if finite else "diverged"
+            if finite and m.epoch >= m.config.epochs:
+                m.status = "completed"
+            row = {"epoch": m.epoch, "train_loss": t_loss, "val_loss": v_loss, "epoch_s": epoch_s,
+                   "train_s": train_s, "images_per_s": self.train_size / train_s, "pack_size": len(self.members),
+                   "status": m.status}
+            m.history.append(row)
+            metrics[m.key] = dict(row)
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self, images: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Reconstruction MSE of every member on clean images (default: the whole test set)."""
+        images = self.dataset.test_images if images is None else images
+        k = len(self.members)
+        total = torch.zeros(k, dtype=torch.float64, device=self.device)
+        for chunk in images.split(max(1, EVAL_ROWS // k)):
+            x = chunk.float().div_(255).expand(k, -1, -1)
+            x_hat, _ = FORWARD[self.family](self.params, x)
+            total += (x_hat - x).pow(2).sum(dim=(1, 2)).double()
+        return total / images.numel()

@@ -1,0 +1,114 @@
+"""Packed training: K members trained as one batched model compute what each computes alone."""
+import pytest
+import torch
+
+from aemodels import Pack, TrainState, load_dataset, train
+from aemodels.pack import FORWARD, _to_slot, _param_kinds
+
+
+def val_losses(history):
+    return [row["val_loss"] for row in history]
+
+
+def run_pack(configs, epochs, joins=None, leaves=None):
+    """Train configs in one pack; joins/leaves map an epoch index to member keys joining/leaving before it."""
+    joins, leaves = joins or {}, leaves or {}
+    data = load_dataset(configs[0].dataset, configs[0].data_dir)
+    pack = Pack.for_config(configs[0], data)
+    histories = {k: [] for k in range(len(configs))}
+    for k in range(len(configs)):
+        if not any(k in keys for keys in joins.values()):
+            pack.add(k, TrainState.initial(configs[k]))
+    for epoch in range(epochs):
+        for k in joins.get(epoch, []):
+            pack.add(k, TrainState.initial(configs[k]))
+        for k in leaves.get(epoch, []):
+            pack.remove(k)
+        for key, row in pack.run_epoch().items():
+            histories[key].append(row["val_loss"])
+    return pack, histories
+
+
+@pytest.fixture
+def mixed(small):
+    return [small(variant="vanilla", latent_dim=2, lr=1e-3, epochs=3),
+            small(variant="denoising", latent_dim=16, lr=3e-3, noise_factor=0.5, epochs=3),
+            small(variant="sparse", latent_dim=7, lr=2e-3, sparsity_weight=0.01, seed=5, epochs=3),
+            small(variant="vanilla", latent_dim=64, lr=5e-4, seed=3, epochs=3)]
+
+
+def test_packed_members_of_mixed_variants_and_latent_dims_match_training_alone(mixed):
+    alone = [val_losses(train(c).history) for c in mixed]
+    _, packed = run_pack(mixed, epochs=3)
+    for k in range(len(mixed)):
+        assert packed[k] == pytest.approx(alone[k], rel=1e-5)
+
+
+def test_members_joining_and_leaving_between_epochs_leave_the_others_untouched(mixed):
+    alone = [val_losses(train(c).history) for c in mixed]
+    # member 3 joins one epoch late; member 0 is stopped (as ASHA would) after its first epoch
+    _, packed = run_pack(mixed, epochs=3, joins={1: [3]}, leaves={1: [0]})
+    assert len(packed[0]) == 1 and packed[0] == pytest.approx(alone[0][:1], rel=1e-5)
+    for k in (1, 2):
+        assert packed[k] == pytest.approx(alone[k], rel=1e-5)
+    assert packed[3] == pytest.approx(alone[3][:2], rel=1e-5)
+
+
+def test_conv_members_pack_with_grouped_convolutions(small):
+    configs = [small(variant="conv", latent_dim=3), small(variant="conv", latent_dim=12, lr=5e-3, seed=2)]
+    alone = [val_losses(train(c).history) for c in configs]
+    _, packed = run_pack(configs, epochs=2)
+    for k in range(2):
+        assert packed[k] == pytest.approx(alone[k], rel=1e-5)
+
+
+def test_a_packed_member_checkpointed_and_resumed_elsewhere_continues_its_history(mixed, tmp_path):
+    config = mixed[1]
+    alone = train(config)
+    pack, _ = run_pack(mixed[:2], epochs=1)
+    pack.remove(1).save(tmp_path / "member.pt")  # leaves after epoch 1, as a checkpoint on disk
+    other = Pack.for_config(config, load_dataset(config.dataset, config.data_dir))
+    other.add("resumed", TrainState.load(tmp_path / "member.pt"))
+    other.add("neighbour", TrainState.initial(mixed[3]))
+    for _ in range(2):
+        other.run_epoch()
+    assert val_losses(other.snapshot("resumed").history) == pytest.approx(val_losses(alone.history), rel=1e-5)
+
+
+def test_padding_of_narrow_latents_stays_exactly_zero(mixed):
+    pack, _ = run_pack([mixed[0], mixed[3]], epochs=1)  # latent 2 padded to 64
+    enc, dec = pack.params["encoder.4.weight"], pack.params["decoder.0.weight"]
+    assert enc.shape == (2, 256, 64) and dec.shape == (2, 64, 256)
+    assert torch.count_nonzero(enc[0, :, 2:]) == 0 and torch.count_nonzero(dec[0, 2:, :]) == 0
+    assert torch.count_nonzero(pack.params["encoder.4.bias"][0, :, 2:]) == 0
+    assert pack.snapshot(0).model["encoder.4.weight"].shape == (2, 256)
+
+
+@pytest.mark.parametrize("variant", ["vanilla", "conv"])
+def test_packed_forward_equals_each_members_module_forward(small, variant):
+    configs = [small(variant=variant, latent_dim=d, seed=d) for d in (3, 10)]
+    states = [TrainState.initial(c) for c in configs]
+    pack = Pack.for_config(configs[0], load_dataset(configs[0].dataset, configs[0].data_dir))
+    for k, state in enumerate(states):
+        pack.add(k, state)
+    x = torch.rand(2, 5, 784)
+    x_hat, z = FORWARD[pack.family](pack.params, x)
+    for k, state in enumerate(states):
+        module_x_hat, module_z = state.to_module()(x[k])
+        assert torch.allclose(x_hat[k], module_x_hat, atol=1e-6)
+        assert torch.allclose(z[k, :, :configs[k].latent_dim], module_z, atol=1e-6)
+
+
+def test_a_member_that_does_not_fit_is_refused(small):
+    pack = Pack.for_config(small(), load_dataset("mnist"))
+    with pytest.raises(ValueError, match="does not fit this pack"):
+        pack.add("conv", TrainState.initial(small(variant="conv")))
+    with pytest.raises(ValueError, match="does not fit this pack"):
+        pack.add("wide batch", TrainState.initial(small(batch_size=256)))
+
+
+def test_slot_layout_transposes_linear_weights_only():
+    kinds = dict(_param_kinds("conv"))
+    assert _to_slot("enc_fc.weight", kinds["enc_fc.weight"], torch.zeros(5, 1568)).shape == (1568, 5)
+    assert _to_slot("enc_fc.bias", kinds["enc_fc.bias"], torch.zeros(5)).shape == (1, 5)
+    assert _to_slot("enc_conv.0.weight", kinds["enc_conv.0.weight"], torch.zeros(16, 1, 3, 3)).shape == (16, 1, 3, 3)
