@@ -1,0 +1,166 @@
+"""The `sweep` command: argument parsing only; each subcommand is a thin call into runner / results.
+
+Bad input of any kind ends with one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sweep", description="Hyperparameter sweeps of autoencoders: Ray Tune + Optuna TPE + ASHA.",
+        epilog="Results land in results/<name>/; `sweep COMMAND --help` explains each command.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    run = commands.add_parser("run", help="run a sweep from a YAML file",
+                              description="Run a sweep defined by a YAML file (see configs/). Starts a local Ray "
+                                          "on 127.0.0.1 unless --address (or RAY_ADDRESS) names a cluster.")
+    run.add_argument("config", help="the sweep YAML, e.g. configs/quick.yaml")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a key of the file, dotted for sections: --set train.epochs=2 --set num_samples=4")
+    run.add_argument("--name", help="the sweep's name (its folder under results/); default: the file's `name`")
+    run.add_argument("--address", help="join the Ray cluster at this address instead of starting one")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing sweep of the same name")
+
+    resume = commands.add_parser("resume", help="finish an interrupted sweep",
+                                 description="Continue a sweep whose driver stopped: finished trials are kept, "
+                                             "unfinished ones continue from their last checkpoints.")
+    resume.add_argument("sweep", help="the sweep's name or folder")
+    resume.add_argument("--address", help="join the Ray cluster at this address")
+
+    ls = commands.add_parser("ls", help="list the sweeps under results/",
+                             description="List the sweeps in the results folder with their size and best val_loss.")
+    ls.add_argument("--results", default="results", help="the folder that holds the sweeps (default: results)")
+
+    analyze = commands.add_parser("analyze", help="rebuild the tables and show the top trials",
+                                  description="Rebuild trials/epochs tables from Ray's folder, print the top trials "
+                                              "and the best trial of each variant.")
+    analyze.add_argument("sweep", help="the sweep's name or folder")
+    analyze.add_argument("--top", type=int, default=10, help="how many trials to show (default 10)")
+
+    best = commands.add_parser("best", help="print the best trial's complete TrainConfig",
+                               description="Print the best trial's complete aemodels TrainConfig, ready to pass "
+                                           "back to aemodels.train or to save as a file.")
+    best.add_argument("sweep", help="the sweep's name or folder")
+    best.add_argument("--format", choices=("yaml", "json"), default="yaml")
+
+    retrain = commands.add_parser("retrain", help="train the best config again and save the model",
+                                  description="Train the best trial's config with aemodels.train and save the "
+                                              "weights, config and metrics under results/<name>/retrain/.")
+    retrain.add_argument("sweep", help="the sweep's name or folder")
+    retrain.add_argument("--epochs", type=int, help="train this many epochs instead of the sweep's")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from aemodels import ConfigError, DataError
+
+    from .results import ResultsError
+    from .runner import SweepError
+    from .spec import SpecError
+
+    try:
+        return COMMANDS[args.command](args) or 0
+    except (SpecError, SweepError, ResultsError, ConfigError, DataError) as exc:
+        print(f"sweep {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"sweep {args.command}: interrupted; `sweep resume NAME` continues a sweep", file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
+    from . import runner, spec
+
+    overrides = list(args.overrides) + ([f"name={args.name}"] if args.name else [])
+    sweep = spec.load(args.config, tuple(overrides))
+    runner.run(sweep, overwrite=args.overwrite, address=args.address, argv=["sweep", *sys.argv[1:]])
+    return 0
+
+
+def _resume(args) -> int:
+    from . import runner
+
+    runner.resume(args.sweep, address=args.address)
+    return 0
+
+
+def _ls(args) -> int:
+    import pandas as pd
+
+    from .results import SPEC_FILE
+
+    root = Path(args.results)
+    homes = sorted(p.parent for p in root.glob(f"*/{SPEC_FILE}")) if root.is_dir() else []
+    if not homes:
+        print(f"no sweeps in {root}/")
+        return 0
+    print(f"{'name':24} {'trials':>6} {'best val_loss':>14}  folder")
+    for home in homes:
+        trials, best = "-", "-"
+        if (home / "trials.parquet").is_file():
+            table = pd.read_parquet(home / "trials.parquet")
+            trials = str(len(table))
+            done = table[table["status"].isin(["completed", "stopped"])]["final_val_loss"]
+            best = f"{done.min():.5f}" if done.notna().any() else "-"
+        print(f"{home.name:24} {trials:>6} {best:>14}  {home}")
+    return 0
+
+
+def _analyze(args) -> int:
+    import pandas as pd
+
+    from .results import load_results
+
+    found = load_results(args.sweep, rebuild=True)
+    trials = found.trials
+    shown = ["trial_id", "variant", "latent_dim", "lr", "noise_factor", "sparsity_weight", "status", "epochs",
+             "final_val_loss"]
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
+        counts = ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().sort_index().items())
+        print(f"sweep {found.spec.name}: {len(trials)} trials ({counts}), {len(found.epochs)} epoch rows")
+        print(f"\ntop {args.top} trials by final val_loss (completed before stopped):")
+        from .results import _ranked
+
+        print(_ranked(trials)[shown].head(args.top).to_string(index=False))
+        print("\nbest trial of each variant:")
+        print(found.best_per_variant()[shown].to_string(index=False))
+    print(f"\ntables: {found.home}/trials.parquet, trials.csv, epochs.parquet, best_config.yaml")
+    return 0
+
+
+def _best(args) -> int:
+    import yaml
+
+    from .results import ResultsError, load_results
+
+    found = load_results(args.sweep)
+    if found.best_config is None:
+        raise ResultsError(f"sweep {found.spec.name} has no completed or stopped trial yet; "
+                           f"`sweep resume {found.spec.name}` finishes it")
+    values = found.best_config.to_dict()
+    print(json.dumps(values, indent=2) if args.format == "json" else yaml.safe_dump(values, sort_keys=False), end="")
+    if args.format == "json":
+        print()
+    return 0
+
+
+def _retrain(args) -> int:
+    from .retrain import retrain
+
+    retrain(args.sweep, epochs=args.epochs)
+    return 0
+
+
+COMMANDS = {"run": _run, "resume": _resume, "ls": _ls, "analyze": _analyze, "best": _best, "retrain": _retrain}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Ray's experiment folder -> the sweep's tables (trials, epochs) and best config, written atomically.
+
+The tables are derived data: `build_tables` rebuilds them from `ray/` at any time (Ray's experiment
+state gives each trial's status and config, each trial's result.json its epochs), so a crash can
+never leave a half table behind that is not rebuilt. Reads need no running Ray.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import yaml
+
+from aemodels import TrainConfig
+
+from .searcher import trial_status
+from .spec import SEARCHED, SweepSpec, parse
+
+EPOCH_COLUMNS = ["trial_id", "epoch", "train_loss", "val_loss", "epoch_s", "train_s", "images_per_s", "pack_size",
+                 "status", "timestamp"]
+TRIAL_COLUMNS = ["trial_id", *SEARCHED, "status", "epochs", "best_val_loss", "final_val_loss", "final_train_loss",
+                 "wall_s", "node", "device", "execution", "num_failures", "error"]
+HYPER_DTYPES = {"latent_dim": "Int64", "lr": "Float64", "noise_factor": "Float64", "sparsity_weight": "Float64"}
+SPEC_FILE, STUDY_FILE, EXPERIMENT_DIR = "sweep.yaml", "study.db", "ray"
+
+
+class ResultsError(RuntimeError):
+    """The sweep's folder cannot be read or written; one line with the fix."""
+
+
+@dataclass
+class Results:
+    """What a sweep found: `trials` (one row each), `epochs` (one row per trial and epoch), the best config."""
+
+    home: Path
+    spec: SweepSpec
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    best_trial: Optional[str]
+    best_config: Optional[TrainConfig]
+
+    def best_row(self) -> Optional[pd.Series]:
+        if self.best_trial is None:
+            return None
+        return self.trials.set_index("trial_id").loc[self.best_trial]
+
+    def best_per_variant(self) -> pd.DataFrame:
+        ranked = _ranked(self.trials)
+        return ranked.groupby("variant", sort=True).head(1).reset_index(drop=True)
+
+
+# ---- locating a sweep ----------------------------------------------------------------------------
+
+def find_home(name_or_dir: str, storage_path: str = "results") -> Path:
+    """A sweep's folder from its name (under results/) or its path."""
+    candidates = [Path(name_or_dir), Path(storage_path) / name_or_dir]
+    for candidate in candidates:
+        if (candidate / SPEC_FILE).is_file():
+            return candidate.resolve()
+    raise ResultsError(f"no sweep {name_or_dir!r}: neither {candidates[0]} nor {candidates[1]} holds a {SPEC_FILE}; "
+                       "`sweep ls` lists the sweeps")
+
+
+def read_spec(home: Path) -> SweepSpec:
+    raw = yaml.safe_load((home / SPEC_FILE).read_text())
+    return parse(raw["sweep"], source=str(home / SPEC_FILE))
+
+
+# ---- reading Ray's experiment folder --------------------------------------------------------------
+
+def _newest(pattern: str) -> Optional[str]:
+    found = sorted(glob.glob(pattern))
+    return found[-1] if found else None
+
+
+def read_experiment(experiment: Path) -> list[dict]:
+    """One record per trial Ray knows: id, config, Ray status, last result, failures, error, result rows."""
+    state_file = _newest(str(experiment / "experiment_state-*.json"))
+    if state_file is None:
+        return []
+    with open(state_file) as fh:
+        state = json.load(fh)
+    records = []
+    for trial_json, runtime_json in state["trial_data"]:
+        trial, runtime = json.loads(trial_json), json.loads(runtime_json)
+        folder = experiment / trial["relative_logdir"]
+        records.append({
+            "trial_id": trial["trial_id"], "config": trial["config"], "ray_status": trial["status"],
+            "last_result": runtime.get("last_result") or {}, "num_failures": runtime.get("num_failures", 0),
+            "error": _error_line(folder, runtime.get("error_filename")), "rows": _result_rows(folder),
+        })
+    return records
+
+
+def _result_rows(folder: Path) -> list[dict]:
+    rows = []
+    with contextlib.suppress(FileNotFoundError):
+        with open(folder / "result.json") as fh:
+            for line in fh:
+                with contextlib.suppress(json.JSONDecodeError):  # a line cut short by a crash
+                    rows.append(json.loads(line))
+    return rows
+
+
+def _error_line(folder: Path, filename: Optional[str]) -> Optional[str]:
+    if not filename:
+        return None
+    with contextlib.suppress(OSError):
+        lines = [line.strip() for line in (folder / filename).read_text().splitlines() if line.strip()]
+        return lines[-1][:300] if lines else "error"
+    return "error"
+
+
+# ---- tables ---------------------------------------------------------------------------------------
+
+def build_tables(home: Path, spec: Optional[SweepSpec] = None) -> Results:
+    spec = spec or read_spec(home)
+    trial_rows, epoch_frames = [], []
+    for record in read_experiment(home / EXPERIMENT_DIR):
+        rows = [r for r in record["rows"] if "epoch" in r]
+        # A restored trial re-reports the epochs between its checkpoint and the crash: keep the last of each.
+        epochs = pd.DataFrame(rows).drop_duplicates("epoch", keep="last").sort_values("epoch") if rows else None
+        if epochs is not None:
+            epochs["trial_id"] = record["trial_id"]
+            epoch_frames.append(epochs.reindex(columns=EPOCH_COLUMNS))
+        trial_rows.append(_trial_row(record, epochs, spec))
+    trials = pd.DataFrame(trial_rows, columns=TRIAL_COLUMNS).astype(HYPER_DTYPES)
+    epochs = pd.concat(epoch_frames, ignore_index=True) if epoch_frames else pd.DataFrame(columns=EPOCH_COLUMNS)
+    best = _ranked(trials)
+    best_id = None if best.empty else best.iloc[0]["trial_id"]
+    best_config = None
+    if best_id is not None:
+        params = trials.set_index("trial_id").loc[best_id, list(SEARCHED)].to_dict()
+        best_config = spec.train_config({k: _plain(v) for k, v in params.items()})
+    return Results(home, spec, trials, epochs, best_id, best_config)
+
+
+def _trial_row(record: dict, epochs: Optional[pd.DataFrame], spec: SweepSpec) -> dict:
+    last = record["last_result"]
+    config = {**{name: p.values[0] for name, p in spec.space.items() if p.kind == "fixed"}, **record["config"]}
+    if record["ray_status"] == "TERMINATED":
+        status = trial_status(last, False, spec.epochs)
+    elif record["ray_status"] == "ERROR":
+        status = "error"
+    else:
+        status = record["ray_status"].lower()  # running / pending / paused: the sweep did not finish
+    finite = epochs["val_loss"][epochs["val_loss"].map(lambda v: v is not None and math.isfinite(v))] \
+        if epochs is not None else pd.Series(dtype=float)
+    final = epochs.iloc[-1] if epochs is not None else {}
+    return {
+        "trial_id": record["trial_id"], **{name: config.get(name) for name in SEARCHED}, "status": status,
+        "epochs": int(final["epoch"]) if epochs is not None else 0,
+        "best_val_loss": float(finite.min()) if len(finite) else math.nan,
+        "final_val_loss": float(final["val_loss"]) if epochs is not None else math.nan,
+        "final_train_loss": float(final["train_loss"]) if epochs is not None else math.nan,
+        "wall_s": float(last.get("time_total_s", math.nan)), "node": last.get("hostname"),
+        "device": last.get("device"), "execution": last.get("execution"),
+        "num_failures": int(record["num_failures"]), "error": record["error"],
+    }
+
+
+def _ranked(trials: pd.DataFrame) -> pd.DataFrame:
+    """Trials that can be the best, best first: completed ones by final val_loss, then stopped ones."""
+    usable = trials[trials["status"].isin(["completed", "stopped"]) & trials["final_val_loss"].notna()]
+    order = usable.assign(_rank=(usable["status"] != "completed").astype(int))
+    return order.sort_values(["_rank", "final_val_loss"]).drop(columns="_rank")
+
+
+def _plain(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+# ---- writing --------------------------------------------------------------------------------------
+
+def write_tables(results: Results) -> None:
+    """trials.parquet/.csv, epochs.parquet and best_config.yaml, each replaced atomically."""
+    home = results.home
+    _atomic(home / "trials.parquet", lambda path: results.trials.to_parquet(path, index=False))
+    _atomic(home / "trials.csv", lambda path: results.trials.to_csv(path, index=False))
+    _atomic(home / "epochs.parquet", lambda path: results.epochs.to_parquet(path, index=False))
+    if results.best_config is not None:
+        row = results.best_row()
+        header = (f"# best trial {results.best_trial} of sweep {results.spec.name}: {row['status']}, "
+                  f"val_loss {row['final_val_loss']:.6g} after {row['epochs']} epochs\n"
+                  "# aemodels.TrainConfig(**yaml.safe_load(open(this file))) trains it again\n")
+        text = header + yaml.safe_dump(results.best_config.to_dict(), sort_keys=False)
+        _atomic(home / "best_config.yaml", lambda path: Path(path).write_text(text))
+
+
+def _atomic(target: Path, write) -> None:
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise ResultsError(f"cannot write {target} ({exc.strerror or exc}); the previous file is intact; "
+                           f"free space or fix permissions, then `sweep analyze {target.parent.name}` "
+                           "rebuilds it") from None
+    except BaseException:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+
+
+def load_results(name_or_dir: str, *, rebuild: bool = False, storage_path: str = "results") -> Results:
+    """The sweep's tables as DataFrames (rebuilt from Ray's folder when asked, or when missing)."""
+    home = find_home(name_or_dir, storage_path)
+    spec = read_spec(home)
+    if rebuild or not (home / "trials.parquet").is_file():
+        results = build_tables(home, spec)
+        with contextlib.suppress(ResultsError):  # a read-only copy of a sweep is still readable
+            write_tables(results)
+        return results
+    trials = pd.read_parquet(home / "trials.parquet")
+    epochs = pd.read_parquet(home / "epochs.parquet")
+    best_config, best_trial = None, None
+    if (home / "best_config.yaml").is_file():
+        best_config = TrainConfig.from_dict(yaml.safe_load((home / "best_config.yaml").read_text()))
+        ranked = _ranked(trials)
+        best_trial = None if ranked.empty else ranked.iloc[0]["trial_id"]
+    return Results(home, spec, trials, epochs, best_trial, best_config)

@@ -1,0 +1,46 @@
+"""`sweep retrain`: train the best trial's config again with aemodels.train and keep the model.
+
+Writes results/<name>/retrain/: model.pt (the variant's state_dict), state.pt (the full training state,
+for aemodels.TrainState.load), config.yaml and metrics.json, each replaced atomically.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from aemodels import ConfigError, TrainResult, train
+
+from .results import ResultsError, _atomic, load_results
+
+
+def retrain(name_or_dir: str, epochs: Optional[int] = None, quiet: bool = False) -> TrainResult:
+    import torch
+
+    found = load_results(name_or_dir)
+    if found.best_config is None:
+        raise ResultsError(f"sweep {found.spec.name} has no completed or stopped trial to retrain; "
+                           f"`sweep resume {found.spec.name}` finishes it")
+    if epochs is not None and epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1, got {epochs}")
+    config = found.best_config if epochs is None else found.best_config.replace(epochs=epochs)
+    row = found.best_row()
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    say(f"retraining trial {found.best_trial} of sweep {found.spec.name} for {config.epochs} epochs "
+        f"({config.variant}, latent_dim={config.latent_dim}, lr={config.lr:.4g})")
+    result = train(config, report=lambda m: say(f"  epoch {m['epoch']:3d}  train_loss {m['train_loss']:.5f}  "
+                                                  f"val_loss {m['val_loss']:.5f}  ({m['epoch_s']:.2f} s)"))
+    out = found.home / "retrain"
+    out.mkdir(exist_ok=True)
+    metrics = {"sweep": found.spec.name, "trial_id": found.best_trial, "status": result.status,
+               "val_loss": result.val_loss, "trial_val_loss": float(row["final_val_loss"]),
+               "trial_epochs": int(row["epochs"]), "history": result.history}
+    _atomic(out / "model.pt", lambda path: torch.save(result.model.state_dict(), path))
+    _atomic(out / "state.pt", lambda path: result.state.save(path))
+    _atomic(out / "config.yaml", lambda path: Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False)))
+    _atomic(out / "metrics.json", lambda path: Path(path).write_text(json.dumps(metrics, indent=2)))
+    say(f"val_loss {result.val_loss:.6f} (the sweep's trial: {metrics['trial_val_loss']:.6f} after "
+        f"{metrics['trial_epochs']} epochs); saved to {out}/")
+    return result

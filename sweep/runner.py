@@ -1,0 +1,312 @@
+"""SweepSpec -> Ray Tune `Tuner(...).fit()` with OptunaSearch (TPE) and ASHA; and `resume` after a crash.
+
+The sweep's folder holds the resolved spec (sweep.yaml), the Optuna study (study.db), Ray's experiment
+folder (ray/) and the tables built from it. Ray starts locally, bound to 127.0.0.1 with its dashboard
+off, unless an address joins an existing cluster.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from aemodels import DataError, ensure_dataset
+
+from . import results as results_mod
+from .results import EXPERIMENT_DIR, SPEC_FILE, STUDY_FILE, Results
+from .spec import SpecError, SweepSpec
+
+logger = logging.getLogger(__name__)
+TRIALS_PER_GPU_MAX = 16  # "auto" GPU fraction in trial execution: at most this many trials share one GPU
+
+
+class SweepError(RuntimeError):
+    """A sweep that cannot start or resume; one line with the fix."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How trials run on the cluster Ray reports."""
+
+    execution: str  # trial | packed
+    cpu_per_trial: float
+    gpu_per_trial: float
+    max_concurrent: Optional[int]
+    cluster_cpus: float
+    cluster_gpus: float
+    threads_per_trial: int = 1
+    pack_size: int = 0
+    trainers: int = 0
+
+
+# ---- preparing ------------------------------------------------------------------------------------
+
+def sweep_home(spec: SweepSpec) -> Path:
+    if "://" in spec.storage_path:
+        raise SpecError(f"storage_path {spec.storage_path!r}: only local folders are supported here")
+    return (Path(spec.storage_path) / spec.name).resolve()
+
+
+def check_writable(folder: Path) -> None:
+    """Fail early (and write nothing) when the results folder cannot be created or written."""
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise SweepError(f"results folder {folder} is not writable ({probe} refuses writes); "
+                         "fix its permissions or set storage_path to a writable folder")
+
+
+def prepare(spec: SweepSpec, overwrite: bool = False) -> Path:
+    """Every check that needs no Ray: the name is free, the folder writable, the data there."""
+    home = sweep_home(spec)
+    if home.exists() and not overwrite:
+        raise SweepError(f"sweep {spec.name!r} already exists in {home}; `sweep resume {spec.name}` continues it, "
+                         "--name picks another name, --overwrite replaces it")
+    check_writable(home)
+    try:
+        ensure_dataset(spec.dataset, spec.data_dir)
+    except DataError as exc:
+        raise SweepError(str(exc)) from None
+    return home
+
+
+# ---- Ray --------------------------------------------------------------------------------------
+
+def connect(address: Optional[str], dashboard: bool) -> bool:
+    """Join the cluster at `address`, else start a local Ray on 127.0.0.1. True if we started it."""
+    import ray
+
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our Progress callback is the view; Tune's tables stay off
+    address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return False
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        except Exception as exc:
+            raise SweepError(f"cannot join the Ray cluster at {address} ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}); check the address and that "
+                             "`ray status` works there") from None
+        return True
+    ray.init(include_dashboard=dashboard, _node_ip_address="127.0.0.1", log_to_driver=False,
+             logging_level=logging.WARNING, configure_logging=True)
+    return True
+
+
+def plan(spec: SweepSpec) -> Plan:
+    """Resources per trial from the spec and the cluster; refuse requests the cluster can never meet."""
+    import ray
+
+    total = ray.cluster_resources()
+    cpus, gpus = float(total.get("CPU", 0)), float(total.get("GPU", 0))
+    res = spec.resources
+    device = spec.train.get("device", "auto")
+    if device == "cuda" and gpus == 0:
+        raise SweepError("train.device is cuda but the Ray cluster has no GPU; set train.device: auto or cpu")
+    if res.gpu not in ("auto", 0) and gpus == 0:
+        raise SweepError(f"resources.gpu={res.gpu} asks for a GPU per trial but the Ray cluster has none "
+                         "(trials would wait forever); set resources.gpu: 0 or auto")
+    if res.cpu > cpus:
+        raise SweepError(f"resources.cpu={res.cpu:g} per trial but the Ray cluster has {cpus:g} CPUs "
+                         "(trials would wait forever); lower resources.cpu")
+    use_gpu = gpus > 0 and res.gpu != 0 and device != "cpu"
+    execution = res.execution if res.execution != "auto" else ("packed" if use_gpu else "trial")
+    if execution == "packed":
+        from .packed import packed_plan
+
+        return packed_plan(spec, cpus, gpus if use_gpu else 0.0)
+    gpu = 0.0
+    if use_gpu:
+        per_gpu = max(1, min(TRIALS_PER_GPU_MAX, int(cpus / gpus / res.cpu)))
+        gpu = 1.0 / per_gpu if res.gpu == "auto" else float(res.gpu)
+    return Plan("trial", res.cpu, gpu, spec.max_concurrent_trials, cpus, gpus, threads_per_trial=max(1, int(res.cpu)))
+
+
+def trainable(spec: SweepSpec, plan: Plan):
+    from ray import tune
+
+    base = {**spec.train, "dataset": spec.dataset, "data_dir": spec.data_dir}
+    if plan.execution == "packed":
+        from .packed import make_packed_trainable
+
+        return make_packed_trainable(spec, plan, base)
+    from .trial import run_trial
+
+    fn = tune.with_parameters(run_trial, base=base, threads=plan.threads_per_trial)
+    return tune.with_resources(fn, {"cpu": plan.cpu_per_trial, "gpu": plan.gpu_per_trial})
+
+
+def make_tuner(spec: SweepSpec, plan: Plan, home: Path):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from .progress import Progress
+    from .searcher import StudySearch
+    from .space import SearchSpace
+
+    searcher = StudySearch(SearchSpace(spec.space), spec.searcher, f"sqlite:///{home / STUDY_FILE}", spec.name,
+                           spec.epochs)
+    scheduler = ASHAScheduler(time_attr="epoch", metric="val_loss", mode="min", max_t=spec.epochs,
+                              grace_period=spec.scheduler.grace_period,
+                              reduction_factor=spec.scheduler.reduction_factor, brackets=spec.scheduler.brackets)
+    return tune.Tuner(
+        trainable(spec, plan),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
+                                    max_concurrent_trials=plan.max_concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT_DIR, storage_path=str(home), verbose=0,
+            callbacks=[Progress(spec.num_samples, spec.epochs)],
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+
+
+# ---- running ----------------------------------------------------------------------------------
+
+def write_spec(spec: SweepSpec, home: Path, plan: Plan, argv: list[str]) -> None:
+    meta = {"created": datetime.datetime.now().isoformat(timespec="seconds"), "command": " ".join(argv),
+            "commit": _git_commit(), "python": sys.version.split()[0], "execution": plan.execution}
+    text = yaml.safe_dump({"sweep": spec.to_dict(), "meta": meta}, sort_keys=False)
+    results_mod._atomic(home / SPEC_FILE, lambda path: Path(path).write_text(text))
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run(spec: SweepSpec, *, overwrite: bool = False, address: Optional[str] = None,
+        argv: Optional[list[str]] = None) -> Results:
+    """Run a new sweep to the end and write its tables."""
+    home = prepare(spec, overwrite)
+    started = connect(address or spec.address, spec.dashboard)
+    try:
+        sweep_plan = plan(spec)
+        if home.exists():  # --overwrite: only now that every check has passed
+            shutil.rmtree(home)
+        home.mkdir(parents=True)
+        write_spec(spec, home, sweep_plan, argv or sys.argv)
+        _describe(spec, sweep_plan, home)
+        with _sweep_services(spec, sweep_plan):
+            make_tuner(spec, sweep_plan, home).fit()
+        return finish(home, spec)
+    finally:
+        _disconnect(started)
+
+
+def check_resumable(home: Path) -> None:
+    """Fail loudly on a sweep Ray could only resume with a fresh searcher (ray#30861)."""
+    experiment = home / EXPERIMENT_DIR
+    if not (experiment / "tuner.pkl").is_file():
+        raise SweepError(f"{experiment} has no tuner.pkl: the sweep never started; run it again with --overwrite")
+    for pattern in ("searcher-state-*.pkl", "search_gen_state-*.json", "experiment_state-*.json"):
+        newest = results_mod._newest(str(experiment / pattern))
+        if newest is None:
+            raise SweepError(f"{experiment} has no {pattern}: Ray would resume with a fresh searcher and lose the "
+                             "study's state; run the sweep again with --overwrite")
+        try:
+            with open(newest, "rb") as fh:
+                state = pickle.load(fh) if newest.endswith(".pkl") else yaml.safe_load(fh)
+            if not isinstance(state, dict):
+                raise ValueError("not a mapping")
+        except Exception as exc:
+            raise SweepError(f"{newest} is corrupt or truncated ({type(exc).__name__}); resuming would fall back to a "
+                             "default searcher, so it is refused; restore that file or rerun with --overwrite") from None
+
+
+def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
+    """Finish an interrupted sweep: finished trials kept, unfinished ones continued from their checkpoints."""
+    from ray import tune
+
+    home = results_mod.find_home(name_or_dir)
+    spec = results_mod.read_spec(home)
+    check_resumable(home)
+    started = connect(address or spec.address, spec.dashboard)
+    try:
+        sweep_plan = plan(spec)
+        print(f"resuming sweep {spec.name} in {home}", flush=True)
+        with _sweep_services(spec, sweep_plan):
+            tuner = tune.Tuner.restore(str(home / EXPERIMENT_DIR), trainable=trainable(spec, sweep_plan),
+                                       resume_unfinished=True, resume_errored=False)
+            tuner.fit()
+        return finish(home, spec)
+    finally:
+        _disconnect(started)
+
+
+def _sweep_services(spec: SweepSpec, sweep_plan: Plan):
+    """Actors a sweep needs while it runs (the packed trainers); nothing for trial execution."""
+    if sweep_plan.execution == "packed":
+        from .packed import trainers
+
+        return trainers(spec, sweep_plan)
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def finish(home: Path, spec: SweepSpec) -> Results:
+    found = results_mod.build_tables(home, spec)
+    results_mod.write_tables(found)
+    _summary(found)
+    return found
+
+
+def _disconnect(started: bool) -> None:
+    if started:
+        import ray
+
+        ray.shutdown()
+
+
+def _describe(spec: SweepSpec, p: Plan, home: Path) -> None:
+    where = f"{p.cluster_cpus:g} CPUs, {p.cluster_gpus:g} GPUs"
+    how = (f"{p.execution} execution: {p.cpu_per_trial:g} CPU + {p.gpu_per_trial:g} GPU per trial"
+           if p.execution == "trial" else
+           f"packed execution: {p.trainers} trainer(s), up to {p.pack_size} trials each")
+    print(f"sweep {spec.name}: {spec.num_samples} trials x up to {spec.epochs} epochs over "
+          f"{', '.join(n for n, q in spec.space.items() if q.kind != 'fixed')} | {how} | Ray: {where} | "
+          f"results: {home}", flush=True)
+
+
+def _summary(found: Results) -> None:
+    trials = found.trials
+    counts = trials["status"].value_counts().to_dict()
+    print(f"done: {len(trials)} trials ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}), "
+          f"{int(trials['epochs'].sum())} epochs", flush=True)
+    row = found.best_row()
+    if row is not None:
+        params = ", ".join(f"{k}={_fmt(row[k])}" for k in ("variant", "latent_dim", "lr", "noise_factor",
+                                                            "sparsity_weight") if not _missing(row[k]))
+        print(f"best: trial {found.best_trial} val_loss {row['final_val_loss']:.5f} ({params})", flush=True)
+    print(f"tables: {found.home}/trials.parquet, epochs.parquet, best_config.yaml", flush=True)
+
+
+def _missing(value) -> bool:
+    import pandas as pd
+
+    return value is None or bool(pd.isna(value))
+
+
+def _fmt(value):
+    return f"{value:.4g}" if isinstance(value, float) else value

@@ -1,0 +1,129 @@
+"""Ray's OptunaSearch, made to tell the study what really happened to each trial.
+
+Ray's own OptunaSearch tells every finished trial to Optuna as COMPLETE with its last value, so a
+trial ASHA stopped after one epoch competes with nine-epoch trials as an equal. Here:
+- every epoch's val_loss is an intermediate value of the Optuna trial (step = epoch);
+- a trial that ran all epochs is COMPLETE with its final val_loss;
+- a trial ASHA stopped, or one that diverged, is PRUNED (TPE ranks those below complete ones);
+- a trial that errored is FAIL; each carries user attrs `tune_trial_id`, `status` and `epochs`.
+It also never hands out a configuration the study has already finished (optuna#2021, #3255), and on
+restore re-seeds TPE from the study's size so it does not replay its pre-crash proposals.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from aemodels.pack import derived_seed
+
+from .space import SearchSpace
+from .spec import SearcherSpec
+
+logger = logging.getLogger(__name__)
+MAX_REDRAWS = 20
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def trial_status(result: dict | None, error: bool, max_epochs: int) -> str:
+    """completed | stopped | diverged | error, from a trial's last result."""
+    if error or not result:
+        return "error"
+    if result.get("status") == "diverged":
+        return "diverged"
+    if result.get("epoch", 0) >= max_epochs:
+        return "completed"
+    return "stopped"
+
+
+def make_sampler(spec: SearcherSpec, seed: int) -> optuna.samplers.TPESampler:
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.n_startup_trials,
+                                      multivariate=spec.multivariate, group=spec.multivariate,
+                                      constant_liar=spec.constant_liar)
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    # A generous SQLite lock timeout: the driver is the only writer, but optuna-dashboard may read.
+    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+
+
+class StudySearch(OptunaSearch):
+    def __init__(self, space: SearchSpace, spec: SearcherSpec, storage_url: str, study_name: str, max_epochs: int):
+        self._spec, self._max_epochs = spec, max_epochs
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = make_sampler(spec, spec.seed)
+        super().__init__(space, metric="val_loss", mode="min", sampler=sampler,
+                         study_name=study_name, storage=open_storage(storage_url))
+
+    # ---- suggestions ---------------------------------------------------------------------------
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        for _ in range(MAX_REDRAWS):
+            ot_trial = self._ot_trials[trial_id]
+            duplicate = self._finished_with(ot_trial.params)
+            if duplicate is None:
+                return config
+            ot_trial.set_user_attr("skipped", f"duplicate of finished trial {duplicate}")
+            self._ot_study.tell(self._ot_trials.pop(trial_id), state=TrialState.FAIL)
+            config = super().suggest(trial_id)
+        logger.warning("the search space offered only configurations already tried; running a repeat")
+        return config
+
+    def _finished_with(self, params: dict):
+        """The number of a finished trial with exactly these parameters, if any."""
+        for trial in self._ot_study.get_trials(deepcopy=False, states=FINISHED):
+            if trial.params == params:
+                return trial.number
+        return None
+
+    # ---- results -------------------------------------------------------------------------------
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        ot_trial = self._ot_trials.get(trial_id)
+        value = result.get(self.metric)
+        if ot_trial is None or trial_id in self._completed_trials or value is None or not math.isfinite(value):
+            return
+        with warnings.catch_warnings():  # a restored trial re-reports epochs it had reported: Optuna keeps the first
+            warnings.simplefilter("ignore")
+            ot_trial.report(value, result.get("epoch", result.get("training_iteration")))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials:
+            return
+        status = trial_status(result, error, self._max_epochs)
+        if result:  # Tune hands the final result here instead of to on_trial_result
+            self.on_trial_result(trial_id, result)
+        try:
+            ot_trial.set_user_attr("tune_trial_id", trial_id)
+            ot_trial.set_user_attr("status", status)
+            ot_trial.set_user_attr("epochs", int((result or {}).get("epoch", 0)))
+            if status == "completed":
+                self._ot_study.tell(ot_trial, float(result[self.metric]))
+            elif status in ("stopped", "diverged"):
+                self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            else:
+                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        except Exception as exc:  # never let bookkeeping end a sweep
+            logger.warning("could not record trial %s in the Optuna study: %s", trial_id, exc)
+        self._completed_trials.add(trial_id)
+
+    # ---- restore -------------------------------------------------------------------------------
+
+    def restore(self, checkpoint_path: str):
+        super().restore(checkpoint_path)
+        known = {t.number for t in self._ot_trials.values()}
+        for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.number not in known:  # started after the last searcher save, then lost with the driver
+                self._ot_study.tell(trial.number, state=TrialState.FAIL)
+        # The pickled sampler would replay the random proposals it made after this save (optuna#3255).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._ot_study.sampler = make_sampler(self._spec, derived_seed(self._spec.seed, "restore",
+                                                                             len(self._ot_study.trials)) % 2**32)

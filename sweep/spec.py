@@ -1,0 +1,420 @@
+"""A sweep file (YAML) -> a validated SweepSpec. Every problem is a one-line SpecError naming the key and the fix.
+
+Nothing here starts Ray or touches the results folder: a spec is checked whole before anything runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from aemodels import ConfigError, TrainConfig
+from aemodels.models import VARIANTS
+
+SEARCHED = ("variant", "latent_dim", "lr", "noise_factor", "sparsity_weight")
+DISTRIBUTIONS = ("choice", "int", "logint", "uniform", "loguniform")
+EXECUTIONS = ("auto", "trial", "packed")
+FIXED_TRAIN_KEYS = ("epochs", "batch_size", "train_subset", "seed", "device", "cuda_graphs", "matmul_precision")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Which variant uses a conditional hyperparameter: it is sampled only for trials of that variant.
+CONDITIONAL = {"noise_factor": "denoising", "sparsity_weight": "sparse"}
+
+
+class SpecError(ValueError):
+    """A sweep file that cannot run; the message is one line: where, what, and what to do."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched (or fixed) hyperparameter: `kind` is 'fixed' or one of DISTRIBUTIONS."""
+
+    name: str
+    kind: str
+    values: tuple = ()  # fixed: (value,); choice: the options
+    low: Optional[float] = None
+    high: Optional[float] = None
+    step: Optional[float] = None
+
+    @property
+    def log(self) -> bool:
+        return self.kind in ("logint", "loguniform")
+
+    def options(self) -> tuple:
+        """The values a discrete parameter can take (fixed and choice only)."""
+        return self.values
+
+    def to_yaml(self):
+        if self.kind == "fixed":
+            return self.values[0]
+        if self.kind == "choice":
+            return {"choice": list(self.values)}
+        out = {self.kind: [self.low, self.high]}
+        if self.step is not None:
+            out["step"] = self.step
+        return out
+
+
+@dataclass(frozen=True)
+class SearcherSpec:
+    seed: int = 0
+    n_startup_trials: int = 10
+    multivariate: bool = True
+    constant_liar: bool = True
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    grace_period: int = 1
+    reduction_factor: float = 3
+    brackets: int = 1
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    execution: str = "auto"  # trial: one Ray actor per trial; packed: trials sharing a device train as one model
+    cpu: float = 1.0  # CPUs per trial (trial execution)
+    gpu: Any = "auto"  # GPU fraction per trial (trial execution): "auto" packs several trials per GPU, 0 = CPU only
+    pack_size: Optional[int] = None  # members per packed trainer; None = 256 on a GPU, 16 on a CPU
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    space: dict[str, Param]
+    train: dict[str, Any] = field(default_factory=dict)  # fixed TrainConfig fields
+    dataset: str = "mnist"
+    data_dir: Optional[str] = None
+    num_samples: int = 12
+    searcher: SearcherSpec = SearcherSpec()
+    scheduler: SchedulerSpec = SchedulerSpec()
+    resources: ResourceSpec = ResourceSpec()
+    max_concurrent_trials: Optional[int] = None
+    max_failures: int = 3
+    storage_path: str = "results"
+    address: Optional[str] = None
+    dashboard: bool = False
+    description: str = ""
+
+    @property
+    def epochs(self) -> int:
+        """Epochs of a trial that ASHA never stops: ASHA's max_t."""
+        return self.train["epochs"]
+
+    def train_config(self, params: dict) -> TrainConfig:
+        """The complete TrainConfig of a trial with the given searched values."""
+        values = {**self.train, "dataset": self.dataset, "data_dir": self.data_dir}
+        values.update({k: v for k, v in params.items() if v is not None})
+        return TrainConfig.from_dict(values)
+
+    def variants(self) -> tuple[str, ...]:
+        return self.space["variant"].options()
+
+    def to_dict(self) -> dict:
+        """The resolved sweep file: every default filled in, loadable again with `parse`."""
+        return {
+            "name": self.name, "description": self.description, "dataset": self.dataset, "data_dir": self.data_dir,
+            "train": dict(self.train), "space": {n: p.to_yaml() for n, p in self.space.items()},
+            "searcher": dataclasses.asdict(self.searcher), "scheduler": dataclasses.asdict(self.scheduler),
+            "num_samples": self.num_samples, "resources": dataclasses.asdict(self.resources),
+            "max_concurrent_trials": self.max_concurrent_trials, "max_failures": self.max_failures,
+            "storage_path": self.storage_path, "address": self.address, "dashboard": self.dashboard,
+        }
+
+
+# ---- reading ------------------------------------------------------------------------------------
+
+def load(path, overrides: tuple[str, ...] = ()) -> SweepSpec:
+    """Read, override (`key.sub=value`) and validate a sweep file."""
+    raw = read_yaml(path)
+    for item in overrides:
+        apply_override(raw, item)
+    return parse(raw, source=str(path))
+
+
+def read_yaml(path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file; pass the path of a sweep YAML (see configs/)") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a folder; pass the path of a sweep YAML file inside it") from None
+    except (PermissionError, OSError) as exc:
+        raise SpecError(f"{path}: cannot read it ({exc.strerror or exc}); check its permissions") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: is not a text file; pass a sweep YAML") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"{path}: malformed YAML{where}: {problem}; fix the syntax there") from None
+    if raw is None:
+        raise SpecError(f"{path}: the file is empty; a sweep needs at least `name` and `space` (see configs/quick.yaml)")
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a sweep file must be a mapping of keys (name, space, ...), "
+                        f"not a {_yaml_type(raw)}; see configs/quick.yaml")
+    return raw
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """`train.epochs=2`: the value is read as YAML, so numbers, lists and mappings work."""
+    if "=" not in item:
+        raise SpecError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=2")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise SpecError(f"--set {item!r}: the value is not valid YAML; quote it or fix it") from None
+    parts = key.strip().split(".")
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise SpecError(f"--set {item!r}: {'.'.join(parts[:depth + 1])} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+# ---- validation ---------------------------------------------------------------------------------
+
+TOP_KEYS = ("name", "description", "dataset", "data_dir", "train", "space", "searcher", "scheduler", "num_samples",
+            "resources", "max_concurrent_trials", "max_failures", "storage_path", "address", "dashboard")
+
+
+def parse(raw: dict, source: str = "sweep") -> SweepSpec:
+    check = _Check(source)
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: a sweep must be a mapping, not a {_yaml_type(raw)}")
+    check.keys(raw, TOP_KEYS, "")
+    for required in ("name", "space"):
+        if required not in raw:
+            raise SpecError(f"{source}: missing `{required}`; add it (see configs/quick.yaml)")
+    name = check.string(raw["name"], "name")
+    if not NAME_PATTERN.match(name):
+        raise SpecError(f"{source}: name {name!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
+
+    train = check.mapping(raw.get("train", {}), "train")
+    check.keys(train, FIXED_TRAIN_KEYS, "train.")
+    train = {"epochs": 10, "batch_size": 128, "train_subset": None, "seed": 0, "device": "auto", **train}
+    dataset = raw.get("dataset", "mnist")
+    data_dir = raw.get("data_dir")
+    if data_dir is not None:
+        data_dir = check.string(data_dir, "data_dir")
+    try:  # the fixed training settings are TrainConfig's own fields: let it judge them
+        TrainConfig(**train, dataset=dataset, data_dir=data_dir)
+    except ConfigError as exc:
+        raise SpecError(f"{source}: train: {exc}") from None
+    except TypeError as exc:
+        raise SpecError(f"{source}: train: {exc}") from None
+    if train["epochs"] < 1:
+        raise SpecError(f"{source}: train.epochs must be >= 1 (it is ASHA's max_t), got {train['epochs']}")
+
+    space = _parse_space(check.mapping(raw["space"], "space"), check)
+
+    searcher = SearcherSpec(**check.section(raw.get("searcher", {}), "searcher", SearcherSpec))
+    check.integer(searcher.seed, "searcher.seed", low=0)
+    check.integer(searcher.n_startup_trials, "searcher.n_startup_trials", low=0)
+    check.boolean(searcher.multivariate, "searcher.multivariate")
+    check.boolean(searcher.constant_liar, "searcher.constant_liar")
+
+    scheduler = SchedulerSpec(**check.section(raw.get("scheduler", {}), "scheduler", SchedulerSpec))
+    check.integer(scheduler.grace_period, "scheduler.grace_period", low=1)
+    if scheduler.grace_period > train["epochs"]:
+        raise SpecError(f"{source}: scheduler.grace_period={scheduler.grace_period} exceeds train.epochs="
+                        f"{train['epochs']}; ASHA needs grace_period <= epochs")
+    reduction = check.number(scheduler.reduction_factor, "scheduler.reduction_factor")
+    if reduction <= 1:
+        raise SpecError(f"{source}: scheduler.reduction_factor must be > 1, got {reduction}")
+    check.integer(scheduler.brackets, "scheduler.brackets", low=1)
+    scheduler = dataclasses.replace(scheduler, reduction_factor=reduction)
+
+    resources = ResourceSpec(**check.section(raw.get("resources", {}), "resources", ResourceSpec))
+    if resources.execution not in EXECUTIONS:
+        raise SpecError(f"{source}: {_unknown('resources.execution', resources.execution, EXECUTIONS)}")
+    cpu = check.number(resources.cpu, "resources.cpu")
+    if cpu <= 0:
+        raise SpecError(f"{source}: resources.cpu must be > 0, got {cpu}")
+    gpu = resources.gpu
+    if gpu != "auto":
+        gpu = check.number(gpu, "resources.gpu")
+        if gpu != 0 and not 0 < gpu <= 1:
+            raise SpecError(f"{source}: resources.gpu={gpu} is outside (0, 1]; give a fraction of one GPU per trial, "
+                            "'auto', or 0 for CPU only")
+    if resources.pack_size is not None:
+        check.integer(resources.pack_size, "resources.pack_size", low=1)
+    resources = dataclasses.replace(resources, cpu=cpu, gpu=gpu)
+
+    num_samples = check.integer(raw.get("num_samples", 12), "num_samples", low=1)
+    max_concurrent = raw.get("max_concurrent_trials")
+    if max_concurrent is not None:
+        check.integer(max_concurrent, "max_concurrent_trials", low=1)
+    max_failures = check.integer(raw.get("max_failures", 3), "max_failures", low=0)
+    storage_path = check.string(raw.get("storage_path", "results"), "storage_path")
+    address = raw.get("address")
+    if address is not None:
+        address = check.string(address, "address")
+    dashboard = check.boolean(raw.get("dashboard", False), "dashboard")
+    description = raw.get("description") or ""
+    return SweepSpec(name=name, space=space, train=train, dataset=dataset, data_dir=data_dir, num_samples=num_samples,
+                     searcher=searcher, scheduler=scheduler, resources=resources, max_concurrent_trials=max_concurrent,
+                     max_failures=max_failures, storage_path=storage_path, address=address, dashboard=dashboard,
+                     description=str(description))
+
+
+def _parse_space(raw: dict, check: "_Check") -> dict[str, Param]:
+    check.keys(raw, SEARCHED, "space.")
+    if not raw:
+        raise SpecError(f"{check.source}: space is empty; give at least lr or latent_dim a range")
+    raw = {"variant": "vanilla", **raw}
+    space = {name: _parse_param(name, value, check) for name, value in raw.items()}
+    variants = space["variant"].options()
+    for name, variant in CONDITIONAL.items():
+        if name in space and variant not in variants:
+            raise SpecError(f"{check.source}: space.{name} is only used by the {variant} variant, which the space "
+                            f"never samples (variant: {', '.join(variants)}); remove it or add {variant}")
+    return space
+
+
+def _parse_param(name: str, value, check: "_Check") -> Param:
+    where = f"space.{name}"
+    if isinstance(value, dict):
+        kinds = [k for k in value if k in DISTRIBUTIONS]
+        check.keys(value, DISTRIBUTIONS + ("step",), where + ".")
+        if len(kinds) != 1:
+            raise SpecError(f"{check.source}: {where} needs exactly one of {', '.join(DISTRIBUTIONS)}, "
+                            f"e.g. {{loguniform: [1.0e-4, 1.0e-2]}}")
+        kind = kinds[0]
+        if kind == "choice":
+            options = value["choice"]
+            if not isinstance(options, list) or not options:
+                raise SpecError(f"{check.source}: {where}.choice must be a non-empty list of values")
+            if "step" in value:
+                raise SpecError(f"{check.source}: {where}: step applies to ranges, not to choice")
+            options = tuple(_check_value(name, v, check, f"{where}.choice") for v in options)
+            if len(set(options)) != len(options):
+                raise SpecError(f"{check.source}: {where}.choice lists a value twice; list each once")
+            return Param(name, "choice", options)
+        return _parse_range(name, kind, value, check, where)
+    if isinstance(value, list):
+        raise SpecError(f"{check.source}: {where} is a bare list; write {{choice: {value}}} to search over it")
+    return Param(name, "fixed", (_check_value(name, value, check, where),))
+
+
+def _parse_range(name, kind, value, check, where) -> Param:
+    bounds = value[kind]
+    if not isinstance(bounds, list) or len(bounds) != 2:
+        raise SpecError(f"{check.source}: {where}.{kind} must be [low, high], got {bounds!r}")
+    if name == "variant":
+        raise SpecError(f"{check.source}: {where} is a name; search it with {{choice: [...]}}")
+    integer = kind in ("int", "logint")
+    if name == "latent_dim" and not integer:
+        raise SpecError(f"{check.source}: {where}: latent_dim is an integer; use int or logint instead of {kind}")
+    if name != "latent_dim" and integer:
+        raise SpecError(f"{check.source}: {where}: {name} is a real number; use uniform or loguniform instead of {kind}")
+    low, high = (check.integer(b, f"{where}.{kind}") if integer else check.number(b, f"{where}.{kind}")
+                 for b in bounds)
+    if low > high:
+        raise SpecError(f"{check.source}: {where}: the range [{low}, {high}] is inverted; write [{high}, {low}]")
+    if low == high:
+        raise SpecError(f"{check.source}: {where}: the range [{low}, {high}] is empty; widen it or give the value alone")
+    if kind.startswith("log") and low <= 0:
+        raise SpecError(f"{check.source}: {where}: a log range must be above 0, got low={low}; use a positive low "
+                        f"(e.g. {1 if integer else 1e-6}) or {'int' if integer else 'uniform'}")
+    for bound in (low, high):
+        _check_value(name, bound, check, f"{where}.{kind}")
+    step = value.get("step")
+    if step is not None:
+        step = check.integer(step, f"{where}.step", low=1) if integer else check.number(step, f"{where}.step")
+        if step <= 0 or kind.startswith("log"):
+            raise SpecError(f"{check.source}: {where}.step must be > 0 and is not allowed on log ranges")
+    return Param(name, kind, (), low, high, step)
+
+
+def _check_value(name, value, check, where):
+    """A single value of a searched hyperparameter, as TrainConfig would accept it."""
+    if name == "variant":
+        if value not in VARIANTS:
+            raise SpecError(f"{check.source}: {where}: {_unknown('variant', value, VARIANTS)}")
+        return value
+    if name == "latent_dim":
+        value = check.integer(value, where)
+        if value < 1:
+            raise SpecError(f"{check.source}: {where}: latent_dim must be >= 1, got {value}")
+        return value
+    value = check.number(value, where)
+    if name == "lr" and value <= 0:
+        raise SpecError(f"{check.source}: {where}: lr must be > 0, got {value}")
+    if value < 0:
+        raise SpecError(f"{check.source}: {where}: {name} must be >= 0, got {value}")
+    return value
+
+
+def _unknown(kind, value, known) -> str:
+    close = difflib.get_close_matches(str(value), list(known), n=1)
+    hint = f"did you mean {close[0]!r}?; " if close else ""
+    return f"unknown {kind} {value!r} ({hint}known: {', '.join(sorted(known))})"
+
+
+def _yaml_type(value) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(value),
+                                                                                          type(value).__name__)
+
+
+@dataclass
+class _Check:
+    source: str
+
+    def keys(self, mapping: dict, known, prefix: str) -> None:
+        for key in mapping:
+            if key not in known:
+                raise SpecError(f"{self.source}: {_unknown('key', f'{prefix}{key}', [prefix + k for k in known])}")
+
+    def mapping(self, value, where) -> dict:
+        if not isinstance(value, dict):
+            raise SpecError(f"{self.source}: {where} must be a mapping of keys, not a {_yaml_type(value)}")
+        return value
+
+    def section(self, value, where, cls) -> dict:
+        value = self.mapping(value, where)
+        self.keys(value, [f.name for f in dataclasses.fields(cls)], f"{where}.")
+        return value
+
+    def string(self, value, where) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise SpecError(f"{self.source}: {where} must be a non-empty string, got {value!r}")
+        return value
+
+    def boolean(self, value, where) -> bool:
+        if not isinstance(value, bool):
+            raise SpecError(f"{self.source}: {where} must be true or false, got {value!r}")
+        return value
+
+    def number(self, value, where) -> float:
+        # PyYAML reads 1e-4 (no dot) as a string: accept any string that is plainly a number.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise SpecError(f"{self.source}: {where} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SpecError(f"{self.source}: {where} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise SpecError(f"{self.source}: {where} must be finite, got {value!r}")
+        return float(value)
+
+    def integer(self, value, where, low=None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpecError(f"{self.source}: {where} must be an integer, got {value!r}")
+        if low is not None and value < low:
+            raise SpecError(f"{self.source}: {where} must be >= {low}, got {value}")
+        return value
