@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 
 DATA_DIR_ENV = "AEMODELS_DATA_DIR"
+OFFLINE_ENV = "AEMODELS_OFFLINE"  # 1: never try to download (clusters without internet fail at once)
 _TORCHVISION_CLASS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -62,7 +63,7 @@ def ensure_dataset(name: str, data_dir: Optional[str] = None, download: bool = T
     if all((raw / f).is_file() for f in RAW_FILES):
         return root
     expected = ", ".join(RAW_FILES)
-    if not download:
+    if not download or os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
         raise DataError(f"{name} files are missing in {raw} (expected {expected}); unpack a copy there (README: offline data)")
     cls = getattr(datasets, _TORCHVISION_CLASS[name])
     try:

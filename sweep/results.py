@@ -27,7 +27,7 @@ from .spec import SEARCHED, SweepSpec, parse
 EPOCH_COLUMNS = ["trial_id", "epoch", "train_loss", "val_loss", "epoch_s", "train_s", "images_per_s", "pack_size",
                  "status", "timestamp"]
 TRIAL_COLUMNS = ["trial_id", *SEARCHED, "status", "epochs", "best_val_loss", "final_val_loss", "final_train_loss",
-                 "wall_s", "node", "device", "execution", "num_failures", "error"]
+                 "wall_s", "node", "node_id", "device", "execution", "num_failures", "error"]
 HYPER_DTYPES = {"latent_dim": "Int64", "lr": "Float64", "noise_factor": "Float64", "sparsity_weight": "Float64"}
 SPEC_FILE, STUDY_FILE, EXPERIMENT_DIR = "sweep.yaml", "study.db", "ray"
 
@@ -161,7 +161,7 @@ def _trial_row(record: dict, epochs: Optional[pd.DataFrame], spec: SweepSpec) ->
         "best_val_loss": float(finite.min()) if len(finite) else math.nan,
         "final_val_loss": float(final["val_loss"]) if epochs is not None else math.nan,
         "final_train_loss": float(final["train_loss"]) if epochs is not None else math.nan,
-        "wall_s": float(last.get("time_total_s", math.nan)), "node": last.get("hostname"),
+        "wall_s": float(last.get("time_total_s", math.nan)), "node": last.get("hostname"), "node_id": last.get("node_id"),
         "device": last.get("device"), "execution": last.get("execution"),
         "num_failures": int(record["num_failures"]), "error": record["error"],
     }

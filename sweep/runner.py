@@ -13,6 +13,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -57,13 +58,18 @@ def sweep_home(spec: SweepSpec) -> Path:
 
 
 def check_writable(folder: Path) -> None:
-    """Fail early (and write nothing) when the results folder cannot be created or written."""
+    """Fail early (and leave nothing behind) when the results folder cannot be created or written."""
     probe = folder
     while not probe.exists():
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise SweepError(f"results folder {folder} is not writable ({probe} refuses writes); "
-                         "fix its permissions or set storage_path to a writable folder")
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{probe} is a file")
+        with tempfile.TemporaryFile(dir=probe):  # os.access would say yes to root on a read-only mount
+            pass
+    except OSError as exc:
+        raise SweepError(f"results folder {folder} is not writable ({exc.strerror or exc}); "
+                         "fix its permissions or set storage_path to a writable folder") from None
 
 
 def prepare(spec: SweepSpec, overwrite: bool = False) -> Path:
@@ -131,10 +137,15 @@ def plan(spec: SweepSpec) -> Plan:
 
         return packed_plan(spec, cpus, gpus if use_gpu else 0.0)
     gpu = 0.0
+    slots = int(cpus // res.cpu)
     if use_gpu:
         per_gpu = max(1, min(TRIALS_PER_GPU_MAX, int(cpus / gpus / res.cpu)))
         gpu = 1.0 / per_gpu if res.gpu == "auto" else float(res.gpu)
-    return Plan("trial", res.cpu, gpu, spec.max_concurrent_trials, cpus, gpus, threads_per_trial=max(1, int(res.cpu)))
+        slots = min(slots, int(gpus // gpu))
+    # A concurrency limit also lets Tune start that many trials at once (with a searcher it starts
+    # one at a time otherwise): the cluster fills in one wave instead of one trial per actor start-up.
+    concurrent = min(spec.max_concurrent_trials or slots, slots, spec.num_samples)
+    return Plan("trial", res.cpu, gpu, max(1, concurrent), cpus, gpus, threads_per_trial=max(1, int(res.cpu)))
 
 
 def trainable(spec: SweepSpec, plan: Plan):

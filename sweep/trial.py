@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import pyarrow.fs
+import ray
 from ray import tune
 from ray.tune import Checkpoint
 
@@ -57,6 +58,7 @@ def run_trial(config: dict, *, base: dict, threads: int = 1) -> None:
     train_config = TrainConfig.from_dict({**base, **config})
     resume = load_newest(TrainState.load)
     device = "cuda" if train_config.device != "cpu" and torch.cuda.is_available() else "cpu"
+    where = {"device": device, "execution": "trial", "node_id": ray.get_runtime_context().get_node_id()}
     with tempfile.TemporaryDirectory(prefix="aesweep-") as scratch:
         saved = []
 
@@ -65,7 +67,7 @@ def run_trial(config: dict, *, base: dict, threads: int = 1) -> None:
             saved.append(True)
 
         def report(metrics):
-            metrics = {**metrics, "device": device, "execution": "trial"}
+            metrics = {**metrics, **where}
             tune.report(metrics, checkpoint=Checkpoint.from_directory(scratch) if saved else None)
             saved.clear()
 

@@ -1,0 +1,121 @@
+"""Every bad input through the `sweep` command: exit status 2, one line on stderr, no traceback, nothing written."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sweep.cli import main
+
+TINY = {"name": "tiny", "train": {"epochs": 2, "train_subset": 500},
+        "space": {"latent_dim": {"choice": [2, 4]}, "lr": {"loguniform": [1.0e-3, 1.0e-2]}}, "num_samples": 2}
+
+
+@pytest.fixture
+def sweep_file(tmp_path, data_dir):
+    def write(content=None, text=None, name="s.yaml"):
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text)
+        else:
+            path.write_text(yaml.safe_dump({**TINY, "storage_path": str(tmp_path / "results"), **(content or {})}))
+        return path
+    return write
+
+
+def run_cli(capsys, *args):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_refused(capsys, tmp_path, *args, message):
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2, (out, err)
+    assert message in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "results").exists(), "nothing may be written"
+
+
+BAD_FILES = [
+    ("malformed", None, "name: [oops\n", "malformed YAML at line 2, column 1"),
+    ("empty", None, "", "the file is empty"),
+    ("not a mapping", None, "- a\n- b\n", "not a list"),
+    ("unknown key", {"sheduler": {}}, None, "did you mean 'scheduler'"),
+    ("unknown variant", {"space": {"variant": "vanila", "lr": 1e-3}}, None, "unknown variant 'vanila'"),
+    ("inverted range", {"space": {"lr": {"loguniform": [1e-2, 1e-3]}}}, None, "is inverted"),
+    ("empty range", {"space": {"lr": {"uniform": [0.1, 0.1]}}}, None, "is empty"),
+    ("log range touching 0", {"space": {"lr": {"loguniform": [0.0, 1e-3]}}}, None, "a log range must be above 0"),
+    ("latent_dim below 1", {"space": {"latent_dim": {"int": [0, 4]}}}, None, "latent_dim must be >= 1"),
+    ("gpu fraction", {"resources": {"gpu": 1.5}}, None, "outside (0, 1]"),
+    ("non-numeric", {"num_samples": "twelve"}, None, "num_samples must be an integer, got 'twelve'"),
+    ("wrong type", {"train": {"epochs": [3]}}, None, "epochs must be an integer"),
+    ("negative epochs", {"train": {"epochs": -2}}, None, "epochs must be >= 0"),
+    ("negative batch size", {"train": {"batch_size": -1, "epochs": 2}}, None, "batch_size must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("content,text,message", [b[1:] for b in BAD_FILES], ids=[b[0] for b in BAD_FILES])
+def test_bad_sweep_files_are_refused(capsys, tmp_path, sweep_file, content, text, message):
+    assert_refused(capsys, tmp_path, "run", sweep_file(content, text), message=message)
+
+
+def test_unreadable_files_are_refused(capsys, tmp_path, data_dir):
+    assert_refused(capsys, tmp_path, "run", tmp_path / "missing.yaml", message="no such file")
+    assert_refused(capsys, tmp_path, "run", tmp_path, message="is a folder")
+    binary = tmp_path / "b.yaml"
+    binary.write_bytes(b"\xff\xfe\x00\x81")
+    assert_refused(capsys, tmp_path, "run", binary, message="is not a text file")
+
+
+def test_bad_set_override_is_refused(capsys, tmp_path, sweep_file):
+    assert_refused(capsys, tmp_path, "run", sweep_file(), "--set", "train.epochs", message="expected key=value")
+    assert_refused(capsys, tmp_path, "run", sweep_file(), "--set", "train.epochz=2", message="did you mean 'train.epochs'")
+
+
+def test_missing_dataset_offline_names_the_folder(capsys, tmp_path, sweep_file, monkeypatch):
+    monkeypatch.setenv("AEMODELS_OFFLINE", "1")
+    empty = tmp_path / "no-data"
+    assert_refused(capsys, tmp_path, "run", sweep_file({"data_dir": str(empty)}),
+                   message=f"mnist files are missing in {empty}/MNIST/raw (expected train-images-idx3-ubyte")
+
+
+def test_unwritable_results_folder_is_refused(capsys, tmp_path, sweep_file):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the results folder should be")
+    code, _, err = run_cli(capsys, "run", sweep_file(), "--set", f"storage_path={blocker}/inner")
+    assert code == 2 and "is not writable" in err and err.count("\n") == 1
+    assert blocker.read_text().startswith("a file")
+
+
+def test_existing_sweep_name_is_refused_without_overwrite(capsys, tmp_path, sweep_file):
+    (tmp_path / "results" / "tiny").mkdir(parents=True)
+    (tmp_path / "results" / "tiny" / "keep.txt").write_text("earlier work")
+    code, _, err = run_cli(capsys, "run", sweep_file())
+    assert code == 2 and "already exists" in err and "sweep resume tiny" in err and "--overwrite" in err
+    assert (tmp_path / "results" / "tiny" / "keep.txt").read_text() == "earlier work"
+
+
+@pytest.mark.parametrize("command", [["resume", "nope"], ["best", "nope"], ["analyze", "nope"], ["retrain", "nope"]])
+def test_commands_on_an_unknown_sweep(capsys, tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, *command)
+    assert code == 2 and "no sweep 'nope'" in err and "sweep ls" in err
+
+
+def test_more_gpu_than_the_cluster_has_fails_fast(capsys, tmp_path, sweep_file):
+    # This machine's Ray has no GPU: a GPU fraction per trial would leave every trial pending forever.
+    assert_refused(capsys, tmp_path, "run", sweep_file({"resources": {"gpu": 0.5}}),
+                   message="resources.gpu=0.5 asks for a GPU per trial but the Ray cluster has none")
+
+
+def test_console_script_exit_status_and_help(tmp_path, data_dir):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [")
+    proc = subprocess.run([sys.executable, "-m", "sweep.cli", "run", str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "malformed YAML" in proc.stderr
+    for command in ("run", "resume", "ls", "analyze", "best", "retrain"):
+        helped = subprocess.run([sys.executable, "-m", "sweep.cli", command, "--help"], capture_output=True, text=True)
+        assert helped.returncode == 0 and f"usage: sweep {command}" in helped.stdout
+    assert Path(tmp_path).joinpath("results").exists() is False

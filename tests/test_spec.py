@@ -1,0 +1,169 @@
+"""Sweep files: what a valid one resolves to, and a one-line error naming the fix for every bad one."""
+import copy
+
+import pytest
+import yaml
+
+from sweep.space import SearchSpace
+from sweep.spec import SpecError, apply_override, load, parse
+
+QUICK = "configs/quick.yaml"
+BASE = {"name": "t", "train": {"epochs": 3, "train_subset": 1000},
+        "space": {"variant": {"choice": ["vanilla", "denoising", "sparse"]}, "latent_dim": {"logint": [2, 64]},
+                  "lr": {"loguniform": [1.0e-4, 1.0e-2]}, "noise_factor": {"uniform": [0.1, 0.7]},
+                  "sparsity_weight": {"loguniform": ["1e-5", "1e-2"]}}}
+
+
+def with_(path: str, value):
+    raw = copy.deepcopy(BASE)
+    apply_override(raw, f"{path}={yaml.safe_dump(value, default_flow_style=True).strip()}")
+    return raw
+
+
+def without(*keys):
+    raw = copy.deepcopy(BASE)
+    node = raw
+    for key in keys[:-1]:
+        node = node[key]
+    del node[keys[-1]]
+    return raw
+
+
+def test_shipped_configs_parse():
+    quick = load(QUICK)
+    assert quick.name == "quick" and quick.epochs >= 2 and quick.num_samples >= 12
+    full = load("configs/mnist.yaml")
+    assert full.epochs == 30 and full.num_samples >= 200 and full.train["train_subset"] is None
+    assert set(full.variants()) == {"vanilla", "denoising", "sparse", "conv"}
+
+
+def test_defaults_are_filled_and_round_trip():
+    spec = parse(copy.deepcopy(BASE))
+    assert spec.searcher.seed == 0 and spec.scheduler.grace_period == 1 and spec.storage_path == "results"
+    assert spec.space["sparsity_weight"].low == 1e-5  # YAML 1.1 reads 1e-5 as a string; it is still a number
+    assert parse(spec.to_dict()) == spec
+
+
+def test_train_config_of_a_trial_has_the_fixed_settings_and_the_sampled_values():
+    spec = parse(copy.deepcopy(BASE))
+    config = spec.train_config({"variant": "denoising", "latent_dim": 4, "lr": 1e-3, "noise_factor": 0.5})
+    assert (config.epochs, config.train_subset, config.noise_factor, config.sparsity_weight) == (3, 1000, 0.5, None)
+
+
+class FakeTrial:
+    """Records what a define-by-run space asks for, answering with the first option or the low end."""
+
+    def __init__(self, variant):
+        self.variant, self.asked = variant, []
+
+    def suggest_categorical(self, name, choices):
+        self.asked.append(name)
+        return self.variant if name == "variant" else choices[0]
+
+    def suggest_int(self, name, low, high, step=1, log=False):
+        self.asked.append(name)
+        return low
+
+    def suggest_float(self, name, low, high, step=None, log=False):
+        self.asked.append(name)
+        return low
+
+
+@pytest.mark.parametrize("variant,expected", [("vanilla", []), ("denoising", ["noise_factor"]),
+                                              ("sparse", ["sparsity_weight"])])
+def test_space_samples_a_variant_knob_only_for_its_variant(variant, expected):
+    trial = FakeTrial(variant)
+    SearchSpace(parse(copy.deepcopy(BASE)).space)(trial)
+    assert trial.asked == ["variant", "latent_dim", "lr"] + expected
+
+
+def test_fixed_values_are_returned_not_sampled():
+    raw = with_("space.variant", "denoising")
+    del raw["space"]["sparsity_weight"]
+    spec = parse(raw)
+    trial = FakeTrial("denoising")
+    assert SearchSpace(spec.space)(trial) == {"variant": "denoising"}
+    assert trial.asked == ["latent_dim", "lr", "noise_factor"]
+
+
+ERRORS = [
+    ("unknown top-level key", with_("num_sample", 3), "unknown key 'num_sample' (did you mean 'num_samples'?"),
+    ("unknown train key", with_("train.epoch", 3), "unknown key 'train.epoch' (did you mean 'train.epochs'?"),
+    ("unknown space key", with_("space.learning_rate", 0.1), "unknown key 'space.learning_rate'"),
+    ("unknown variant", with_("space.variant", {"choice": ["vanilla", "vae"]}), "unknown variant 'vae'"),
+    ("misspelt variant", with_("space.variant", "vanila"), "did you mean 'vanilla'"),
+    ("empty range", with_("space.lr", {"loguniform": [1e-3, 1e-3]}), "the range [0.001, 0.001] is empty"),
+    ("inverted range", with_("space.latent_dim", {"int": [64, 2]}), "the range [64, 2] is inverted; write [2, 64]"),
+    ("log range touching 0", with_("space.lr", {"loguniform": [0, 1e-2]}), "a log range must be above 0"),
+    ("log int touching 0", with_("space.latent_dim", {"logint": [0, 8]}), "a log range must be above 0"),
+    ("latent_dim below 1", with_("space.latent_dim", {"choice": [0, 8]}), "latent_dim must be >= 1, got 0"),
+    ("latent_dim real range", with_("space.latent_dim", {"uniform": [2, 8]}), "latent_dim is an integer"),
+    ("lr not positive", with_("space.lr", -0.1), "lr must be > 0"),
+    ("negative noise", with_("space.noise_factor", {"uniform": [-0.5, 0.5]}), "noise_factor must be >= 0"),
+    ("non-numeric bound", with_("space.lr", {"loguniform": ["small", 1e-2]}), "must be a number, got 'small'"),
+    ("empty choice", with_("space.latent_dim", {"choice": []}), "choice must be a non-empty list"),
+    ("bare list", with_("space.latent_dim", [2, 8]), "write {choice: [2, 8]}"),
+    ("two distributions", with_("space.lr", {"uniform": [0.1, 0.2], "loguniform": [0.1, 0.2]}), "exactly one of"),
+    ("unused conditional", with_("space.variant", "vanilla"), "space.noise_factor is only used by the denoising"),
+    ("gpu fraction above 1", with_("resources.gpu", 2), "resources.gpu=2.0 is outside (0, 1]"),
+    ("gpu fraction negative", with_("resources.gpu", -0.5), "is outside (0, 1]"),
+    ("unknown execution", with_("resources.execution", "fused"), "unknown resources.execution 'fused'"),
+    ("negative epochs", with_("train.epochs", -1), "epochs must be >= 0"),
+    ("zero epochs", with_("train.epochs", 0), "train.epochs must be >= 1"),
+    ("negative batch size", with_("train.batch_size", -128), "batch_size must be >= 1"),
+    ("wrong type batch size", with_("train.batch_size", "large"), "batch_size must be an integer"),
+    ("unknown dataset", with_("dataset", "cifar10"), "unknown dataset 'cifar10'"),
+    ("grace beyond epochs", with_("scheduler.grace_period", 9), "grace_period=9 exceeds train.epochs=3"),
+    ("reduction factor 1", with_("scheduler.reduction_factor", 1), "reduction_factor must be > 1"),
+    ("num_samples zero", with_("num_samples", 0), "num_samples must be >= 1"),
+    ("num_samples text", with_("num_samples", "many"), "num_samples must be an integer"),
+    ("section not a mapping", with_("searcher", 3), "searcher must be a mapping of keys, not a number"),
+    ("missing space", without("space"), "missing `space`"),
+    ("missing name", without("name"), "missing `name`"),
+    ("bad name", with_("name", "my sweep/1"), "must be letters, digits"),
+    ("boolean as number", with_("max_failures", True), "max_failures must be an integer"),
+]
+
+
+@pytest.mark.parametrize("raw,message", [e[1:] for e in ERRORS], ids=[e[0] for e in ERRORS])
+def test_bad_sweep_file_is_one_line_naming_the_problem(raw, message):
+    with pytest.raises(SpecError) as err:
+        parse(raw, source="f.yaml")
+    text = str(err.value)
+    assert message in text and "\n" not in text and text.startswith("f.yaml: ")
+
+
+@pytest.mark.parametrize("content,message", [
+    ("name: [unclosed\n", "malformed YAML at line"),
+    ("", "the file is empty"),
+    ("- just\n- a list\n", "must be a mapping of keys (name, space, ...), not a list"),
+    ("42\n", "not a number"),
+])
+def test_unusable_files(tmp_path, content, message):
+    path = tmp_path / "s.yaml"
+    path.write_text(content)
+    with pytest.raises(SpecError) as err:
+        load(path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unreadable_and_missing_files(tmp_path):
+    with pytest.raises(SpecError, match="no such file"):
+        load(tmp_path / "absent.yaml")
+    with pytest.raises(SpecError, match="is a folder"):
+        load(tmp_path)
+
+
+@pytest.mark.parametrize("item,message", [("epochs", "expected key=value"), ("name.x=1", "name is a value, not a section"),
+                                          ("train.epochs=[1", "not valid YAML")])
+def test_bad_overrides(item, message):
+    with pytest.raises(SpecError, match=message.replace("[", r"\[")):
+        apply_override(copy.deepcopy(BASE), item)
+
+
+def test_overrides_reach_nested_keys():
+    raw = copy.deepcopy(BASE)
+    apply_override(raw, "train.epochs=7")
+    apply_override(raw, "space.lr={loguniform: [1e-3, 1e-2]}")
+    spec = parse(raw)
+    assert spec.epochs == 7 and spec.space["lr"].high == 1e-2

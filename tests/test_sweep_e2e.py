@@ -1,0 +1,100 @@
+"""A real sweep through the CLI on a local Ray (CPU): tables, statuses, the study, best config, retrain."""
+import math
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from sweep import load_results
+from sweep.cli import main
+from sweep.results import EPOCH_COLUMNS, TRIAL_COLUMNS
+
+pytestmark = pytest.mark.slow
+TRIALS, EPOCHS = 8, 3
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory, data_dir):
+    """configs/quick.yaml, made smaller through --set, run once for the whole module."""
+    root = tmp_path_factory.mktemp("sweeps")
+    code = main(["run", "configs/quick.yaml", "--set", f"storage_path={root}", "--set", f"num_samples={TRIALS}",
+                 "--set", f"train.epochs={EPOCHS}", "--set", "train.train_subset=1000",
+                 "--set", "scheduler.reduction_factor=2", "--set", "searcher.n_startup_trials=4"])
+    assert code == 0
+    return load_results(str(root / "quick"))
+
+
+def test_tables_have_one_row_per_trial_and_per_epoch(quick):
+    trials, epochs = quick.trials, quick.epochs
+    assert list(trials.columns) == TRIAL_COLUMNS and len(trials) == TRIALS and trials["trial_id"].is_unique
+    assert list(epochs.columns) == EPOCH_COLUMNS
+    assert len(epochs) == trials["epochs"].sum()
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    for trial_id, curve in epochs.groupby("trial_id"):
+        assert list(curve["epoch"]) == list(range(1, len(curve) + 1))
+    assert set(trials["status"]) <= {"completed", "stopped"}
+    assert (trials.loc[trials["status"] == "completed", "epochs"] == EPOCHS).all()
+    assert (trials["final_val_loss"] >= trials["best_val_loss"]).all()
+
+
+def test_asha_stops_some_trials_early(quick):
+    stopped = quick.trials[quick.trials["status"] == "stopped"]
+    assert len(stopped) >= 1 and (stopped["epochs"] < EPOCHS).all()
+
+
+def test_conditional_space_leaves_unused_hyperparameters_empty(quick):
+    trials = quick.trials
+    for variant, row in trials.set_index("variant").iterrows():
+        assert pd.isna(row["noise_factor"]) == (variant != "denoising")
+        assert pd.isna(row["sparsity_weight"]) == (variant != "sparse")
+    study = optuna.load_study(study_name="quick", storage=f"sqlite:///{quick.home}/study.db")
+    for trial in study.trials:
+        if trial.params.get("variant") != "denoising":
+            assert "noise_factor" not in trial.params
+
+
+def test_study_records_stopped_trials_as_pruned_with_their_curves(quick):
+    study = optuna.load_study(study_name="quick", storage=f"sqlite:///{quick.home}/study.db")
+    by_tune_id = {t.user_attrs["tune_trial_id"]: t for t in study.trials if "tune_trial_id" in t.user_attrs}
+    assert len(by_tune_id) == TRIALS
+    for row in quick.trials.itertuples():
+        trial = by_tune_id[row.trial_id]
+        expected = optuna.trial.TrialState.COMPLETE if row.status == "completed" else optuna.trial.TrialState.PRUNED
+        assert trial.state == expected and trial.user_attrs["epochs"] == row.epochs
+        assert len(trial.intermediate_values) == row.epochs
+        assert trial.intermediate_values[row.epochs] == pytest.approx(row.final_val_loss)
+
+
+def test_best_config_matches_the_best_row(quick):
+    completed = quick.trials[quick.trials["status"] == "completed"]
+    best = completed.sort_values("final_val_loss").iloc[0]
+    assert quick.best_trial == best["trial_id"]
+    saved = yaml.safe_load((quick.home / "best_config.yaml").read_text())
+    assert saved["variant"] == best["variant"] and saved["latent_dim"] == best["latent_dim"]
+    assert saved["lr"] == pytest.approx(best["lr"]) and saved["epochs"] == EPOCHS
+    assert quick.best_config.to_dict() == saved
+
+
+def test_retrain_reproduces_the_best_trials_val_loss(quick, capsys):
+    assert main(["retrain", str(quick.home)]) == 0
+    metrics = yaml.safe_load((quick.home / "retrain" / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert metrics["val_loss"] == pytest.approx(metrics["trial_val_loss"], rel=1e-6)
+    assert (quick.home / "retrain" / "model.pt").stat().st_size > 10_000
+
+
+def test_best_and_analyze_commands(quick, capsys):
+    assert main(["best", str(quick.home), "--format", "json"]) == 0
+    out = capsys.readouterr().out
+    assert yaml.safe_load(out) == quick.best_config.to_dict()
+    assert main(["analyze", str(quick.home)]) == 0
+    out = capsys.readouterr().out
+    assert quick.best_trial in out and "best trial of each variant" in out
+
+
+def test_tables_rebuild_identically_from_rays_folder(quick):
+    rebuilt = load_results(str(quick.home), rebuild=True)
+    pd.testing.assert_frame_equal(rebuilt.trials.drop(columns="wall_s"), quick.trials.drop(columns="wall_s"))
+    assert len(rebuilt.epochs) == len(quick.epochs)
+    assert all(math.isfinite(v) for v in rebuilt.epochs["val_loss"])
