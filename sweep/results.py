@@ -145,7 +145,7 @@ def build_tables(home: Path, spec: Optional[SweepSpec] = None) -> Results:
 
 def _trial_row(record: dict, epochs: Optional[pd.DataFrame], spec: SweepSpec) -> dict:
     last = record["last_result"]
-    config = {**{name: p.values[0] for name, p in spec.space.items() if p.kind == "fixed"}, **record["config"]}
+    params = spec.trial_params(record["config"])
     if record["ray_status"] == "TERMINATED":
         status = trial_status(last, False, spec.epochs)
     elif record["ray_status"] == "ERROR":
@@ -156,7 +156,7 @@ def _trial_row(record: dict, epochs: Optional[pd.DataFrame], spec: SweepSpec) ->
         if epochs is not None else pd.Series(dtype=float)
     final = epochs.iloc[-1] if epochs is not None else {}
     return {
-        "trial_id": record["trial_id"], **{name: config.get(name) for name in SEARCHED}, "status": status,
+        "trial_id": record["trial_id"], **params, "status": status,
         "epochs": int(final["epoch"]) if epochs is not None else 0,
         "best_val_loss": float(finite.min()) if len(finite) else math.nan,
         "final_val_loss": float(final["val_loss"]) if epochs is not None else math.nan,

@@ -171,7 +171,7 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path):
     from .space import SearchSpace
 
     searcher = StudySearch(SearchSpace(spec.space), spec.searcher, f"sqlite:///{home / STUDY_FILE}", spec.name,
-                           spec.epochs)
+                           spec.epochs, spec.points)
     scheduler = ASHAScheduler(time_attr="epoch", metric="val_loss", mode="min", max_t=spec.epochs,
                               grace_period=spec.scheduler.grace_period,
                               reduction_factor=spec.scheduler.reduction_factor, brackets=spec.scheduler.brackets)

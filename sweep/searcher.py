@@ -52,12 +52,13 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
 
 
 class StudySearch(OptunaSearch):
-    def __init__(self, space: SearchSpace, spec: SearcherSpec, storage_url: str, study_name: str, max_epochs: int):
+    def __init__(self, space: SearchSpace, spec: SearcherSpec, storage_url: str, study_name: str, max_epochs: int,
+                 points: tuple = ()):
         self._spec, self._max_epochs = spec, max_epochs
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = make_sampler(spec, spec.seed)
-        super().__init__(space, metric="val_loss", mode="min", sampler=sampler,
+        super().__init__(space, metric="val_loss", mode="min", sampler=sampler, points_to_evaluate=list(points) or None,
                          study_name=study_name, storage=open_storage(storage_url))
 
     # ---- suggestions ---------------------------------------------------------------------------

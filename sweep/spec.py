@@ -100,6 +100,7 @@ class SweepSpec:
     address: Optional[str] = None
     dashboard: bool = False
     description: str = ""
+    points: tuple = ()  # configurations to evaluate first, as {name: value} mappings (Optuna enqueue_trial)
 
     @property
     def epochs(self) -> int:
@@ -111,6 +112,20 @@ class SweepSpec:
         values = {**self.train, "dataset": self.dataset, "data_dir": self.data_dir}
         values.update({k: v for k, v in params.items() if v is not None})
         return TrainConfig.from_dict(values)
+
+    def trial_params(self, config: dict) -> dict:
+        """A trial's value of every searched name: sampled, else fixed, else None where its variant has no use."""
+        variant = config.get("variant", self.space["variant"].values[0])
+        params = {}
+        for name in SEARCHED:
+            value = config.get(name)
+            param = self.space.get(name)
+            if value is None and param is not None and param.kind == "fixed":
+                value = param.values[0]
+            if name in CONDITIONAL and CONDITIONAL[name] != variant:
+                value = None
+            params[name] = value
+        return params
 
     def variants(self) -> tuple[str, ...]:
         return self.space["variant"].options()
@@ -124,6 +139,7 @@ class SweepSpec:
             "num_samples": self.num_samples, "resources": dataclasses.asdict(self.resources),
             "max_concurrent_trials": self.max_concurrent_trials, "max_failures": self.max_failures,
             "storage_path": self.storage_path, "address": self.address, "dashboard": self.dashboard,
+            "points": [dict(p) for p in self.points],
         }
 
 
@@ -188,7 +204,7 @@ def apply_override(raw: dict, item: str) -> None:
 # ---- validation ---------------------------------------------------------------------------------
 
 TOP_KEYS = ("name", "description", "dataset", "data_dir", "train", "space", "searcher", "scheduler", "num_samples",
-            "resources", "max_concurrent_trials", "max_failures", "storage_path", "address", "dashboard")
+            "resources", "max_concurrent_trials", "max_failures", "storage_path", "address", "dashboard", "points")
 
 
 def parse(raw: dict, source: str = "sweep") -> SweepSpec:
@@ -265,7 +281,8 @@ def parse(raw: dict, source: str = "sweep") -> SweepSpec:
         address = check.string(address, "address")
     dashboard = check.boolean(raw.get("dashboard", False), "dashboard")
     description = raw.get("description") or ""
-    return SweepSpec(name=name, space=space, train=train, dataset=dataset, data_dir=data_dir, num_samples=num_samples,
+    points = _parse_points(raw.get("points") or [], space, check)
+    return SweepSpec(points=points, name=name, space=space, train=train, dataset=dataset, data_dir=data_dir, num_samples=num_samples,
                      searcher=searcher, scheduler=scheduler, resources=resources, max_concurrent_trials=max_concurrent,
                      max_failures=max_failures, storage_path=storage_path, address=address, dashboard=dashboard,
                      description=str(description))
@@ -283,6 +300,33 @@ def _parse_space(raw: dict, check: "_Check") -> dict[str, Param]:
             raise SpecError(f"{check.source}: space.{name} is only used by the {variant} variant, which the space "
                             f"never samples (variant: {', '.join(variants)}); remove it or add {variant}")
     return space
+
+
+def _parse_points(raw, space: dict[str, Param], check: "_Check") -> tuple:
+    """Explicit configurations to try first: each must set every searched parameter the space would sample."""
+    if not isinstance(raw, list):
+        raise SpecError(f"{check.source}: points must be a list of mappings, e.g. [{{variant: vanilla, lr: 0.001}}]")
+    points = []
+    for i, point in enumerate(raw):
+        where = f"points[{i}]"
+        check.mapping(point, where)
+        check.keys(point, SEARCHED, where + ".")
+        variant = point.get("variant", space["variant"].values[0] if space["variant"].kind == "fixed" else None)
+        for name, param in space.items():
+            needed = name not in CONDITIONAL or CONDITIONAL[name] == variant
+            if param.kind == "fixed" or not needed:
+                if name in point and param.kind == "fixed" and _check_value(name, point[name], check, where) != param.values[0]:
+                    raise SpecError(f"{check.source}: {where}.{name}={point[name]!r} but the space fixes {name} to "
+                                    f"{param.values[0]!r}")
+                continue
+            if name not in point:
+                raise SpecError(f"{check.source}: {where} does not set {name}; give every searched parameter a value")
+            value = _check_value(name, point[name], check, f"{where}.{name}")
+            inside = value in param.values if param.kind == "choice" else param.low <= value <= param.high
+            if not inside:
+                raise SpecError(f"{check.source}: {where}.{name}={value!r} is outside space.{name}; widen the space")
+        points.append({k: v for k, v in point.items() if k in space and space[k].kind != "fixed"})
+    return tuple(points)
 
 
 def _parse_param(name: str, value, check: "_Check") -> Param:
