@@ -5,9 +5,16 @@
     found.trials.sort_values("final_val_loss").head()
     found.best_config                        # an aemodels.TrainConfig
 
-Importing this package starts nothing: Ray starts only when a sweep runs.
+Importing this package starts nothing and imports little: the packed-trial proxies that Ray runs
+import `sweep.packed` without torch, so the names below load on first use.
 """
-from .results import Results, load_results
-from .spec import SpecError, SweepSpec, load
+import importlib
 
-__all__ = ["Results", "load_results", "SpecError", "SweepSpec", "load"]
+_EXPORTS = {"Results": "results", "load_results": "results", "SpecError": "spec", "SweepSpec": "spec", "load": "spec"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'sweep' has no attribute {name!r}")

@@ -218,7 +218,7 @@ def run(spec: SweepSpec, *, overwrite: bool = False, address: Optional[str] = No
         home.mkdir(parents=True)
         write_spec(spec, home, sweep_plan, argv or sys.argv)
         _describe(spec, sweep_plan, home)
-        with _sweep_services(spec, sweep_plan):
+        with _sweep_services(spec, sweep_plan, home):
             make_tuner(spec, sweep_plan, home).fit()
         return finish(home, spec)
     finally:
@@ -256,7 +256,7 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
     try:
         sweep_plan = plan(spec)
         print(f"resuming sweep {spec.name} in {home}", flush=True)
-        with _sweep_services(spec, sweep_plan):
+        with _sweep_services(spec, sweep_plan, home):
             tuner = tune.Tuner.restore(str(home / EXPERIMENT_DIR), trainable=trainable(spec, sweep_plan),
                                        resume_unfinished=True, resume_errored=False)
             tuner.fit()
@@ -265,12 +265,12 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
         _disconnect(started)
 
 
-def _sweep_services(spec: SweepSpec, sweep_plan: Plan):
+def _sweep_services(spec: SweepSpec, sweep_plan: Plan, home: Path):
     """Actors a sweep needs while it runs (the packed trainers); nothing for trial execution."""
     if sweep_plan.execution == "packed":
         from .packed import trainers
 
-        return trainers(spec, sweep_plan)
+        return trainers(spec, sweep_plan, home)
     import contextlib
 
     return contextlib.nullcontext()

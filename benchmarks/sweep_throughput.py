@@ -1,0 +1,246 @@
+"""Sweep throughput: the reference sweep through aesweep, per execution mode, beside the docs-style anchors.
+
+The reference sweep is ../shared/bench/anchor_tune.py's: OptunaSearch TPE over latent_dim in
+{2, 8, 16, 32, 64} and lr log-uniform [1e-4, 1e-2], vanilla, batch 128, ASHA (grace 1, reduction 3).
+On a GPU: full MNIST, 256 trials, at most 10 epochs. On a CPU: a 6,000-image subset, 32 trials, at
+most 5 epochs. Each mode runs on a Ray started beforehand (Ray's start-up is not counted, as in the
+anchors); the anchors run in the same call, so the ratio is measured on one machine at one time.
+
+    python benchmarks/sweep_throughput.py --device auto          # writes benchmarks/out/sweep_throughput.md
+
+Prints, per mode: wall time, trial-epochs per minute, the share of the cores' (or the GPU's) time
+spent inside training epochs with the rest itemised, best val_loss found, and on a GPU the GPU's
+utilisation and memory per trial.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO.parent / "shared" / "bench"
+sys.path.insert(0, str(REPO))
+
+
+def reference_spec(device: str, trials: int, epochs: int, subset, storage: str, execution: str) -> dict:
+    return {
+        "name": f"throughput-{execution}", "dataset": "mnist",
+        "train": {"epochs": epochs, "batch_size": 128, "train_subset": subset, "seed": 0, "device": device},
+        "space": {"variant": "vanilla", "latent_dim": {"choice": [2, 8, 16, 32, 64]},
+                  "lr": {"loguniform": [1.0e-4, 1.0e-2]}},
+        "searcher": {"seed": 0, "n_startup_trials": 10},
+        "scheduler": {"grace_period": 1, "reduction_factor": 3},
+        "num_samples": trials, "storage_path": storage,
+        "resources": {"execution": execution, "cpu": 1, "gpu": "auto"},
+    }
+
+
+class GpuSampler:
+    """nvidia-smi every 0.5 s while a sweep runs: mean utilisation and peak memory."""
+
+    def __init__(self):
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(0.5):
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
+                                      "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5)
+                util, mem = out.stdout.splitlines()[0].split(",")
+                self.samples.append((float(util), float(mem)))
+            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+                return
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def summary(self) -> dict:
+        if not self.samples:
+            return {}
+        return {"gpu_util_pct": sum(u for u, _ in self.samples) / len(self.samples),
+                "gpu_mem_peak_mib": max(m for _, m in self.samples)}
+
+
+def run_mode(execution: str, args, storage: str) -> dict:
+    import ray
+
+    from sweep import results, runner, spec
+
+    sweep = spec.parse(reference_spec(args.device, args.trials, args.epochs, args.subset, storage, execution))
+    tick = time.perf_counter()
+    runner.connect(None, False)
+    ray_start = time.perf_counter() - tick
+    try:
+        gpu = GpuSampler() if args.gpu else None
+        tick = time.perf_counter()
+        with gpu or _nothing():
+            runner.run(sweep, overwrite=True, argv=["benchmarks/sweep_throughput.py"])
+        wall = time.perf_counter() - tick
+        plan = runner.plan(sweep)
+    finally:
+        ray.shutdown()
+    found = results.load_results(str(Path(storage) / sweep.name))
+    rows = _iterations(Path(storage) / sweep.name)
+    cores = os.cpu_count()
+    out = {"mode": execution, "wall_s": wall, "ray_start_s": ray_start, "trials": len(found.trials),
+           "trial_epochs": int(found.trials["epochs"].sum()),
+           "best_val_loss": float(found.trials.loc[found.trials["status"] == "completed", "final_val_loss"].min()),
+           "concurrent": plan.max_concurrent}
+    out["trial_epochs_per_min"] = 60 * out["trial_epochs"] / wall
+    epochs_s, iter_s = rows["epoch_s"].sum(), rows["time_this_iter_s"].sum()
+    first = rows.groupby("trial_id").head(1)
+    setup_s = (first["time_this_iter_s"] - first["epoch_s"]).clip(lower=0).sum()
+    if execution == "packed":
+        trainers = json.loads((Path(storage) / sweep.name / "trainers.json").read_text())
+        train_s = sum(t["train_s"] for t in trainers)
+        out.update(busy=train_s / wall, trainer_rounds=sum(t["rounds"] for t in trainers),
+                   serialize_s=sum(t["serialize_s"] for t in trainers), restack_s=sum(t["restack_s"] for t in trainers),
+                   trainer_wait_s=sum(t["wait_s"] for t in trainers))
+    else:
+        slots = plan.max_concurrent if args.gpu else cores
+        out.update(busy=epochs_s / (wall * slots), epochs_s=epochs_s, setup_s=setup_s,
+                   report_s=iter_s - epochs_s - setup_s, idle_s=wall * slots - iter_s, slots=slots)
+    if gpu is not None:
+        out.update(gpu.summary())
+        if "gpu_mem_peak_mib" in out:
+            out["gpu_mem_per_trial_mib"] = out["gpu_mem_peak_mib"] / max(1, plan.max_concurrent)
+    return out
+
+
+def _iterations(home: Path) -> pd.DataFrame:
+    """Every reported result of every trial (Ray's result.json), for the time accounting."""
+    frames = []
+    for path in (home / "ray").glob("*/result.json"):
+        frame = pd.read_json(path, lines=True)
+        frames.append(frame[["trial_id", "epoch", "epoch_s", "time_this_iter_s"]])
+    return pd.concat(frames, ignore_index=True)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def run_anchors(args, data_root: str) -> list[dict]:
+    """../shared/bench's docs-style sweeps, as separate processes in this same call."""
+    env = {**os.environ, "TV_ROOT": data_root, "PYTHONUNBUFFERED": "1"}
+    runs = []
+    if args.gpu:
+        commands = [[sys.executable, str(BENCH / "anchor_tune.py"), "resident", str(args.anchor_gpu_fraction),
+                     str(args.anchor_trials), str(args.epochs), "reuse"]]
+        env["MNIST_GZ"] = str(REPO.parent / "shared" / "data" / "mnist")
+    else:
+        commands = [[sys.executable, str(BENCH / "anchor_tune_cpu.py"), str(args.anchor_trials), str(args.epochs),
+                     "reuse"],
+                    [sys.executable, str(BENCH / "tune_overhead_cpu.py"), "reuse"]]
+    for command in commands:
+        tick = time.perf_counter()
+        proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
+        wall = time.perf_counter() - tick
+        line = next((l for l in reversed(proc.stdout.splitlines()) if l.strip()), "")
+        try:
+            result = json.loads(line)
+        except json.JSONDecodeError:
+            result = {"output": line or proc.stderr.strip().splitlines()[-1:]}
+        runs.append({"command": " ".join(Path(c).name if i == 1 else c for i, c in enumerate(command[1:], 1)),
+                     "process_wall_s": wall, **result})
+    return runs
+
+
+def render(args, modes: list[dict], anchors: list[dict], command: str) -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name() if args.gpu else "none"
+    lines = [f"# Sweep throughput ({datetime.date.today()})", "",
+             f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, GPU: {gpu}",
+             f"- torch {torch.__version__}; reference sweep: vanilla, latent_dim {{2,8,16,32,64}}, lr log [1e-4, 1e-2], "
+             f"{args.trials} trials, max {args.epochs} epochs, {args.subset or 60000} images, batch 128, ASHA grace 1 / rf 3",
+             f"- command: `{command}`", "",
+             "| mode | wall s | trial-epochs | trial-epochs/min | busy | best val_loss | concurrent | notes |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    anchor_rate = next((a.get("trial_epochs_per_min") for a in anchors if "trial_epochs_per_min" in a), None)
+    for m in modes:
+        notes = []
+        if m["mode"] == "trial":
+            notes.append(f"of {m['slots']} slots x wall: epochs {m['epochs_s']:.1f} s, first-epoch setup "
+                         f"{m['setup_s']:.1f} s, report+checkpoint {m['report_s']:.1f} s, idle {m['idle_s']:.1f} s")
+        else:
+            notes.append(f"trainer: {m['trainer_rounds']} rounds, serialize {m['serialize_s']:.1f} s, restack "
+                         f"{m['restack_s']:.1f} s, waiting for trials {m['trainer_wait_s']:.1f} s")
+        if "gpu_util_pct" in m:
+            notes.append(f"GPU {m['gpu_util_pct']:.0f}% busy, {m.get('gpu_mem_per_trial_mib', 0):.0f} MiB/trial")
+        if anchor_rate:
+            notes.append(f"{m['trial_epochs_per_min'] / anchor_rate:.1f}x the anchor")
+        notes.append(f"Ray start {m['ray_start_s']:.1f} s not counted")
+        lines.append(f"| aesweep {m['mode']} | {m['wall_s']:.1f} | {m['trial_epochs']} | {m['trial_epochs_per_min']:.1f} | "
+                     f"{m['busy']:.2f} | {m['best_val_loss']:.5f} | {m['concurrent']} | {'; '.join(notes)} |")
+    for a in anchors:
+        rate = a.get("trial_epochs_per_min")
+        lines.append(f"| anchor `{a['command']}` | {a.get('wall_s', a['process_wall_s']):.1f} | "
+                     f"{a.get('trial_epochs', '-')} | {rate if rate is not None else '-'} | {a.get('busy_share', '-')} | "
+                     f"{a.get('best_loss', '-')} | - | {a.get('output', '') or 'docs-style Tune sweep'} |")
+    lines += ["", "busy: seconds inside training epochs (train + val_loss) over wall x slots for trial execution, "
+              "and the trainer's training seconds over wall for packed execution (its threads use every core).", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--modes", default="trial,packed", help="comma-separated: trial, packed")
+    parser.add_argument("--trials", type=int, help="default: 256 on a GPU, 32 on a CPU")
+    parser.add_argument("--epochs", type=int, help="max epochs per trial; default: 10 on a GPU, 5 on a CPU")
+    parser.add_argument("--subset", type=int, help="training images; default: all on a GPU, 6000 on a CPU")
+    parser.add_argument("--anchor-trials", type=int, help="trials of the anchor sweep; default 48 on a GPU, = --trials on CPU")
+    parser.add_argument("--anchor-gpu-fraction", type=float, default=0.0625)
+    parser.add_argument("--no-anchors", action="store_true")
+    parser.add_argument("--storage", default=None, help="where the sweeps write (default: a temporary folder)")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "sweep_throughput.md"))
+    args = parser.parse_args(argv)
+    import torch
+
+    args.gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    args.device = "cuda" if args.gpu else "cpu"
+    args.trials = args.trials or (256 if args.gpu else 32)
+    args.epochs = args.epochs or (10 if args.gpu else 5)
+    args.subset = args.subset if args.subset is not None else (None if args.gpu else 6000)
+    args.anchor_trials = args.anchor_trials or (48 if args.gpu else args.trials)
+    from aemodels import ensure_dataset
+
+    data_root = str(ensure_dataset("mnist"))
+    storage = args.storage or tempfile.mkdtemp(prefix="aesweep-throughput-")
+    modes = [run_mode(m.strip(), args, storage) for m in args.modes.split(",") if m.strip()]
+    anchors = [] if args.no_anchors else run_anchors(args, data_root)
+    text = render(args, modes, anchors, "python " + " ".join([Path(sys.argv[0]).name if sys.argv[0] else "",
+                                                               *sys.argv[1:]]).strip())
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    (out.with_suffix(".json")).write_text(json.dumps({"modes": modes, "anchors": anchors}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,337 @@
+"""Packed execution: the trials that share a device train together as one batched model.
+
+One `PackTrainer` actor per GPU (one per node without GPUs) holds an `aemodels.Pack` per shape of
+model and trains, epoch by epoch in lockstep, every member whose trial has asked for its next epoch.
+Each Tune trial stays an ordinary trial (Optuna samples it, ASHA stops it, it has its own checkpoints
+and table rows): it runs `run_packed_trial`, a proxy that joins a trainer, asks for one epoch at a
+time and reports it. Proxies never import torch, so hundreds of them cost little; trials join and
+leave between epochs. This module imports no torch at the top: the trainer imports it inside.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import ray
+from ray import tune
+from ray.tune import Checkpoint
+
+from .trial import STATE_FILE, checkpoint_candidates
+
+logger = logging.getLogger(__name__)
+NAMESPACE = "aesweep"
+GPU_PACK_SIZE, CPU_PACK_SIZE = 256, 16
+STALE_S = 300.0  # a member that has not asked for an epoch this long is dropped (its proxy died)
+
+
+# ---- the trainer ------------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class _Slot:
+    trial_id: str
+    config: object  # TrainConfig
+    state: object  # TrainState while parked; None while its weights live in a pack
+    pack_key: Optional[tuple] = None
+    ready: bool = False
+    future: Optional[asyncio.Future] = None
+    last_seen: float = field(default_factory=time.monotonic)
+
+
+class PackTrainer:
+    """Trains every member that is ready, one epoch per round; see the module docstring."""
+
+    def __init__(self, threads: Optional[int] = None, gather_s: Optional[float] = None):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.fixed_gather_s = gather_s
+        self.members: dict[str, _Slot] = {}
+        self.packs: dict[tuple, object] = {}
+        self.in_pack: dict[tuple, dict[str, _Slot]] = {}
+        self.cond = threading.Condition()
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.last_round_s = 1.0
+        self.stats = {"rounds": 0, "member_epochs": 0, "train_s": 0.0, "serialize_s": 0.0, "wait_s": 0.0,
+                      "restack_s": 0.0, "started": time.time()}
+        threading.Thread(target=self._train_forever, name="pack-trainer", daemon=True).start()
+
+    # -- called by the proxies (async actor methods run on the actor's event loop) --
+
+    async def join(self, trial_id: str, config: dict, state_bytes: Optional[bytes]) -> int:
+        """Add (or replace) a member from its config and checkpoint; return the epoch it starts from."""
+        from aemodels import TrainConfig, TrainState
+
+        self.loop = asyncio.get_running_loop()
+        config = TrainConfig.from_dict(config)
+        if state_bytes is None:
+            state = TrainState.initial(config)
+        else:
+            import torch
+
+            state = TrainState.from_dict(torch.load(io.BytesIO(state_bytes), map_location="cpu", weights_only=True))
+        with self.cond:
+            old = self.members.pop(trial_id, None)
+            if old is not None and old.future is not None and not old.future.done():
+                old.future.cancel()
+            self.members[trial_id] = _Slot(trial_id, config, state)
+        return state.epoch
+
+    async def next_epoch(self, trial_id: str):
+        """Wait for this member's next epoch: (metrics row, serialized state or None)."""
+        future = asyncio.get_running_loop().create_future()
+        with self.cond:
+            slot = self.members.get(trial_id)
+            if slot is None:
+                raise KeyError(f"trial {trial_id} is not a member of this trainer (it was dropped); rejoin")
+            slot.ready, slot.future, slot.last_seen = True, future, time.monotonic()
+            self.cond.notify_all()
+        return await future
+
+    def leave(self, trial_id: str) -> None:
+        with self.cond:
+            slot = self.members.pop(trial_id, None)
+            if slot is not None and slot.future is not None and not slot.future.done():
+                slot.future.cancel()  # leave runs on the actor's event loop, which owns the future
+            self.cond.notify_all()
+
+    def load(self) -> int:
+        return len(self.members)
+
+    def report(self) -> dict:
+        """Where the trainer's time went, for benchmarks."""
+        return {**self.stats, "wall_s": time.time() - self.stats["started"], "members": len(self.members)}
+
+    # -- the training thread --
+
+    def _gather(self) -> list[_Slot]:
+        """Wait for a ready member, then until every member is ready or the gather window closes."""
+        with self.cond:
+            self.cond.wait_for(lambda: any(s.ready for s in self.members.values()))
+            window = self.fixed_gather_s if self.fixed_gather_s is not None else \
+                min(5.0, max(0.2, 0.5 * self.last_round_s))
+            deadline = time.monotonic() + window
+            while not all(s.ready for s in self.members.values()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(left)
+            now = time.monotonic()
+            for slot in [s for s in self.members.values() if not s.ready and now - s.last_seen > STALE_S]:
+                logger.warning("dropping trial %s: no request for %.0f s", slot.trial_id, now - slot.last_seen)
+                del self.members[slot.trial_id]
+            batch = [s for s in self.members.values() if s.ready]
+            for slot in batch:
+                slot.ready = False
+            return batch
+
+    def _train_forever(self) -> None:
+        while True:
+            started = time.monotonic()
+            batch = self._gather()
+            self.stats["wait_s"] += time.monotonic() - started
+            by_key: dict[tuple, list[_Slot]] = {}
+            for slot in batch:
+                by_key.setdefault(self._pack_key(slot), []).append(slot)
+            round_start = time.monotonic()
+            for key in list(self.packs) + [k for k in by_key if k not in self.packs]:
+                self._train_pack(key, by_key.get(key, []))
+            self.last_round_s = time.monotonic() - round_start
+            self.stats["rounds"] += 1
+
+    @staticmethod
+    def _pack_key(slot: _Slot) -> tuple:
+        from aemodels import Pack
+
+        return Pack.key_of(slot.config) + (slot.config.device, slot.config.cuda_graphs, slot.config.matmul_precision)
+
+    def _train_pack(self, key: tuple, batch: list[_Slot]) -> None:
+        try:
+            pack = self._restack(key, batch)
+            if not batch:
+                return
+            tick = time.monotonic()
+            rows = pack.run_epoch()
+            self.stats["train_s"] += time.monotonic() - tick
+            self.stats["member_epochs"] += len(rows)
+            tick = time.monotonic()
+            for slot in batch:
+                row = {**rows[slot.trial_id], "device": str(pack.device)}
+                payload = None if row["status"] == "diverged" else self._serialize(pack.snapshot(slot.trial_id))
+                self._resolve(slot, (row, payload))
+            self.stats["serialize_s"] += time.monotonic() - tick
+            done = {s.trial_id for s in batch if rows[s.trial_id]["status"] in ("completed", "diverged")}
+            if done:
+                pack.retain([k for k in pack.keys if k not in done])
+                for trial_id in done:
+                    self.in_pack[key].pop(trial_id, None)
+        except Exception as exc:  # the members' trials fail and Tune retries them from their checkpoints
+            logger.exception("packed training failed")
+            self.packs.pop(key, None)
+            self.in_pack.pop(key, None)
+            for slot in batch:
+                self._resolve(slot, exc)
+
+    def _restack(self, key: tuple, batch: list[_Slot]):
+        """Make the pack hold exactly this round's members: park the others, add the newcomers."""
+        from aemodels import Pack, load_dataset, resolve_device
+
+        tick = time.monotonic()
+        pack = self.packs.get(key)
+        if pack is None and batch:
+            config = batch[0].config
+            dataset = load_dataset(config.dataset, config.data_dir, resolve_device(config.device))
+            pack = self.packs[key] = Pack.for_config(config, dataset)
+            self.in_pack[key] = {}
+        if pack is None:
+            return None
+        members = self.in_pack[key]
+        wanted = {s.trial_id: s for s in batch}
+        with self.cond:
+            current = dict(self.members)
+        gone = [t for t, s in members.items() if current.get(t) is not s]  # left, or replaced by a rejoin
+        pack.retain([t for t in pack.keys if t not in gone])
+        for trial_id in gone:
+            del members[trial_id]
+        for trial_id, slot in list(members.items()):
+            if trial_id not in wanted:  # still a member, not ready this round
+                slot.state, slot.pack_key = pack.remove(trial_id), None
+                del members[trial_id]
+        for slot in batch:
+            if slot.trial_id not in members:
+                pack.add(slot.trial_id, slot.state)
+                slot.state, slot.pack_key = None, key
+                members[slot.trial_id] = slot
+        self.stats["restack_s"] += time.monotonic() - tick
+        return pack
+
+    @staticmethod
+    def _serialize(state) -> bytes:
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save(state.to_dict(), buffer)
+        return buffer.getvalue()
+
+    def _resolve(self, slot: _Slot, value) -> None:
+        future = slot.future
+
+        def settle():
+            if future is None or future.done():
+                return
+            if isinstance(value, BaseException):
+                future.set_exception(value)
+            else:
+                future.set_result(value)
+
+        self.loop.call_soon_threadsafe(settle)
+
+
+# ---- the proxy: what each Tune trial runs -------------------------------------------------------
+
+_handles: dict[str, object] = {}
+
+
+def _trainer(names: list[str]):
+    """The least loaded trainer, preferring one on this trial's node."""
+    for name in names:
+        if name not in _handles:
+            _handles[name] = ray.get_actor(name, namespace=NAMESPACE)
+    handles = [_handles[n] for n in names]
+    if len(handles) == 1:
+        return handles[0]
+    loads = ray.get([h.load.remote() for h in handles])
+    return handles[loads.index(min(loads))]
+
+
+def run_packed_trial(config: dict, *, base: dict, trainers: list[str]) -> None:
+    """The Tune function trainable of packed execution (imports no torch)."""
+    trainer = _trainer(trainers)
+    trial_id = tune.get_context().get_trial_id()
+    settings = {**base, **config}
+    epoch = None
+    for checkpoint in checkpoint_candidates():
+        try:
+            with checkpoint.as_directory() as folder:
+                payload = Path(folder, STATE_FILE).read_bytes()
+            epoch = ray.get(trainer.join.remote(trial_id, settings, payload))
+            break
+        except Exception as exc:
+            logger.warning("checkpoint %s is unreadable (%s); falling back to the one before it",
+                           checkpoint.path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    if epoch is None:
+        ray.get(trainer.join.remote(trial_id, settings, None))
+    where = {"execution": "packed", "node_id": ray.get_runtime_context().get_node_id()}
+    try:
+        with tempfile.TemporaryDirectory(prefix="aesweep-") as scratch:
+            while True:
+                row, payload = ray.get(trainer.next_epoch.remote(trial_id))
+                if payload is not None:
+                    _write_atomic(Path(scratch) / STATE_FILE, payload)
+                tune.report({**row, **where}, checkpoint=Checkpoint.from_directory(scratch) if payload else None)
+                if row["status"] in ("completed", "diverged"):
+                    return
+    finally:  # also when ASHA stops the trial: Tune ends the trial's thread inside tune.report
+        with contextlib.suppress(Exception):
+            trainer.leave.remote(trial_id)
+
+
+def _write_atomic(path: Path, payload: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(payload)
+    os.replace(tmp, path)
+
+
+# ---- the driver side ----------------------------------------------------------------------------
+
+def trainer_names(spec, plan) -> list[str]:
+    return [f"{spec.name}-trainer-{i}" for i in range(plan.trainers)]
+
+
+def packed_plan(spec, cpus: float, gpus: float):
+    """Trainers (one per GPU, else one), members per trainer, and the proxies' small CPU share."""
+    from .runner import Plan
+
+    trainers = int(gpus) if gpus >= 1 else 1
+    pack_size = spec.resources.pack_size or (GPU_PACK_SIZE if gpus else CPU_PACK_SIZE)
+    concurrent = min(pack_size * trainers, spec.num_samples, spec.max_concurrent_trials or pack_size * trainers)
+    trainer_cpus = trainers  # one CPU each for bookkeeping; a CPU trainer's threads use every core
+    proxy_cpu = max(0.001, min(1.0, (cpus - trainer_cpus) / concurrent)) if cpus > trainer_cpus else 0.001
+    return Plan("packed", round(proxy_cpu, 4), 0.0, concurrent, cpus, gpus, pack_size=pack_size, trainers=trainers)
+
+
+@contextlib.contextmanager
+def trainers(spec, plan, home: Path):
+    """Start the sweep's trainer actors; when the sweep ends, record where their time went and stop them."""
+    threads = None if plan.cluster_gpus else max(1, int(plan.cluster_cpus))
+    actor = ray.remote(PackTrainer)
+    handles = [
+        actor.options(name=name, namespace=NAMESPACE, num_cpus=1, num_gpus=1 if plan.cluster_gpus else 0,
+                      max_restarts=-1, max_concurrency=4 * plan.pack_size + 16, get_if_exists=False).remote(threads)
+        for name in trainer_names(spec, plan)
+    ]
+    ray.get([h.load.remote() for h in handles])
+    try:
+        yield handles
+    finally:
+        with contextlib.suppress(Exception):
+            reports = ray.get([h.report.remote() for h in handles], timeout=30)
+            (home / "trainers.json").write_text(json.dumps(reports, indent=1))
+        for handle in handles:
+            with contextlib.suppress(Exception):
+                ray.kill(handle)
+
+
+def make_packed_trainable(spec, plan, base: dict):
+    fn = tune.with_parameters(run_packed_trial, base=base, trainers=trainer_names(spec, plan))
+    return tune.with_resources(fn, {"cpu": plan.cpu_per_trial})

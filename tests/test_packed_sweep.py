@@ -1,0 +1,61 @@
+"""Packed execution end to end on CPU: trials trained together by one trainer, each still a full Tune trial."""
+import json
+
+import optuna
+import pytest
+import yaml
+
+from sweep import load_results
+from sweep.cli import main
+
+pytestmark = pytest.mark.slow
+TRIALS, EPOCHS = 8, 3
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory, data_dir):
+    root = tmp_path_factory.mktemp("packed")
+    code = main(["run", "configs/quick.yaml", "--set", f"storage_path={root}", "--set", f"num_samples={TRIALS}",
+                 "--set", f"train.epochs={EPOCHS}", "--set", "train.train_subset=1000",
+                 "--set", "resources.execution=packed", "--set", "resources.pack_size=6",
+                 "--set", "scheduler.reduction_factor=2", "--set", "searcher.n_startup_trials=4"])
+    assert code == 0
+    return load_results(str(root / "quick"))
+
+
+def test_every_trial_has_its_rows_and_ran_packed(packed):
+    trials, epochs = packed.trials, packed.epochs
+    assert len(trials) == TRIALS and set(trials["execution"]) == {"packed"}
+    assert set(trials["status"]) <= {"completed", "stopped"} and (trials["status"] == "stopped").any()
+    assert len(epochs) == trials["epochs"].sum() and not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert epochs["pack_size"].max() > 1, "trials trained together"
+    assert epochs["pack_size"].max() <= 6
+
+
+def test_each_packed_trial_has_its_own_checkpoints(packed):
+    for row in packed.trials.itertuples():
+        folders = list((packed.home / "ray").glob(f"*_{row.trial_id}_*/checkpoint_*/state.pt"))
+        assert folders, f"trial {row.trial_id} has no checkpoint"
+
+
+def test_study_sees_packed_trials_like_any_others(packed):
+    study = optuna.load_study(study_name="quick", storage=f"sqlite:///{packed.home}/study.db")
+    states = {t.user_attrs.get("tune_trial_id"): t.state for t in study.trials}
+    for row in packed.trials.itertuples():
+        expected = optuna.trial.TrialState.COMPLETE if row.status == "completed" else optuna.trial.TrialState.PRUNED
+        assert states[row.trial_id] == expected
+
+
+def test_a_packed_trial_computes_what_its_config_computes_alone(packed):
+    # `sweep retrain` trains the best config alone with aemodels.train: same seed, same numbers.
+    assert main(["retrain", str(packed.home)]) == 0
+    metrics = json.loads((packed.home / "retrain" / "metrics.json").read_text())
+    assert metrics["val_loss"] == pytest.approx(metrics["trial_val_loss"], rel=1e-3)
+    curve = packed.epochs[packed.epochs["trial_id"] == packed.best_trial]["val_loss"].tolist()
+    assert [h["val_loss"] for h in metrics["history"]] == pytest.approx(curve, rel=1e-3)
+
+
+def test_trainer_time_is_recorded(packed):
+    trainers = json.loads((packed.home / "trainers.json").read_text())
+    assert len(trainers) == 1 and trainers[0]["member_epochs"] >= packed.trials["epochs"].sum()
+    assert yaml.safe_load((packed.home / "sweep.yaml").read_text())["meta"]["execution"] == "packed"
