@@ -23,9 +23,6 @@ class Progress(Callback):
     def _reset(self):
         self.start = time.monotonic()
         self.last_print = 0.0
-        self.epochs = 0
-        self.running: set = set()
-        self.finished: dict[str, str] = {}
         self.best = (math.inf, None, None)
 
     def __getstate__(self):  # Ray pickles callbacks with the tuner: keep only the settings
@@ -39,39 +36,36 @@ class Progress(Callback):
     def _write(self, line: str) -> None:
         print(line, file=self.stream or sys.stdout, flush=True)
 
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.running.add(trial.trial_id)
-
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.epochs += 1
         value = result.get("val_loss")
         if value is not None and math.isfinite(value) and value < self.best[0]:
             self.best = (value, trial.trial_id, dict(trial.config))
         if time.monotonic() - self.last_print >= self.interval_s:
-            self._write(self.status_line())
+            self._write(self.status_line(trials))
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._finish(trial, trial_status(trial.last_result, False, self.max_epochs))
+    def on_experiment_end(self, trials, **info):
+        self._write(self.status_line(trials))
 
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._finish(trial, "error")
-
-    def _finish(self, trial, status):
-        self.running.discard(trial.trial_id)
-        self.finished[trial.trial_id] = status
-
-    def counts(self) -> dict[str, int]:
-        counts = {s: 0 for s in ("completed", "stopped", "diverged", "error")}
-        for status in self.finished.values():
-            counts[status] += 1
+    def counts(self, trials) -> dict[str, int]:
+        """Derived from Tune's own trial list, so a resumed sweep counts what it restored too."""
+        counts = {s: 0 for s in ("running", "completed", "stopped", "diverged", "error")}
+        for trial in trials:
+            if trial.status == "RUNNING":
+                counts["running"] += 1
+            elif trial.status == "TERMINATED":
+                counts[trial_status(trial.last_result, False, self.max_epochs)] += 1
+            elif trial.status == "ERROR":
+                counts["error"] += 1
         return counts
 
-    def status_line(self) -> str:
+    def status_line(self, trials) -> str:
         self.last_print = time.monotonic()
-        counts = self.counts()
-        parts = [f"{len(self.running)} running"] + [f"{n} {s}" for s, n in counts.items() if n]
-        return (f"[{time.monotonic() - self.start:6.0f}s] {len(self.finished)}/{self.num_samples} trials done | "
-                f"{', '.join(parts)} | {self.epochs} epochs | best val_loss {self._best_text()}")
+        counts = self.counts(trials)
+        done = sum(n for s, n in counts.items() if s != "running")
+        epochs = sum(int(t.last_result.get("epoch", 0)) for t in trials if t.last_result)
+        parts = [f"{counts['running']} running"] + [f"{n} {s}" for s, n in counts.items() if n and s != "running"]
+        return (f"[{time.monotonic() - self.start:6.0f}s] {done}/{self.num_samples} trials done | "
+                f"{', '.join(parts)} | {epochs} epochs | best val_loss {self._best_text()}")
 
     def _best_text(self) -> str:
         value, trial_id, config = self.best
@@ -79,9 +73,6 @@ class Progress(Callback):
             return "-"
         shown = ", ".join(f"{k}={_short(config[k])}" for k in SEARCHED if config.get(k) is not None)
         return f"{value:.5f} ({trial_id}: {shown})"
-
-    def on_experiment_end(self, trials, **info):
-        self._write(self.status_line())
 
 
 def _short(value):

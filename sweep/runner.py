@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import datetime
 import logging
+import json
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -226,7 +226,13 @@ def run(spec: SweepSpec, *, overwrite: bool = False, address: Optional[str] = No
 
 
 def check_resumable(home: Path) -> None:
-    """Fail loudly on a sweep Ray could only resume with a fresh searcher (ray#30861)."""
+    """Fail loudly on a sweep Ray could only resume with a fresh searcher (ray#30861).
+
+    Ray itself silently skips a missing searcher state and goes on with a fresh one, and its files
+    are pickles (the .json of search_gen_state too): each must unpickle to its mapping.
+    """
+    import ray.cloudpickle as cloudpickle
+
     experiment = home / EXPERIMENT_DIR
     if not (experiment / "tuner.pkl").is_file():
         raise SweepError(f"{experiment} has no tuner.pkl: the sweep never started; run it again with --overwrite")
@@ -237,12 +243,43 @@ def check_resumable(home: Path) -> None:
                              "study's state; run the sweep again with --overwrite")
         try:
             with open(newest, "rb") as fh:
-                state = pickle.load(fh) if newest.endswith(".pkl") else yaml.safe_load(fh)
+                state = cloudpickle.load(fh) if "state" in pattern and "experiment" not in pattern else json.load(fh)
             if not isinstance(state, dict):
                 raise ValueError("not a mapping")
         except Exception as exc:
             raise SweepError(f"{newest} is corrupt or truncated ({type(exc).__name__}); resuming would fall back to a "
                              "default searcher, so it is refused; restore that file or rerun with --overwrite") from None
+
+
+def reconcile(home: Path, spec: SweepSpec) -> None:
+    """Mark finished the trials the study saw finish after Ray's last snapshot of the experiment.
+
+    Ray snapshots its experiment state every few seconds; a trial that finished after the last
+    snapshot would be resumed as unfinished and run again. The Optuna study is written as each trial
+    ends, so it knows better: such trials become TERMINATED (or ERROR) with their last result, taken
+    from their result.json, before Ray restores the experiment.
+    """
+    from .searcher import finished_in_study
+
+    state_file = results_mod._newest(str(home / EXPERIMENT_DIR / "experiment_state-*.json"))
+    finished = finished_in_study(f"sqlite:///{home / STUDY_FILE}", spec.name)
+    with open(state_file) as fh:
+        state = json.load(fh)
+    changed = False
+    for entry in state["trial_data"]:
+        trial, runtime = json.loads(entry[0]), json.loads(entry[1])
+        status = finished.get(trial["trial_id"])
+        if status is None or trial["status"] in ("TERMINATED", "ERROR"):
+            continue
+        rows = results_mod._result_rows(home / EXPERIMENT_DIR / trial["relative_logdir"])
+        trial["status"] = "ERROR" if status == "error" else "TERMINATED"
+        if rows:
+            runtime["last_result"] = rows[-1]
+        entry[0], entry[1] = json.dumps(trial, indent=2), json.dumps(runtime)
+        changed = True
+    if changed:
+        text = json.dumps(state)
+        results_mod._atomic(Path(state_file), lambda path: Path(path).write_text(text))
 
 
 def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
@@ -252,6 +289,7 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
     home = results_mod.find_home(name_or_dir)
     spec = results_mod.read_spec(home)
     check_resumable(home)
+    reconcile(home, spec)
     started = connect(address or spec.address, spec.dashboard)
     try:
         sweep_plan = plan(spec)

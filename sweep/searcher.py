@@ -40,6 +40,13 @@ def trial_status(result: dict | None, error: bool, max_epochs: int) -> str:
     return "stopped"
 
 
+def finished_in_study(storage_url: str, study_name: str) -> dict[str, str]:
+    """Tune trial id -> status, for every trial the study has recorded as finished."""
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
+    return {t.user_attrs["tune_trial_id"]: t.user_attrs.get("status", "completed")
+            for t in study.get_trials(deepcopy=False) if t.state.is_finished() and "tune_trial_id" in t.user_attrs}
+
+
 def make_sampler(spec: SearcherSpec, seed: int) -> optuna.samplers.TPESampler:
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.n_startup_trials,
                                       multivariate=spec.multivariate, group=spec.multivariate,
@@ -119,6 +126,10 @@ class StudySearch(OptunaSearch):
 
     def restore(self, checkpoint_path: str):
         super().restore(checkpoint_path)
+        by_number = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
+        for trial_id, ot_trial in self._ot_trials.items():  # finished after the last searcher save
+            if by_number[ot_trial.number].state.is_finished():
+                self._completed_trials.add(trial_id)
         known = {t.number for t in self._ot_trials.values()}
         for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if trial.number not in known:  # started after the last searcher save, then lost with the driver
