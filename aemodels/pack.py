@@ -103,8 +103,11 @@ class TrainState:
         values["config"] = TrainConfig.from_dict(values["config"])
         return cls(**values)
 
-    def save(self, path) -> None:
-        """Write atomically: a crash leaves the previous file or the new one, never half of one."""
+    def save(self, path, durable: bool = True) -> None:
+        """Write atomically: a crash leaves the previous file or the new one, never half of one.
+
+        durable=False skips the fsync, for a scratch copy that is about to be copied elsewhere.
+        """
         import os
         import tempfile
 
@@ -114,7 +117,8 @@ class TrainState:
             with os.fdopen(fd, "wb") as fh:
                 torch.save(self.to_dict(), fh)
                 fh.flush()
-                os.fsync(fh.fileno())
+                if durable:
+                    os.fsync(fh.fileno())
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

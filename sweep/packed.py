@@ -24,9 +24,8 @@ from typing import Optional
 
 import ray
 from ray import tune
-from ray.tune import Checkpoint
 
-from .trial import STATE_FILE, checkpoint_candidates
+from .trial import TrialRecord
 
 logger = logging.getLogger(__name__)
 NAMESPACE = "aesweep"
@@ -259,31 +258,23 @@ def run_packed_trial(config: dict, *, base: dict, trainers: list[str]) -> None:
     trainer = _trainer(trainers)
     trial_id = tune.get_context().get_trial_id()
     settings = {**base, **config}
-    epoch = None
-    for checkpoint in checkpoint_candidates():
-        try:
-            with checkpoint.as_directory() as folder:
-                payload = Path(folder, STATE_FILE).read_bytes()
-            epoch = ray.get(trainer.join.remote(trial_id, settings, payload))
-            break
-        except Exception as exc:
-            logger.warning("checkpoint %s is unreadable (%s); falling back to the one before it",
-                           checkpoint.path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    if epoch is None:
-        ray.get(trainer.join.remote(trial_id, settings, None))
     where = {"execution": "packed", "node_id": ray.get_runtime_context().get_node_id()}
-    try:
-        with tempfile.TemporaryDirectory(prefix="aesweep-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="aesweep-") as scratch:
+        record = TrialRecord(scratch)
+        # The trainer decodes the state: a checkpoint it cannot read falls back to the one before.
+        joined = record.restore(lambda path: ray.get(trainer.join.remote(trial_id, settings, path.read_bytes())))
+        if joined is None:
+            ray.get(trainer.join.remote(trial_id, settings, None))
+        try:
             while True:
                 row, payload = ray.get(trainer.next_epoch.remote(trial_id))
-                if payload is not None:
-                    _write_atomic(Path(scratch) / STATE_FILE, payload)
-                tune.report({**row, **where}, checkpoint=Checkpoint.from_directory(scratch) if payload else None)
+                write = (lambda path: _write_atomic(path, payload)) if payload is not None else None
+                record.report({**row, **where}, write)
                 if row["status"] in ("completed", "diverged"):
                     return
-    finally:  # also when ASHA stops the trial: Tune ends the trial's thread inside tune.report
-        with contextlib.suppress(Exception):
-            trainer.leave.remote(trial_id)
+        finally:  # also when ASHA stops the trial: Tune ends the trial's thread inside tune.report
+            with contextlib.suppress(Exception):
+                trainer.leave.remote(trial_id)
 
 
 def _write_atomic(path: Path, payload: bytes) -> None:

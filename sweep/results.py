@@ -21,7 +21,8 @@ import yaml
 
 from aemodels import TrainConfig
 
-from .searcher import trial_status
+from .searcher import finished_in_study, trial_status
+from .trial import HISTORY_FILE
 from .spec import SEARCHED, SweepSpec, parse
 
 EPOCH_COLUMNS = ["trial_id", "epoch", "train_loss", "val_loss", "epoch_s", "train_s", "images_per_s", "pack_size",
@@ -95,9 +96,20 @@ def read_experiment(experiment: Path) -> list[dict]:
         records.append({
             "trial_id": trial["trial_id"], "config": trial["config"], "ray_status": trial["status"],
             "last_result": runtime.get("last_result") or {}, "num_failures": runtime.get("num_failures", 0),
-            "error": _error_line(folder, runtime.get("error_filename")), "rows": _result_rows(folder),
+            "error": _error_line(folder, runtime.get("error_filename")), "rows": _epoch_rows(folder),
         })
     return records
+
+
+def _epoch_rows(folder: Path) -> list[dict]:
+    """The trial's rows: its newest readable checkpoint's history, then what result.json has beyond it."""
+    history = []
+    for checkpoint in sorted(folder.glob("checkpoint_*"), reverse=True):
+        with contextlib.suppress(OSError, ValueError):
+            history = json.loads((checkpoint / HISTORY_FILE).read_text())
+            break
+    last = max((r["epoch"] for r in history), default=0)
+    return history + [r for r in _result_rows(folder) if r.get("epoch", 0) > last]
 
 
 def _result_rows(folder: Path) -> list[dict]:
@@ -111,6 +123,7 @@ def _result_rows(folder: Path) -> list[dict]:
 
 
 def _error_line(folder: Path, filename: Optional[str]) -> Optional[str]:
+    filename = filename or ("error.txt" if (folder / "error.txt").is_file() else None)
     if not filename:
         return None
     with contextlib.suppress(OSError):
@@ -124,7 +137,12 @@ def _error_line(folder: Path, filename: Optional[str]) -> Optional[str]:
 def build_tables(home: Path, spec: Optional[SweepSpec] = None) -> Results:
     spec = spec or read_spec(home)
     trial_rows, epoch_frames = [], []
+    # The study records each trial's end as it happens; Ray's snapshot can lag (it may still say
+    # RUNNING for a trial that has since failed for good), so the study's word wins.
+    told = finished_in_study(f"sqlite:///{home / STUDY_FILE}", spec.name) if (home / STUDY_FILE).is_file() else {}
     for record in read_experiment(home / EXPERIMENT_DIR):
+        if record["trial_id"] in told and record["ray_status"] not in ("TERMINATED", "ERROR"):
+            record["ray_status"] = "ERROR" if told[record["trial_id"]] == "error" else "TERMINATED"
         rows = [r for r in record["rows"] if "epoch" in r]
         # A restored trial re-reports the epochs between its checkpoint and the crash: keep the last of each.
         epochs = pd.DataFrame(rows).drop_duplicates("epoch", keep="last").sort_values("epoch") if rows else None
@@ -163,7 +181,7 @@ def _trial_row(record: dict, epochs: Optional[pd.DataFrame], spec: SweepSpec) ->
         "final_train_loss": float(final["train_loss"]) if epochs is not None else math.nan,
         "wall_s": float(last.get("time_total_s", math.nan)), "node": last.get("hostname"), "node_id": last.get("node_id"),
         "device": last.get("device"), "execution": last.get("execution"),
-        "num_failures": int(record["num_failures"]), "error": record["error"],
+        "num_failures": int(record["num_failures"]), "error": record["error"] if status == "error" else None,
     }
 
 
@@ -226,8 +244,11 @@ def load_results(name_or_dir: str, *, rebuild: bool = False, storage_path: str =
     spec = read_spec(home)
     if rebuild or not (home / "trials.parquet").is_file():
         results = build_tables(home, spec)
-        with contextlib.suppress(ResultsError):  # a read-only copy of a sweep is still readable
+        if rebuild:
             write_tables(results)
+        else:
+            with contextlib.suppress(ResultsError):  # a read-only copy of a sweep is still readable
+                write_tables(results)
         return results
     trials = pd.read_parquet(home / "trials.parquet")
     epochs = pd.read_parquet(home / "epochs.parquet")

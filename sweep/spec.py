@@ -181,7 +181,7 @@ def read_yaml(path) -> dict:
 
 
 def apply_override(raw: dict, item: str) -> None:
-    """`train.epochs=2`: the value is read as YAML, so numbers, lists and mappings work."""
+    """`train.epochs=2`: the value is read as YAML, so numbers, lists and mappings work; `key=null` removes key."""
     if "=" not in item:
         raise SpecError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=2")
     key, text = item.split("=", 1)
@@ -198,7 +198,10 @@ def apply_override(raw: dict, item: str) -> None:
         if not isinstance(child, dict):
             raise SpecError(f"--set {item!r}: {'.'.join(parts[:depth + 1])} is a value, not a section")
         node = child
-    node[parts[-1]] = value
+    if value is None:
+        node.pop(parts[-1], None)
+    else:
+        node[parts[-1]] = value
 
 
 # ---- validation ---------------------------------------------------------------------------------
@@ -325,7 +328,8 @@ def _parse_points(raw, space: dict[str, Param], check: "_Check") -> tuple:
             inside = value in param.values if param.kind == "choice" else param.low <= value <= param.high
             if not inside:
                 raise SpecError(f"{check.source}: {where}.{name}={value!r} is outside space.{name}; widen the space")
-        points.append({k: v for k, v in point.items() if k in space and space[k].kind != "fixed"})
+        points.append({k: _check_value(k, v, check, f"{where}.{k}") for k, v in point.items()
+                       if k in space and space[k].kind != "fixed"})
     return tuple(points)
 
 

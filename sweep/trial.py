@@ -6,9 +6,11 @@ trial continues from its newest readable checkpoint (an unreadable one falls bac
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -18,6 +20,7 @@ from ray import tune
 from ray.tune import Checkpoint
 
 STATE_FILE = "state.pt"
+HISTORY_FILE = "history.json"
 logger = logging.getLogger(__name__)
 
 
@@ -34,18 +37,46 @@ def checkpoint_candidates() -> list[Checkpoint]:
     return [latest] + [Checkpoint(p, filesystem=fs) for p in older]
 
 
-def load_newest(read: Callable[[Path], object]) -> Optional[object]:
-    """`read(state_file)` on the newest checkpoint that reads; warn about each one that does not."""
-    for checkpoint in checkpoint_candidates():
-        try:
-            with checkpoint.as_directory() as folder:
-                return read(Path(folder) / STATE_FILE)
-        except Exception as exc:
-            logger.warning("checkpoint %s is unreadable (%s: %s); falling back to the one before it",
-                           checkpoint.path, type(exc).__name__, exc)
-    if tune.get_checkpoint() is not None:
-        logger.warning("no readable checkpoint left; the trial starts again from epoch 0")
-    return None
+class TrialRecord:
+    """A trial's checkpoint folder: its training state and every row it has reported (history.json).
+
+    Ray's own result.json can lose the rows reported shortly before a worker dies (the driver's copy
+    is replaced by the last synced one when the trial restarts), so each checkpoint carries the
+    trial's complete history up to it, and the tables are built from that first.
+    """
+
+    def __init__(self, scratch: str):
+        self.scratch = Path(scratch)
+        self.history: list[dict] = []
+
+    def restore(self, read: Callable[[Path], object]) -> Optional[object]:
+        """`read(state_file)` on the newest checkpoint that reads; warn about each one that does not."""
+        for checkpoint in checkpoint_candidates():
+            try:
+                with checkpoint.as_directory() as folder:
+                    state = read(Path(folder) / STATE_FILE)
+                    self.history = json.loads((Path(folder) / HISTORY_FILE).read_text())
+                    return state
+            except Exception as exc:
+                logger.warning("checkpoint %s is unreadable (%s: %s); falling back to the one before it",
+                               checkpoint.path, type(exc).__name__, exc)
+        if tune.get_checkpoint() is not None:
+            logger.warning("no readable checkpoint left; the trial starts again from epoch 0")
+        self.history = []
+        return None
+
+    def report(self, row: dict, write_state: Optional[Callable[[Path], None]]) -> None:
+        """Report one epoch to Tune, with a checkpoint when `write_state` writes the state file."""
+        row = {**row, "timestamp": time.time()}
+        self.history = [r for r in self.history if r["epoch"] < row["epoch"]] + [row]
+        checkpoint = None
+        if write_state is not None:
+            write_state(self.scratch / STATE_FILE)
+            tmp = self.scratch / f"{HISTORY_FILE}.tmp"
+            tmp.write_text(json.dumps(self.history))
+            os.replace(tmp, self.scratch / HISTORY_FILE)
+            checkpoint = Checkpoint.from_directory(str(self.scratch))
+        tune.report(row, checkpoint=checkpoint)
 
 
 def run_trial(config: dict, *, base: dict, threads: int = 1) -> None:
@@ -56,19 +87,18 @@ def run_trial(config: dict, *, base: dict, threads: int = 1) -> None:
 
     torch.set_num_threads(threads)
     train_config = TrainConfig.from_dict({**base, **config})
-    resume = load_newest(TrainState.load)
     device = "cuda" if train_config.device != "cpu" and torch.cuda.is_available() else "cpu"
     where = {"device": device, "execution": "trial", "node_id": ray.get_runtime_context().get_node_id()}
     with tempfile.TemporaryDirectory(prefix="aesweep-") as scratch:
-        saved = []
+        record = TrialRecord(scratch)
+        resume = record.restore(TrainState.load)
+        latest = []
 
         def checkpoint(state):
-            state.save(Path(scratch) / STATE_FILE)
-            saved.append(True)
+            latest[:] = [state]
 
         def report(metrics):
-            metrics = {**metrics, **where}
-            tune.report(metrics, checkpoint=Checkpoint.from_directory(scratch) if saved else None)
-            saved.clear()
+            write = (lambda path: latest.pop().save(path, durable=False)) if latest else None
+            record.report({**metrics, **where}, write)
 
         train(train_config, report=report, checkpoint=checkpoint, resume=resume)

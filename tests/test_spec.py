@@ -167,3 +167,18 @@ def test_overrides_reach_nested_keys():
     apply_override(raw, "space.lr={loguniform: [1e-3, 1e-2]}")
     spec = parse(raw)
     assert spec.epochs == 7 and spec.space["lr"].high == 1e-2
+
+
+def test_null_override_removes_a_key():
+    raw = copy.deepcopy(BASE)
+    apply_override(raw, "space.noise_factor=null")
+    assert "noise_factor" not in raw["space"]
+
+
+def test_points_must_set_every_sampled_parameter_inside_the_space():
+    ok = with_("points", [{"variant": "sparse", "latent_dim": 8, "lr": 1e-3, "sparsity_weight": 1e-3}])
+    assert parse(ok).points == ({"variant": "sparse", "latent_dim": 8, "lr": 1e-3, "sparsity_weight": 1e-3},)
+    with pytest.raises(SpecError, match="does not set sparsity_weight"):
+        parse(with_("points", [{"variant": "sparse", "latent_dim": 8, "lr": 1e-3}]))
+    with pytest.raises(SpecError, match=r"points\[0\].lr=1.0 is outside space.lr"):
+        parse(with_("points", [{"variant": "vanilla", "latent_dim": 8, "lr": 1.0}]))
