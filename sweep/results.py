@@ -11,6 +11,7 @@ import glob
 import json
 import math
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,8 @@ import yaml
 
 from aemodels import TrainConfig
 
-from .searcher import finished_in_study, trial_status
+from . import storage
+from .searcher import STUDY_SNAPSHOT, finished_in_study, trial_status
 from .trial import HISTORY_FILE
 from .spec import SEARCHED, SweepSpec, parse
 
@@ -31,6 +33,7 @@ TRIAL_COLUMNS = ["trial_id", *SEARCHED, "status", "epochs", "best_val_loss", "fi
                  "wall_s", "node", "node_id", "device", "execution", "num_failures", "error"]
 HYPER_DTYPES = {"latent_dim": "Int64", "lr": "Float64", "noise_factor": "Float64", "sparsity_weight": "Float64"}
 SPEC_FILE, STUDY_FILE, EXPERIMENT_DIR = "sweep.yaml", "study.db", "ray"
+TABLE_FILES = ("trials.parquet", "trials.csv", "epochs.parquet", "best_config.yaml")
 
 
 class ResultsError(RuntimeError):
@@ -60,14 +63,63 @@ class Results:
 
 # ---- locating a sweep ----------------------------------------------------------------------------
 
+def local_home(spec: SweepSpec) -> Path:
+    """The sweep's local folder: under storage_path, or results/<name> mirroring an object store."""
+    base = Path("results") if storage.is_remote(spec.storage_path) else Path(spec.storage_path)
+    return (base / spec.name).resolve()
+
+
+def remote_home(spec: SweepSpec) -> Optional[str]:
+    return storage.join(spec.storage_path, spec.name) if storage.is_remote(spec.storage_path) else None
+
+
+def experiment_path(home: Path, spec: SweepSpec) -> str:
+    """Where Ray keeps the experiment: the object store when there is one, else home/ray."""
+    remote = remote_home(spec)
+    return storage.join(remote, EXPERIMENT_DIR) if remote else str(home / EXPERIMENT_DIR)
+
+
 def find_home(name_or_dir: str, storage_path: str = "results") -> Path:
-    """A sweep's folder from its name (under results/) or its path."""
+    """A sweep's local folder from its name (under results/), its path, or its object-store URI."""
+    if storage.is_remote(name_or_dir):
+        home = (Path("results") / name_or_dir.rstrip("/").rsplit("/", 1)[-1]).resolve()
+        try:
+            found = storage.download(storage.join(name_or_dir, SPEC_FILE), home / SPEC_FILE)
+        except OSError as exc:
+            raise ResultsError(f"cannot read {name_or_dir} ({str(exc).splitlines()[0]}); check the URI and "
+                               "the credentials") from None
+        if not found:
+            raise ResultsError(f"no sweep at {name_or_dir}: it holds no {SPEC_FILE}")
+        return home
     candidates = [Path(name_or_dir), Path(storage_path) / name_or_dir]
     for candidate in candidates:
         if (candidate / SPEC_FILE).is_file():
             return candidate.resolve()
     raise ResultsError(f"no sweep {name_or_dir!r}: neither {candidates[0]} nor {candidates[1]} holds a {SPEC_FILE}; "
                        "`sweep ls` lists the sweeps")
+
+
+def sync_down(home: Path, spec: SweepSpec) -> None:
+    """Refresh the local mirror of a remote experiment's small files (results, states, histories)."""
+    remote = remote_home(spec)
+    if remote:
+        storage.download_tree(storage.join(remote, EXPERIMENT_DIR), home / EXPERIMENT_DIR)
+    snapshot = home / EXPERIMENT_DIR / STUDY_SNAPSHOT
+    if not (home / STUDY_FILE).is_file() and snapshot.is_file():  # a driver on another machine wrote it
+        shutil.copyfile(snapshot, home / STUDY_FILE)
+
+
+def sync_up(home: Path, spec: SweepSpec, names=(SPEC_FILE, STUDY_FILE)) -> None:
+    """Copy the named files of the local folder to the object store (one whole object each)."""
+    remote = remote_home(spec)
+    if remote:
+        for name in names:
+            if (home / name).is_file():
+                try:
+                    storage.upload(home / name, storage.join(remote, name))
+                except OSError as exc:
+                    raise ResultsError(f"cannot copy {name} to {remote} ({str(exc).splitlines()[0]}); the local "
+                                       f"copy in {home} is intact; `sweep analyze {home}` uploads it again") from None
 
 
 def read_spec(home: Path) -> SweepSpec:
@@ -213,6 +265,7 @@ def write_tables(results: Results) -> None:
                   "# aemodels.TrainConfig(**yaml.safe_load(open(this file))) trains it again\n")
         text = header + yaml.safe_dump(results.best_config.to_dict(), sort_keys=False)
         _atomic(home / "best_config.yaml", lambda path: Path(path).write_text(text))
+    sync_up(home, results.spec, TABLE_FILES + (SPEC_FILE, STUDY_FILE))
 
 
 def _atomic(target: Path, write) -> None:
@@ -243,6 +296,7 @@ def load_results(name_or_dir: str, *, rebuild: bool = False, storage_path: str =
     home = find_home(name_or_dir, storage_path)
     spec = read_spec(home)
     if rebuild or not (home / "trials.parquet").is_file():
+        sync_down(home, spec)
         results = build_tables(home, spec)
         if rebuild:
             write_tables(results)

@@ -7,8 +7,8 @@ off, unless an address joins an existing cluster.
 from __future__ import annotations
 
 import datetime
-import logging
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -23,7 +23,9 @@ import yaml
 from aemodels import DataError, ensure_dataset
 
 from . import results as results_mod
+from . import storage
 from .results import EXPERIMENT_DIR, SPEC_FILE, STUDY_FILE, Results
+from .searcher import STUDY_URL_ENV
 from .spec import SpecError, SweepSpec
 
 logger = logging.getLogger(__name__)
@@ -52,9 +54,7 @@ class Plan:
 # ---- preparing ------------------------------------------------------------------------------------
 
 def sweep_home(spec: SweepSpec) -> Path:
-    if "://" in spec.storage_path:
-        raise SpecError(f"storage_path {spec.storage_path!r}: only local folders are supported here")
-    return (Path(spec.storage_path) / spec.name).resolve()
+    return results_mod.local_home(spec)
 
 
 def check_writable(folder: Path) -> None:
@@ -75,8 +75,16 @@ def check_writable(folder: Path) -> None:
 def prepare(spec: SweepSpec, overwrite: bool = False) -> Path:
     """Every check that needs no Ray: the name is free, the folder writable, the data there."""
     home = sweep_home(spec)
-    if home.exists() and not overwrite:
-        raise SweepError(f"sweep {spec.name!r} already exists in {home}; `sweep resume {spec.name}` continues it, "
+    remote = results_mod.remote_home(spec)
+    taken = home if home.exists() else None
+    if remote:
+        try:
+            taken = taken or (remote if storage.exists(remote) else None)
+        except OSError as exc:
+            raise SweepError(f"storage_path {spec.storage_path} cannot be reached ({str(exc).splitlines()[0]}); "
+                             "check the URI and the credentials") from None
+    if taken and not overwrite:
+        raise SweepError(f"sweep {spec.name!r} already exists in {taken}; `sweep resume {spec.name}` continues it, "
                          "--name picks another name, --overwrite replaces it")
     check_writable(home)
     try:
@@ -92,7 +100,9 @@ def connect(address: Optional[str], dashboard: bool) -> bool:
     """Join the cluster at `address`, else start a local Ray on 127.0.0.1. True if we started it."""
     import ray
 
-    logging.getLogger("ray").setLevel(logging.WARNING)
+    # Ray's warnings (token auth on, snapshot timing) would break the one-line errors and the compact
+    # view; its errors still reach stderr through logging's last-resort handler, which follows sys.stderr.
+    logging.getLogger("ray").setLevel(logging.ERROR)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -103,14 +113,14 @@ def connect(address: Optional[str], dashboard: bool) -> bool:
         return False
     if address:
         try:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
         except Exception as exc:
             raise SweepError(f"cannot join the Ray cluster at {address} ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''}); check the address and that "
                              "`ray status` works there") from None
         return True
     ray.init(include_dashboard=dashboard, _node_ip_address="127.0.0.1", log_to_driver=False,
-             logging_level=logging.WARNING, configure_logging=True)
+             configure_logging=False)
     return True
 
 
@@ -175,12 +185,13 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path):
     scheduler = ASHAScheduler(time_attr="epoch", metric="val_loss", mode="min", max_t=spec.epochs,
                               grace_period=spec.scheduler.grace_period,
                               reduction_factor=spec.scheduler.reduction_factor, brackets=spec.scheduler.brackets)
+    remote = results_mod.remote_home(spec)
     return tune.Tuner(
         trainable(spec, plan),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
                                     max_concurrent_trials=plan.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
-            name=EXPERIMENT_DIR, storage_path=str(home), verbose=0,
+            name=EXPERIMENT_DIR, storage_path=remote or str(home), verbose=0,
             callbacks=[Progress(spec.num_samples, spec.epochs)],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -215,8 +226,11 @@ def run(spec: SweepSpec, *, overwrite: bool = False, address: Optional[str] = No
         sweep_plan = plan(spec)
         if home.exists():  # --overwrite: only now that every check has passed
             shutil.rmtree(home)
+        if results_mod.remote_home(spec):
+            storage.delete(results_mod.remote_home(spec))
         home.mkdir(parents=True)
         write_spec(spec, home, sweep_plan, argv or sys.argv)
+        results_mod.sync_up(home, spec, (SPEC_FILE,))
         _describe(spec, sweep_plan, home)
         with _sweep_services(spec, sweep_plan, home):
             make_tuner(spec, sweep_plan, home).fit()
@@ -280,6 +294,9 @@ def reconcile(home: Path, spec: SweepSpec) -> None:
     if changed:
         text = json.dumps(state)
         results_mod._atomic(Path(state_file), lambda path: Path(path).write_text(text))
+        remote = results_mod.remote_home(spec)
+        if remote:
+            storage.upload(Path(state_file), storage.join(remote, EXPERIMENT_DIR, Path(state_file).name))
 
 
 def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
@@ -288,18 +305,21 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
 
     home = results_mod.find_home(name_or_dir)
     spec = results_mod.read_spec(home)
+    results_mod.sync_down(home, spec)
     check_resumable(home)
     reconcile(home, spec)
+    os.environ[STUDY_URL_ENV] = f"sqlite:///{home / STUDY_FILE}"  # the study is here now, wherever it was
     started = connect(address or spec.address, spec.dashboard)
     try:
         sweep_plan = plan(spec)
         print(f"resuming sweep {spec.name} in {home}", flush=True)
         with _sweep_services(spec, sweep_plan, home):
-            tuner = tune.Tuner.restore(str(home / EXPERIMENT_DIR), trainable=trainable(spec, sweep_plan),
+            tuner = tune.Tuner.restore(results_mod.experiment_path(home, spec), trainable=trainable(spec, sweep_plan),
                                        resume_unfinished=True, resume_errored=False)
             tuner.fit()
         return finish(home, spec)
     finally:
+        os.environ.pop(STUDY_URL_ENV, None)
         _disconnect(started)
 
 
@@ -315,6 +335,7 @@ def _sweep_services(spec: SweepSpec, sweep_plan: Plan, home: Path):
 
 
 def finish(home: Path, spec: SweepSpec) -> Results:
+    results_mod.sync_down(home, spec)
     found = results_mod.build_tables(home, spec)
     results_mod.write_tables(found)
     _summary(found)

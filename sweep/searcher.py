@@ -11,8 +11,12 @@ restore re-seeds TPE from the study's size so it does not replay its pre-crash p
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
+import pickle
+import sqlite3
 import warnings
 
 import optuna
@@ -26,6 +30,8 @@ from .spec import SearcherSpec
 
 logger = logging.getLogger(__name__)
 MAX_REDRAWS = 20
+STUDY_URL_ENV = "AESWEEP_STUDY_URL"  # where a restored searcher reopens its study
+STUDY_SNAPSHOT = "study-snapshot.db"  # the study as of Ray's last snapshot, inside Ray's experiment folder
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -47,6 +53,14 @@ def finished_in_study(storage_url: str, study_name: str) -> dict[str, str]:
             for t in study.get_trials(deepcopy=False) if t.state.is_finished() and "tune_trial_id" in t.user_attrs}
 
 
+def snapshot_study(source: str, target: str) -> None:
+    """A consistent copy of a SQLite study (SQLite's backup API), replacing `target` atomically."""
+    tmp = f"{target}.tmp"
+    with contextlib.closing(sqlite3.connect(source)) as src, contextlib.closing(sqlite3.connect(tmp)) as dst:
+        src.backup(dst)
+    os.replace(tmp, target)
+
+
 def make_sampler(spec: SearcherSpec, seed: int) -> optuna.samplers.TPESampler:
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.n_startup_trials,
                                       multivariate=spec.multivariate, group=spec.multivariate,
@@ -61,12 +75,49 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
 class StudySearch(OptunaSearch):
     def __init__(self, space: SearchSpace, spec: SearcherSpec, storage_url: str, study_name: str, max_epochs: int,
                  points: tuple = ()):
-        self._spec, self._max_epochs = spec, max_epochs
+        self._spec, self._max_epochs, self._storage_url = spec, max_epochs, storage_url
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = make_sampler(spec, spec.seed)
         super().__init__(space, metric="val_loss", mode="min", sampler=sampler, points_to_evaluate=list(points) or None,
                          study_name=study_name, storage=open_storage(storage_url))
+
+    # ---- pickling: Ray saves the searcher (tuner.pkl, searcher-state-*.pkl) --------------------
+    # The live study and its SQLite connection stay out of the pickle: the study is reopened where
+    # the sweep lives now (STUDY_URL_ENV, set by `sweep resume`), which may be another machine.
+
+    _LIVE = ("_ot_study", "_storage", "_ot_trials")
+
+    def _portable(self) -> dict:
+        state = {k: v for k, v in self.__dict__.items() if k not in self._LIVE}
+        state["_ot_trial_ids"] = {tid: trial._trial_id for tid, trial in self._ot_trials.items()}
+        return state
+
+    def _reopen(self, state: dict) -> None:
+        trial_ids = state.pop("_ot_trial_ids", {})
+        self.__dict__.update(state)
+        self._storage_url = os.environ.get(STUDY_URL_ENV) or self._storage_url
+        self._storage = open_storage(self._storage_url)
+        self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage, sampler=self._sampler)
+        self._ot_trials = {tid: optuna.trial.Trial(self._ot_study, number) for tid, number in trial_ids.items()}
+
+    def __getstate__(self):
+        return self._portable()
+
+    def __setstate__(self, state):
+        self._reopen(dict(state))
+
+    def save(self, checkpoint_path: str):
+        """Pickle the searcher, and beside it a copy of the study as of this moment.
+
+        Ray saves this into its experiment folder with its own snapshot and copies both to storage,
+        so a sweep whose driver machine is lost resumes with a study that matches Ray's state.
+        """
+        with open(checkpoint_path, "wb") as fh:
+            pickle.dump(self._portable(), fh)
+        if self._storage_url.startswith("sqlite:///"):
+            snapshot_study(self._storage_url[len("sqlite:///"):], os.path.join(os.path.dirname(checkpoint_path),
+                                                                              STUDY_SNAPSHOT))
 
     # ---- suggestions ---------------------------------------------------------------------------
 
@@ -125,7 +176,8 @@ class StudySearch(OptunaSearch):
     # ---- restore -------------------------------------------------------------------------------
 
     def restore(self, checkpoint_path: str):
-        super().restore(checkpoint_path)
+        with open(checkpoint_path, "rb") as fh:
+            self._reopen(pickle.load(fh))
         by_number = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
         for trial_id, ot_trial in self._ot_trials.items():  # finished after the last searcher save
             if by_number[ot_trial.number].state.is_finished():

@@ -1,6 +1,7 @@
 """Sweeps on a real multi-node Ray cluster started on this machine (ray.cluster_utils.Cluster)."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -31,3 +32,116 @@ def test_sweep_with_address_runs_trials_on_both_nodes(two_nodes, tmp_path, data_
     assert set(trials["node_id"]) == nodes, "every node ran trials"
     epochs = pd.read_parquet(tmp_path / "quick" / "epochs.parquet")
     assert len(epochs) == trials["epochs"].sum()
+
+
+@pytest.fixture
+def three_nodes():
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    yield cluster, workers
+    cluster.shutdown()
+
+
+def test_losing_a_worker_node_mid_sweep_loses_no_trial(three_nodes, tmp_path, data_dir):
+    import json
+    import time
+
+    cluster, workers = three_nodes
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweep.cli", "run", "configs/quick.yaml", "--address", cluster.address,
+         "--set", f"storage_path={tmp_path}", "--set", "num_samples=8", "--set", "train.epochs=4",
+         "--set", "train.train_subset=3000", "--set", "scheduler.grace_period=2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    victim = workers[0]
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:  # wait until the victim node is running a trial
+        rows = [json.loads(line) for path in (tmp_path / "quick" / "ray").glob("*/result.json")
+                for line in open(path) if line.strip()]
+        if any(r["node_id"] == victim.node_id and r["status"] == "running" for r in rows):
+            break
+        time.sleep(0.2)
+    cluster.remove_node(victim)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    trials = pd.read_parquet(tmp_path / "quick" / "trials.parquet")
+    assert len(trials) == 8 and trials["trial_id"].is_unique
+    assert set(trials["status"]) <= {"completed", "stopped"}, trials[["trial_id", "status", "error"]]
+    assert victim.node_id in set(trials["node_id"]) or trials["num_failures"].sum() >= 1
+    assert trials["num_failures"].sum() >= 1, "a trial on the lost node was retried elsewhere"
+    epochs = pd.read_parquet(tmp_path / "quick" / "epochs.parquet")
+    assert len(epochs) == trials["epochs"].sum() and not epochs.duplicated(["trial_id", "epoch"]).any()
+
+
+@pytest.fixture
+def s3(tmp_path):
+    """An S3-compatible server (moto) on loopback, with one bucket; yields the environment to reach it."""
+    import os
+    import socket
+    import time
+
+    boto3 = pytest.importorskip("boto3")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    client = None
+    for _ in range(100):
+        try:
+            client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                                  aws_access_key_id="testing", aws_secret_access_key="testing")
+            client.create_bucket(Bucket="aesweep-test")
+            break
+        except Exception:
+            time.sleep(0.1)
+    yield env, client
+    server.kill()
+
+
+def _keys(client, prefix):
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket="aesweep-test", Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def test_s3_storage_holds_checkpoints_and_results_and_resumes_from_the_uri_alone(s3, tmp_path, data_dir):
+    import os
+    import shutil
+    import signal
+    import time
+
+    env, client = s3
+    config = str(Path("configs/quick.yaml").resolve())
+    uri = "s3://aesweep-test/sweeps"
+    driver = tmp_path / "driver-a"
+    driver.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweep.cli", "run", config, "--set", f"storage_path={uri}", "--set", "num_samples=6",
+         "--set", "train.epochs=3", "--set", "train.train_subset=1500"],
+        cwd=driver, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if len([k for k in _keys(client, "sweeps/quick/ray/") if k.endswith("state.pt")]) >= 4:
+            break
+        time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver's machine is gone ...
+    proc.wait()
+    shutil.rmtree(driver)  # ... with its local folder
+    other = tmp_path / "driver-b"
+    other.mkdir()
+    done = subprocess.run([sys.executable, "-m", "sweep.cli", "resume", f"{uri}/quick"], cwd=other, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    keys = _keys(client, "sweeps/quick/")
+    for name in ("sweep.yaml", "study.db", "trials.parquet", "trials.csv", "epochs.parquet", "best_config.yaml"):
+        assert f"sweeps/quick/{name}" in keys
+    assert any(k.endswith("/checkpoint_000000/state.pt") for k in keys)
+    body = client.get_object(Bucket="aesweep-test", Key="sweeps/quick/trials.parquet")["Body"].read()
+    (tmp_path / "t.parquet").write_bytes(body)
+    trials = pd.read_parquet(tmp_path / "t.parquet")
+    assert len(trials) == 6 and trials["trial_id"].is_unique and set(trials["status"]) <= {"completed", "stopped"}
+    epochs = pd.read_parquet(other / "results" / "quick" / "epochs.parquet")
+    assert len(epochs) == trials["epochs"].sum() and not epochs.duplicated(["trial_id", "epoch"]).any()

@@ -1,0 +1,78 @@
+"""Where a sweep lives when its storage_path is an object store (s3://..., gs://...) rather than a folder.
+
+Ray Tune writes the experiment (checkpoints, results) there itself, through pyarrow's filesystems.
+The driver keeps a local mirror under results/<name>/ (sweep.yaml, the SQLite study, the tables and
+the small files of Ray's folder, without model weights) and copies sweep.yaml, study.db and the
+tables up; Ray's folder carries a snapshot of the study taken with each of Ray's own snapshots, so a
+driver on any machine can `sweep resume` or `sweep analyze` from the URI alone.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow.fs as pafs
+
+HEAVY = ("state.pt",)  # model weights stay remote; everything else is small
+
+
+def is_remote(path: str) -> bool:
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *parts])
+
+
+def _fs(uri: str):
+    return pafs.FileSystem.from_uri(uri)
+
+
+def exists(uri: str) -> bool:
+    fs, path = _fs(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def delete(uri: str) -> None:
+    fs, path = _fs(uri)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+
+
+def download_tree(uri: str, local: Path, skip: Iterable[str] = HEAVY) -> None:
+    """Mirror the files under `uri` into `local`, except the heavy ones (newer remote files win)."""
+    fs, root = _fs(uri)
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+        if info.type != pafs.FileType.File or os.path.basename(info.path) in skip:
+            continue
+        target = local / os.path.relpath(info.path, root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(info.path) as src:
+            data = src.read()
+        tmp = target.with_name(f".{target.name}.download")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+
+
+def download(uri: str, local: Path) -> bool:
+    fs, path = _fs(uri)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return False
+    with fs.open_input_stream(path) as src:
+        data = src.read()
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local.with_name(f".{local.name}.download")
+    tmp.write_bytes(data)
+    os.replace(tmp, local)
+    return True
+
+
+def upload(local: Path, uri: str) -> None:
+    """One object per file: an object store replaces it whole, so readers never see half of one."""
+    fs, path = _fs(uri)
+    with fs.open_output_stream(path) as out:
+        out.write(local.read_bytes())
+
