@@ -26,7 +26,8 @@ from .data import Dataset
 from .models import create_model
 
 FAMILY = {"vanilla": "mlp", "denoising": "mlp", "sparse": "mlp", "conv": "conv"}
-# (module prefix, kind) in forward order; "linear" slots are stored transposed, (in, out), for baddbmm.
+# (module prefix, kind) in forward order. A linear layer's slot is its weight as nn.Linear keeps it,
+# (out, in), used transposed by baddbmm at no cost, and its bias as (1, out); conv slots are as is.
 LAYOUT = {
     "mlp": [("encoder.0", "linear"), ("encoder.2", "linear"), ("encoder.4", "linear"),
             ("decoder.0", "linear"), ("decoder.2", "linear"), ("decoder.4", "linear")],
@@ -133,16 +134,12 @@ class TrainState:
 # ---- packed parameters --------------------------------------------------------------------------
 
 def _to_slot(name: str, kind: str, tensor: torch.Tensor) -> torch.Tensor:
-    """A parameter as the pack stores one member's share of it: linear weights (in, out), biases (1, out)."""
-    if kind != "linear":
-        return tensor
-    return tensor.t() if name.endswith(".weight") else tensor.unsqueeze(0)
+    """A parameter as the pack stores one member's share of it: linear biases become (1, out)."""
+    return tensor.unsqueeze(0) if kind == "linear" and name.endswith(".bias") else tensor
 
 
 def _from_slot(name: str, kind: str, slot: torch.Tensor) -> torch.Tensor:
-    if kind != "linear":
-        return slot
-    return slot.t().contiguous() if name.endswith(".weight") else slot.squeeze(0)
+    return slot.squeeze(0) if kind == "linear" and name.endswith(".bias") else slot
 
 
 def _param_kinds(family: str):
@@ -158,13 +155,18 @@ def _slot_shapes(config: TrainConfig) -> dict[str, torch.Size]:
     return {name: _to_slot(name, kind, state[name]).shape for name, kind in _param_kinds(FAMILY[config.variant])}
 
 
+def _linear(p: dict, layer: str, x: torch.Tensor) -> torch.Tensor:
+    """x (K, B, in) through K linear layers at once: one batched matmul."""
+    return torch.baddbmm(p[f"{layer}.bias"], x, p[f"{layer}.weight"].transpose(1, 2))
+
+
 def _mlp_forward(p: dict, x: torch.Tensor):
-    h = torch.relu(torch.baddbmm(p["encoder.0.bias"], x, p["encoder.0.weight"]))
-    h = torch.relu(torch.baddbmm(p["encoder.2.bias"], h, p["encoder.2.weight"]))
-    z = torch.baddbmm(p["encoder.4.bias"], h, p["encoder.4.weight"])
-    h = torch.relu(torch.baddbmm(p["decoder.0.bias"], z, p["decoder.0.weight"]))
-    h = torch.relu(torch.baddbmm(p["decoder.2.bias"], h, p["decoder.2.weight"]))
-    return torch.sigmoid(torch.baddbmm(p["decoder.4.bias"], h, p["decoder.4.weight"])), z
+    h = torch.relu(_linear(p, "encoder.0", x))
+    h = torch.relu(_linear(p, "encoder.2", h))
+    z = _linear(p, "encoder.4", h)
+    h = torch.relu(_linear(p, "decoder.0", z))
+    h = torch.relu(_linear(p, "decoder.2", h))
+    return torch.sigmoid(_linear(p, "decoder.4", h)), z
 
 
 def _conv_forward(p: dict, x: torch.Tensor):
@@ -174,8 +176,8 @@ def _conv_forward(p: dict, x: torch.Tensor):
     h = x.transpose(0, 1).reshape(b, k, 28, 28)
     h = torch.relu(F.conv2d(h, flat("enc_conv.0.weight"), p["enc_conv.0.bias"].flatten(), stride=2, padding=1, groups=k))
     h = torch.relu(F.conv2d(h, flat("enc_conv.2.weight"), p["enc_conv.2.bias"].flatten(), stride=2, padding=1, groups=k))
-    z = torch.baddbmm(p["enc_fc.bias"], h.reshape(b, k, 32 * 7 * 7).transpose(0, 1), p["enc_fc.weight"])
-    h = torch.baddbmm(p["dec_fc.bias"], z, p["dec_fc.weight"]).transpose(0, 1).reshape(b, k * 32, 7, 7)
+    z = _linear(p, "enc_fc", h.reshape(b, k, 32 * 7 * 7).transpose(0, 1))
+    h = _linear(p, "dec_fc", z).transpose(0, 1).reshape(b, k * 32, 7, 7)
     h = torch.relu(F.conv_transpose2d(h, flat("dec_conv.0.weight"), p["dec_conv.0.bias"].flatten(), stride=2,
                                       padding=1, output_padding=1, groups=k))
     h = torch.sigmoid(F.conv_transpose2d(h, flat("dec_conv.2.weight"), p["dec_conv.2.bias"].flatten(), stride=2,
@@ -244,32 +246,37 @@ class Pack:
     # ---- membership ----------------------------------------------------------------------------
 
     def add(self, key: Hashable, state: TrainState) -> None:
-        config = state.config
-        if FAMILY[config.variant] != self.family or config.batch_size != self.batch_size or \
-                (config.train_subset or len(self.dataset.train_images)) != self.train_size:
-            raise ValueError(f"member {key!r} does not fit this pack ({self.family}, batch {self.batch_size}, "
-                             f"{self.train_size} images)")
-        if key in self.keys:
-            raise ValueError(f"member {key!r} is already in the pack")
-        shapes = _slot_shapes(config)
-        incoming = {
-            "params": {n: _to_slot(n, self._kinds[n], state.model[n]) for n in self.names},
-            "exp_avg": {n: _to_slot(n, self._kinds[n], state.exp_avg[n]) for n in self.names},
-            "exp_avg_sq": {n: _to_slot(n, self._kinds[n], state.exp_avg_sq[n]) for n in self.names},
-        }
-        member = _Member(key, config, state.epoch, state.adam_step, list(state.history), state.status, shapes)
-        self._restack(self.members + [member], {key: incoming})
+        self.update(self.keys, {key: state})
 
     def remove(self, key: Hashable) -> TrainState:
         state = self.snapshot(key)
-        self._restack([m for m in self.members if m.key != key], {})
+        self.update([k for k in self.keys if k != key])
         return state
 
     def retain(self, keys) -> None:
         """Drop every member not in `keys` (without snapshotting them)."""
         keep = set(keys)
         if keep != set(self.keys):
-            self._restack([m for m in self.members if m.key in keep], {})
+            self.update([k for k in self.keys if k in keep])
+
+    def update(self, keep, add: Optional[dict] = None) -> None:
+        """Keep the members in `keep`, drop the others, and add `add` (key -> TrainState): one restack."""
+        add = add or {}
+        keep = set(keep)
+        for key, state in add.items():
+            config = state.config
+            if FAMILY[config.variant] != self.family or config.batch_size != self.batch_size or \
+                    (config.train_subset or len(self.dataset.train_images)) != self.train_size:
+                raise ValueError(f"member {key!r} does not fit this pack ({self.family}, batch {self.batch_size}, "
+                                 f"{self.train_size} images)")
+            if key in keep:
+                raise ValueError(f"member {key!r} is already in the pack")
+        kept = [m for m in self.members if m.key in keep]
+        new = [_Member(key, s.config, s.epoch, s.adam_step, list(s.history), s.status, _slot_shapes(s.config))
+               for key, s in add.items()]
+        incoming = {key: {"params": s.model, "exp_avg": s.exp_avg, "exp_avg_sq": s.exp_avg_sq}
+                    for key, s in add.items()}
+        self._restack(kept, new, incoming)
 
     def snapshot(self, key: Hashable) -> TrainState:
         """The member's state now, as CPU tensors in the variant's own state_dict layout."""
@@ -284,22 +291,30 @@ class Pack:
     def _crop(slot: torch.Tensor, shape) -> torch.Tensor:
         return slot[tuple(slice(0, n) for n in shape)]
 
-    def _restack(self, members: list, incoming: dict) -> None:
-        """Rebuild the stacked tensors for `members`, zero-padding every slot to the widest member."""
-        old = {m.key: i for i, m in enumerate(self.members)}
+    def _restack(self, kept: list, new: list, incoming: dict) -> None:
+        """Rebuild the stacked tensors: kept members first, then new ones, zero-padded to the widest."""
+        members = kept + new
+        rows = torch.tensor([self.keys.index(m.key) for m in kept], dtype=torch.long, device=self.device)
         stacks = {"params": self.params, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
-        new = {what: {} for what in stacks}
-        for name in self.names:
-            shape = [max(m.slot_shapes[name][d] for m in members) for d in range(len(members[0].slot_shapes[name]))] \
-                if members else []
-            for what, stack in stacks.items():
-                out = torch.zeros((len(members), *shape), device=self.device)
-                for i, m in enumerate(members):
-                    src = incoming[m.key][what][name] if m.key in incoming else \
-                        self._crop(stack[name][old[m.key]], m.slot_shapes[name])
-                    self._crop(out[i], m.slot_shapes[name]).copy_(src)
-                new[what][name] = out.requires_grad_(what == "params")
-        self.params, self.exp_avg, self.exp_avg_sq = new["params"], new["exp_avg"], new["exp_avg_sq"]
+        out = {what: {} for what in stacks}
+        with torch.no_grad():
+            for name in self.names:
+                ndim = len(members[0].slot_shapes[name]) if members else 0
+                shape = [max(m.slot_shapes[name][d] for m in members) for d in range(ndim)]
+                for what, stack in stacks.items():
+                    if kept and list(stack[name].shape[1:]) == shape:  # same padding: one gather
+                        base = stack[name].index_select(0, rows)
+                    else:
+                        base = torch.zeros((len(kept), *shape), device=self.device)
+                        for i, m in enumerate(kept):
+                            self._crop(base[i], m.slot_shapes[name]).copy_(
+                                self._crop(stack[name][self.keys.index(m.key)], m.slot_shapes[name]))
+                    added = torch.zeros((len(new), *shape), device=self.device)
+                    for i, m in enumerate(new):
+                        slot = _to_slot(name, self._kinds[name], incoming[m.key][what][name])
+                        self._crop(added[i], m.slot_shapes[name]).copy_(slot)
+                    out[what][name] = torch.cat([base, added]).requires_grad_(what == "params")
+        self.params, self.exp_avg, self.exp_avg_sq = out["params"], out["exp_avg"], out["exp_avg_sq"]
         self.members = members
         self._graph = None
         self._build_member_tensors()

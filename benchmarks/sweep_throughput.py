@@ -33,7 +33,8 @@ BENCH = REPO.parent / "shared" / "bench"
 sys.path.insert(0, str(REPO))
 
 
-def reference_spec(device: str, trials: int, epochs: int, subset, storage: str, execution: str) -> dict:
+def reference_spec(device: str, trials: int, epochs: int, subset, storage: str, execution: str,
+                   pack_size=None) -> dict:
     return {
         "name": f"throughput-{execution}", "dataset": "mnist",
         "train": {"epochs": epochs, "batch_size": 128, "train_subset": subset, "seed": 0, "device": device},
@@ -42,7 +43,7 @@ def reference_spec(device: str, trials: int, epochs: int, subset, storage: str, 
         "searcher": {"seed": 0, "n_startup_trials": 10},
         "scheduler": {"grace_period": 1, "reduction_factor": 3},
         "num_samples": trials, "storage_path": storage,
-        "resources": {"execution": execution, "cpu": 1, "gpu": "auto"},
+        "resources": {"execution": execution, "cpu": 1, "gpu": "auto", "pack_size": pack_size},
     }
 
 
@@ -84,23 +85,25 @@ def run_mode(execution: str, args, storage: str) -> dict:
 
     from sweep import results, runner, spec
 
-    sweep = spec.parse(reference_spec(args.device, args.trials, args.epochs, args.subset, storage, execution))
+    sweep = spec.parse(reference_spec(args.device, args.trials, args.epochs, args.subset, storage, execution,
+                                      args.pack_size))
     tick = time.perf_counter()
     runner.connect(None, False)
     ray_start = time.perf_counter() - tick
     try:
         gpu = GpuSampler() if args.gpu else None
-        tick = time.perf_counter()
+        tick, cpu_tick = time.perf_counter(), time.process_time()
         with gpu or _nothing():
             runner.run(sweep, overwrite=True, argv=["benchmarks/sweep_throughput.py"])
-        wall = time.perf_counter() - tick
+        wall, driver_cpu = time.perf_counter() - tick, time.process_time() - cpu_tick
         plan = runner.plan(sweep)
     finally:
         ray.shutdown()
     found = results.load_results(str(Path(storage) / sweep.name))
     rows = _iterations(Path(storage) / sweep.name)
     cores = os.cpu_count()
-    out = {"mode": execution, "wall_s": wall, "ray_start_s": ray_start, "trials": len(found.trials),
+    out = {"mode": execution, "wall_s": wall, "ray_start_s": ray_start, "driver_cpu_s": driver_cpu,
+           "trials": len(found.trials),
            "trial_epochs": int(found.trials["epochs"].sum()),
            "best_val_loss": float(found.trials.loc[found.trials["status"] == "completed", "final_val_loss"].min()),
            "concurrent": plan.max_concurrent}
@@ -192,7 +195,7 @@ def render(args, modes: list[dict], anchors: list[dict], command: str) -> str:
             notes.append(f"GPU {m['gpu_util_pct']:.0f}% busy, {m.get('gpu_mem_per_trial_mib', 0):.0f} MiB/trial")
         if anchor_rate:
             notes.append(f"{m['trial_epochs_per_min'] / anchor_rate:.1f}x the anchor")
-        notes.append(f"Ray start {m['ray_start_s']:.1f} s not counted")
+        notes.append(f"Tune driver used {m['driver_cpu_s']:.1f} s of CPU; Ray start {m['ray_start_s']:.1f} s not counted")
         lines.append(f"| aesweep {m['mode']} | {m['wall_s']:.1f} | {m['trial_epochs']} | {m['trial_epochs_per_min']:.1f} | "
                      f"{m['busy']:.2f} | {m['best_val_loss']:.5f} | {m['concurrent']} | {'; '.join(notes)} |")
     for a in anchors:
@@ -214,6 +217,7 @@ def main(argv=None) -> int:
     parser.add_argument("--subset", type=int, help="training images; default: all on a GPU, 6000 on a CPU")
     parser.add_argument("--anchor-trials", type=int, help="trials of the anchor sweep; default 48 on a GPU, = --trials on CPU")
     parser.add_argument("--anchor-gpu-fraction", type=float, default=0.0625)
+    parser.add_argument("--pack-size", type=int, help="members per packed trainer (default: 256 GPU, 16 CPU)")
     parser.add_argument("--no-anchors", action="store_true")
     parser.add_argument("--storage", default=None, help="where the sweeps write (default: a temporary folder)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "sweep_throughput.md"))

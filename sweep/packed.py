@@ -195,22 +195,20 @@ class PackTrainer:
         if pack is None:
             return None
         members = self.in_pack[key]
-        wanted = {s.trial_id: s for s in batch}
+        wanted = {s.trial_id for s in batch}
         with self.cond:
             current = dict(self.members)
-        gone = [t for t, s in members.items() if current.get(t) is not s]  # left, or replaced by a rejoin
-        pack.retain([t for t in pack.keys if t not in gone])
-        for trial_id in gone:
-            del members[trial_id]
         for trial_id, slot in list(members.items()):
-            if trial_id not in wanted:  # still a member, not ready this round
-                slot.state, slot.pack_key = pack.remove(trial_id), None
+            if current.get(trial_id) is not slot:  # left, or replaced by a rejoin
                 del members[trial_id]
+            elif trial_id not in wanted:  # still a member, not ready this round: park its state
+                slot.state, slot.pack_key = pack.snapshot(trial_id), None
+                del members[trial_id]
+        incoming = {s.trial_id: s.state for s in batch if s.trial_id not in members}
+        pack.update(list(members), incoming)
         for slot in batch:
-            if slot.trial_id not in members:
-                pack.add(slot.trial_id, slot.state)
-                slot.state, slot.pack_key = None, key
-                members[slot.trial_id] = slot
+            slot.state, slot.pack_key = None, key
+            members[slot.trial_id] = slot
         self.stats["restack_s"] += time.monotonic() - tick
         return pack
 

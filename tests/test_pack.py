@@ -78,9 +78,10 @@ def test_a_packed_member_checkpointed_and_resumed_elsewhere_continues_its_histor
 def test_padding_of_narrow_latents_stays_exactly_zero(mixed):
     pack, _ = run_pack([mixed[0], mixed[3]], epochs=1)  # latent 2 padded to 64
     enc, dec = pack.params["encoder.4.weight"], pack.params["decoder.0.weight"]
-    assert enc.shape == (2, 256, 64) and dec.shape == (2, 64, 256)
-    assert torch.count_nonzero(enc[0, :, 2:]) == 0 and torch.count_nonzero(dec[0, 2:, :]) == 0
+    assert enc.shape == (2, 64, 256) and dec.shape == (2, 256, 64)
+    assert torch.count_nonzero(enc[0, 2:, :]) == 0 and torch.count_nonzero(dec[0, :, 2:]) == 0
     assert torch.count_nonzero(pack.params["encoder.4.bias"][0, :, 2:]) == 0
+    assert torch.count_nonzero(enc[1, 2:, :]) > 0
     assert pack.snapshot(0).model["encoder.4.weight"].shape == (2, 256)
 
 
@@ -107,8 +108,21 @@ def test_a_member_that_does_not_fit_is_refused(small):
         pack.add("wide batch", TrainState.initial(small(batch_size=256)))
 
 
-def test_slot_layout_transposes_linear_weights_only():
+def test_slot_layout_keeps_weights_and_lifts_linear_biases():
     kinds = dict(_param_kinds("conv"))
-    assert _to_slot("enc_fc.weight", kinds["enc_fc.weight"], torch.zeros(5, 1568)).shape == (1568, 5)
+    assert _to_slot("enc_fc.weight", kinds["enc_fc.weight"], torch.zeros(5, 1568)).shape == (5, 1568)
     assert _to_slot("enc_fc.bias", kinds["enc_fc.bias"], torch.zeros(5)).shape == (1, 5)
-    assert _to_slot("enc_conv.0.weight", kinds["enc_conv.0.weight"], torch.zeros(16, 1, 3, 3)).shape == (16, 1, 3, 3)
+    assert _to_slot("enc_conv.0.bias", kinds["enc_conv.0.bias"], torch.zeros(16)).shape == (16,)
+
+
+def test_membership_changes_keep_every_members_state(mixed):
+    data = load_dataset(mixed[0].dataset, mixed[0].data_dir)
+    pack = Pack.for_config(mixed[0], data)
+    states = {k: TrainState.initial(c) for k, c in enumerate(mixed)}
+    pack.update([], {0: states[0], 3: states[3]})  # the widest latent arrives: padding grows
+    pack.update([0, 3], {1: states[1], 2: states[2]})
+    pack.update([1, 2])  # the widest leaves: padding shrinks
+    for k in (1, 2):
+        snap = pack.snapshot(k)
+        for name, tensor in states[k].model.items():
+            assert torch.equal(snap.model[name], tensor), name
