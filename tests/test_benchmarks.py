@@ -1,0 +1,27 @@
+"""benchmarks/: the scripts run end to end on a tiny setting and write the table they print."""
+import importlib.util
+import re
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(script: str):
+    spec = importlib.util.spec_from_file_location(script, BENCHMARKS / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_speed_writes_a_row_per_variant_with_positive_seconds(data_dir, tmp_path):
+    out = tmp_path / "nested" / "x.md"
+    args = ["--device", "cpu", "--subset", "1024", "--epochs", "1", "--variants", "vanilla", "--out", str(out)]
+    assert _load("train_speed").main(args) == 0
+
+    text = out.read_text()
+    assert "command: `python benchmarks/train_speed.py --device cpu --subset 1024" in text
+    row = re.search(r"^\| vanilla \| ([\d.]+) \| ([\d.]+) \| ([\d.]+)x \|$", text, re.MULTILINE)
+    assert row, text
+    seed_s, ours_s, speed_up = map(float, row.groups())
+    assert seed_s > 0 and ours_s > 0 and speed_up > 0
+    assert "extrapolated" in text  # 1,024 of 60,000 images: the full-epoch figures are labelled as such
