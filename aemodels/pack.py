@@ -11,6 +11,7 @@ is a pack of one. Members join and leave between epochs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
 import time
@@ -51,9 +52,13 @@ def generator(seed: int, *keys, device="cpu") -> torch.Generator:
 
 def epoch_order(config: TrainConfig, epoch: int, total: int) -> torch.Tensor:
     """Indices into the training set for one epoch: the seeded subset, in the epoch's seeded order."""
-    size = config.train_subset or total
-    subset = torch.randperm(total, generator=generator(config.seed, "subset"))[:size] if size < total else None
-    order = torch.randperm(size, generator=generator(config.seed, "order", epoch))
+    return _epoch_order(config.seed, config.train_subset or total, epoch, total).clone()
+
+
+@functools.lru_cache(maxsize=64)  # a sweep's members mostly share a seed: one permutation serves them all
+def _epoch_order(seed: int, size: int, epoch: int, total: int) -> torch.Tensor:
+    subset = torch.randperm(total, generator=generator(seed, "subset"))[:size] if size < total else None
+    order = torch.randperm(size, generator=generator(seed, "order", epoch))
     return order if subset is None else subset[order]
 
 
@@ -409,7 +414,8 @@ class Pack:
 
     def _prepare_epoch(self) -> None:
         total = len(self.dataset.train_images)
-        orders = torch.stack([epoch_order(m.config, m.epoch, total) for m in self.members])
+        orders = torch.stack([_epoch_order(m.config.seed, m.config.train_subset or total, m.epoch, total)
+                              for m in self.members])
         self.order.copy_(orders)
         self.batch_no.zero_()
         self.loss_sum.zero_()

@@ -29,7 +29,8 @@ from .trial import TrialRecord
 
 logger = logging.getLogger(__name__)
 NAMESPACE = "aesweep"
-GPU_PACK_SIZE, CPU_PACK_SIZE = 256, 16
+GPU_PACK_SIZE = 256  # a pack this size keeps an H100 busy (../shared/bench: 58-86 model-epochs/s at K=256)
+CPU_PACKS_PER_CORE = 2  # on a CPU packing saves overhead, not arithmetic: small packs, few proxies
 STALE_S = 300.0  # a member that has not asked for an epoch this long is dropped (its proxy died)
 
 
@@ -54,6 +55,8 @@ class PackTrainer:
 
         if threads:
             torch.set_num_threads(threads)
+        # This process only trains packs: let cuDNN pick the fastest grouped-convolution kernels.
+        torch.backends.cudnn.benchmark = True
         self.fixed_gather_s = gather_s
         self.members: dict[str, _Slot] = {}
         self.packs: dict[tuple, object] = {}
@@ -292,7 +295,7 @@ def packed_plan(spec, cpus: float, gpus: float):
     from .runner import Plan
 
     trainers = int(gpus) if gpus >= 1 else 1
-    pack_size = spec.resources.pack_size or (GPU_PACK_SIZE if gpus else CPU_PACK_SIZE)
+    pack_size = spec.resources.pack_size or (GPU_PACK_SIZE if gpus else max(2, int(CPU_PACKS_PER_CORE * cpus)))
     concurrent = min(pack_size * trainers, spec.num_samples, spec.max_concurrent_trials or pack_size * trainers)
     trainer_cpus = trainers  # one CPU each for bookkeeping; a CPU trainer's threads use every core
     proxy_cpu = max(0.001, min(1.0, (cpus - trainer_cpus) / concurrent)) if cpus > trainer_cpus else 0.001
