@@ -100,15 +100,22 @@ def check_sweep(home: Path, expected: int, fault: str, injected: int, wall: floa
     return trials
 
 
-def kill_workers(proc, home: Path, count: int, per_trial: int = 1, only=None, first_epoch=1) -> list[str]:
-    """SIGKILL the worker process of running trials, `count` times, each trial at most `per_trial` times."""
+def kill_workers(proc, home: Path, count: int, per_trial: int = 1, only=None, safe_epochs=None) -> list[str]:
+    """SIGKILL the worker process of running trials, `count` times, each trial at most `per_trial` times.
+
+    A worker is killed right after its trial reported an epoch in `safe_epochs`, epochs after which
+    ASHA cannot stop the trial: the worker is then surely still running that trial. (A reused worker
+    killed while it waits for its next trial fails that trial while PENDING, and Ray Tune retries
+    only RUNNING trials: see RELIABILITY.md.)
+    """
     killed: list[tuple[int, str]] = []
     while proc.poll() is None and len(killed) < count:
         for trial_id, rows in result_rows(home).items():
             last = rows[-1]
             times = sum(1 for _, t in killed if t == trial_id)
             if last["status"] != "running" or times >= per_trial or (only and trial_id != only) \
-                    or last["epoch"] < first_epoch or any(pid == last["pid"] for pid, _ in killed):
+                    or (safe_epochs and last["epoch"] not in safe_epochs) \
+                    or any(pid == last["pid"] for pid, _ in killed):
                 continue
             try:
                 os.kill(last["pid"], signal.SIGKILL)
@@ -122,12 +129,13 @@ def kill_workers(proc, home: Path, count: int, per_trial: int = 1, only=None, fi
 
 def test_killed_trial_workers_are_retried_from_their_checkpoints(tmp_path, data_dir):
     tick = time.perf_counter()
-    proc = start(tmp_path, "--set", "num_samples=8", "--set", "train.epochs=4", "--set", "scheduler.grace_period=2")
-    killed = kill_workers(proc, tmp_path / "quick", count=5, per_trial=2)
+    proc = start(tmp_path, "--set", "num_samples=12", "--set", "train.epochs=6", "--set", "scheduler.grace_period=2",
+                 "--set", "train.train_subset=3000")
+    killed = kill_workers(proc, tmp_path / "quick", count=5, per_trial=2, safe_epochs={1, 3, 5})  # rungs: 2, 4
     finish(proc)
     wall = time.perf_counter() - tick
     assert len(killed) >= 5
-    trials = check_sweep(tmp_path / "quick", 8, "SIGKILL of a trial's worker process", len(killed), wall)
+    trials = check_sweep(tmp_path / "quick", 12, "SIGKILL of a trial's worker process", len(killed), wall)
     assert set(trials["status"]) <= {"completed", "stopped"}
     assert trials["num_failures"].sum() >= 5
     epochs = load_results(str(tmp_path / "quick")).epochs
@@ -231,7 +239,7 @@ def test_a_trial_that_exhausts_its_retries_ends_as_error_and_the_rest_finish(tmp
         running = [t for t, rows in result_rows(home).items() if rows[-1]["status"] == "running"]
         victim = running[0] if running else None
         time.sleep(0.1)
-    killed = kill_workers(proc, home, count=2, per_trial=2, only=victim)
+    killed = kill_workers(proc, home, count=2, per_trial=2, only=victim, safe_epochs={1, 2, 3, 4})
     finish(proc)
     trials = check_sweep(home, 4, "one trial's worker killed past max_failures", len(killed),
                          time.perf_counter() - tick, note="that trial ends as error")
@@ -309,7 +317,7 @@ def test_packed_sweep_survives_killed_proxies_and_a_killed_trainer(tmp_path, dat
     proc = start(tmp_path, "--set", "num_samples=8", "--set", "train.epochs=4", "--set", "scheduler.grace_period=2",
                  "--set", "resources.execution=packed", "--set", "resources.pack_size=4")
     home = tmp_path / "quick"
-    killed = kill_workers(proc, home, count=2, per_trial=1)  # two trials' proxy processes
+    killed = kill_workers(proc, home, count=2, per_trial=1, safe_epochs={1, 3})  # two trials' proxy processes
     trainer_kills = 0
     while proc.poll() is None and trainer_kills == 0:  # then the trainer, holding every member's weights
         if sum(len(r) for r in result_rows(home).values()) >= 12:
