@@ -23,7 +23,7 @@ import yaml
 from aemodels import TrainConfig
 
 from . import storage
-from .searcher import STUDY_SNAPSHOT, finished_in_study, trial_status
+from .searcher import STUDY_SNAPSHOT, finished_in_study, snapshot_study, trial_status
 from .trial import HISTORY_FILE
 from .spec import SEARCHED, SweepSpec, parse
 
@@ -116,6 +116,10 @@ def sync_up(home: Path, spec: SweepSpec, names=(SPEC_FILE, STUDY_FILE)) -> None:
         for name in names:
             if (home / name).is_file():
                 try:
+                    if name == STUDY_FILE:  # a consistent copy: the live file may have a write-ahead log beside it
+                        snapshot_study(str(home / name), str(home / EXPERIMENT_DIR / f".{name}.upload"))
+                        storage.upload(home / EXPERIMENT_DIR / f".{name}.upload", storage.join(remote, name))
+                        continue
                     storage.upload(home / name, storage.join(remote, name))
                 except OSError as exc:
                     raise ResultsError(f"cannot copy {name} to {remote} ({str(exc).splitlines()[0]}); the local "

@@ -20,6 +20,7 @@ import sqlite3
 import warnings
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
@@ -68,8 +69,22 @@ def make_sampler(spec: SearcherSpec, seed: int) -> optuna.samplers.TPESampler:
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
-    # A generous SQLite lock timeout: the driver is the only writer, but optuna-dashboard may read.
-    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    """The study's storage. For SQLite: write-ahead logging with synchronous=NORMAL.
+
+    Optuna commits once per reported epoch; SQLite's default journal fsyncs every commit (1.8 ms each
+    here, about a third of the Tune driver's time per result). In WAL mode a crash can lose the last
+    commits but never corrupts the file, and Ray's snapshots carry their own copy of the study.
+    """
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    if url.startswith("sqlite"):
+        @sqlalchemy.event.listens_for(storage.engine, "connect")
+        def _pragmas(connection, _record):
+            connection.execute("PRAGMA synchronous=NORMAL")
+
+        storage.engine.dispose()  # connections opened before the listener reconnect with it
+        with storage.engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+    return storage
 
 
 class StudySearch(OptunaSearch):
