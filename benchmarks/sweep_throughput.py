@@ -113,8 +113,9 @@ def run_mode(execution: str, args, storage: str) -> dict:
     setup_s = (first["time_this_iter_s"] - first["epoch_s"]).clip(lower=0).sum()
     if execution == "packed":
         trainers = json.loads((Path(storage) / sweep.name / "trainers.json").read_text())
-        train_s = sum(t["train_s"] for t in trainers)
-        out.update(busy=train_s / wall, trainer_rounds=sum(t["rounds"] for t in trainers),
+        train_s = sum(t["train_s"] for t in trainers)  # each trainer owns one GPU, or one core
+        out.update(busy=train_s / (wall * len(trainers)), trainers=len(trainers),
+                   trainer_rounds=sum(t["rounds"] for t in trainers),
                    serialize_s=sum(t["serialize_s"] for t in trainers), restack_s=sum(t["restack_s"] for t in trainers),
                    trainer_wait_s=sum(t["wait_s"] for t in trainers))
     else:
@@ -189,7 +190,7 @@ def render(args, modes: list[dict], anchors: list[dict], command: str) -> str:
             notes.append(f"of {m['slots']} slots x wall: epochs {m['epochs_s']:.1f} s, first-epoch setup "
                          f"{m['setup_s']:.1f} s, report+checkpoint {m['report_s']:.1f} s, idle {m['idle_s']:.1f} s")
         else:
-            notes.append(f"trainer: {m['trainer_rounds']} rounds, serialize {m['serialize_s']:.1f} s, restack "
+            notes.append(f"{m['trainers']} trainer(s): {m['trainer_rounds']} rounds, serialize {m['serialize_s']:.1f} s, restack "
                          f"{m['restack_s']:.1f} s, waiting for trials {m['trainer_wait_s']:.1f} s")
         if "gpu_util_pct" in m:
             notes.append(f"GPU {m['gpu_util_pct']:.0f}% busy, {m.get('gpu_mem_per_trial_mib', 0):.0f} MiB/trial")
@@ -203,8 +204,9 @@ def render(args, modes: list[dict], anchors: list[dict], command: str) -> str:
         lines.append(f"| anchor `{a['command']}` | {a.get('wall_s', a['process_wall_s']):.1f} | "
                      f"{a.get('trial_epochs', '-')} | {rate if rate is not None else '-'} | {a.get('busy_share', '-')} | "
                      f"{a.get('best_loss', '-')} | - | {a.get('output', '') or 'docs-style Tune sweep'} |")
-    lines += ["", "busy: seconds inside training epochs (train + val_loss) over wall x slots for trial execution, "
-              "and the trainer's training seconds over wall for packed execution (its threads use every core).", ""]
+    lines += ["", "busy: seconds inside training epochs (train + val_loss) over wall x slots for trial execution; "
+              "for packed execution, the trainers' seconds inside packed epochs over wall x trainers (one trainer "
+              "per GPU, or per core on a CPU).", ""]
     return "\n".join(lines)
 
 

@@ -30,7 +30,7 @@ from .trial import TrialRecord
 logger = logging.getLogger(__name__)
 NAMESPACE = "aesweep"
 GPU_PACK_SIZE = 256  # a pack this size keeps an H100 busy (../shared/bench: 58-86 model-epochs/s at K=256)
-CPU_PACKS_PER_CORE = 2  # on a CPU packing saves overhead, not arithmetic: small packs, few proxies
+CPU_PACKS_PER_CORE = 2  # members per single-threaded CPU trainer (one trainer per core)
 STALE_S = 300.0  # a member that has not asked for an epoch this long is dropped (its proxy died)
 
 
@@ -291,25 +291,31 @@ def trainer_names(spec, plan) -> list[str]:
 
 
 def packed_plan(spec, cpus: float, gpus: float):
-    """Trainers (one per GPU, else one), members per trainer, and the proxies' small CPU share."""
+    """Trainers and members per trainer: one trainer per GPU, or, without GPUs, one per core.
+
+    On a CPU, packing saves per-trial overhead, not arithmetic, and one single-threaded trainer per
+    core keeps each core as busy as a one-thread trial would (a 2-thread pack measured ~30% less
+    efficient per member-epoch here). Trainers reserve no Ray CPU: the proxies' shares account
+    for every core, so Ray starts exactly as many members as the packs hold.
+    """
     from .runner import Plan
 
-    trainers = int(gpus) if gpus >= 1 else 1
-    pack_size = spec.resources.pack_size or (GPU_PACK_SIZE if gpus else max(2, int(CPU_PACKS_PER_CORE * cpus)))
+    trainers = int(gpus) if gpus >= 1 else max(1, int(cpus))
+    pack_size = spec.resources.pack_size or (GPU_PACK_SIZE if gpus else CPU_PACKS_PER_CORE)
     concurrent = min(pack_size * trainers, spec.num_samples, spec.max_concurrent_trials or pack_size * trainers)
-    trainer_cpus = trainers  # one CPU each for bookkeeping; a CPU trainer's threads use every core
-    proxy_cpu = max(0.001, min(1.0, (cpus - trainer_cpus) / concurrent)) if cpus > trainer_cpus else 0.001
+    proxy_cpu = max(0.001, min(1.0, cpus / concurrent))
     return Plan("packed", round(proxy_cpu, 4), 0.0, concurrent, cpus, gpus, pack_size=pack_size, trainers=trainers)
 
 
 @contextlib.contextmanager
 def trainers(spec, plan, home: Path):
     """Start the sweep's trainer actors; when the sweep ends, record where their time went and stop them."""
-    threads = None if plan.cluster_gpus else max(1, int(plan.cluster_cpus))
     actor = ray.remote(PackTrainer)
+    gpu = bool(plan.cluster_gpus)
     handles = [
-        actor.options(name=name, namespace=NAMESPACE, num_cpus=1, num_gpus=1 if plan.cluster_gpus else 0,
-                      max_restarts=-1, max_concurrency=4 * plan.pack_size + 16, get_if_exists=False).remote(threads)
+        actor.options(name=name, namespace=NAMESPACE, num_cpus=0, num_gpus=1 if gpu else 0,
+                      scheduling_strategy="DEFAULT" if gpu else "SPREAD", max_restarts=-1,
+                      max_concurrency=4 * plan.pack_size + 16, get_if_exists=False).remote(None if gpu else 1)
         for name in trainer_names(spec, plan)
     ]
     ray.get([h.load.remote() for h in handles])

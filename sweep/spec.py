@@ -80,7 +80,7 @@ class ResourceSpec:
     execution: str = "auto"  # trial: one Ray actor per trial; packed: trials sharing a device train as one model
     cpu: float = 1.0  # CPUs per trial (trial execution)
     gpu: Any = "auto"  # GPU fraction per trial (trial execution): "auto" packs several trials per GPU, 0 = CPU only
-    pack_size: Optional[int] = None  # members per packed trainer; None = 256 on a GPU, 2 per core on a CPU
+    pack_size: Optional[int] = None  # members per packed trainer; None = 256 per GPU, 2 per CPU core
 
 
 @dataclass(frozen=True)

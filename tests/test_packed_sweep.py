@@ -1,5 +1,6 @@
 """Packed execution end to end on CPU: trials trained together by one trainer, each still a full Tune trial."""
 import json
+import os
 
 import optuna
 import pytest
@@ -57,5 +58,6 @@ def test_a_packed_trial_computes_what_its_config_computes_alone(packed):
 
 def test_trainer_time_is_recorded(packed):
     trainers = json.loads((packed.home / "trainers.json").read_text())
-    assert len(trainers) == 1 and trainers[0]["member_epochs"] >= packed.trials["epochs"].sum()
+    assert len(trainers) == os.cpu_count()  # without a GPU: one single-threaded trainer per core
+    assert sum(t["member_epochs"] for t in trainers) == packed.trials["epochs"].sum()
     assert yaml.safe_load((packed.home / "sweep.yaml").read_text())["meta"]["execution"] == "packed"
