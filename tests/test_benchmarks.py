@@ -25,3 +25,12 @@ def test_train_speed_writes_a_row_per_variant_with_positive_seconds(data_dir, tm
     seed_s, ours_s, speed_up = map(float, row.groups())
     assert seed_s > 0 and ours_s > 0 and speed_up > 0
     assert "extrapolated" in text  # 1,024 of 60,000 images: the full-epoch figures are labelled as such
+
+
+def test_pack_speed_writes_a_row_per_variant_and_k(data_dir, tmp_path):
+    out = tmp_path / "p.md"
+    args = ["--device", "cpu", "--ks", "1,2", "--variants", "vanilla", "--subset", "256", "--out", str(out)]
+    assert _load("pack_speed").main(args) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| vanilla |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["1", "2"]
+    assert all(float(row.split("|")[3]) > 0 for row in rows)
