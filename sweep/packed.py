@@ -50,8 +50,14 @@ class _Slot:
 class PackTrainer:
     """Trains every member that is ready, one epoch per round; see the module docstring."""
 
-    def __init__(self, threads: Optional[int] = None, gather_s: Optional[float] = None):
+    def __init__(self, threads: Optional[int] = None, gather_s: Optional[float] = None, dataset=None,
+                 data_dir: Optional[str] = None):
         import torch
+
+        from aemodels.data import provide
+
+        if dataset is not None:  # read once by the driver: no files or torchvision needed here
+            provide(dataset, data_dir)
 
         if threads:
             torch.set_num_threads(threads)
@@ -308,14 +314,15 @@ def packed_plan(spec, cpus: float, gpus: float):
 
 
 @contextlib.contextmanager
-def trainers(spec, plan, home: Path):
+def trainers(spec, plan, home: Path, dataset=None):
     """Start the sweep's trainer actors; when the sweep ends, record where their time went and stop them."""
     actor = ray.remote(PackTrainer)
     gpu = bool(plan.cluster_gpus)
     handles = [
         actor.options(name=name, namespace=NAMESPACE, num_cpus=0, num_gpus=1 if gpu else 0,
                       scheduling_strategy="DEFAULT" if gpu else "SPREAD", max_restarts=-1,
-                      max_concurrency=4 * plan.pack_size + 16, get_if_exists=False).remote(None if gpu else 1)
+                      max_concurrency=4 * plan.pack_size + 16, get_if_exists=False)
+        .remote(None if gpu else 1, dataset=dataset, data_dir=spec.data_dir)
         for name in trainer_names(spec, plan)
     ]
     ray.get([h.load.remote() for h in handles])

@@ -20,7 +20,7 @@ from typing import Optional
 
 import yaml
 
-from aemodels import DataError, ensure_dataset
+from aemodels import DataError, ensure_dataset, load_dataset
 
 from . import results as results_mod
 from . import storage
@@ -158,7 +158,8 @@ def plan(spec: SweepSpec) -> Plan:
     return Plan("trial", res.cpu, gpu, max(1, concurrent), cpus, gpus, threads_per_trial=max(1, int(res.cpu)))
 
 
-def trainable(spec: SweepSpec, plan: Plan):
+def trainable(spec: SweepSpec, plan: Plan, dataset):
+    """The Tune trainable; `dataset` (read once here) reaches every worker through Ray's object store."""
     from ray import tune
 
     base = {**spec.train, "dataset": spec.dataset, "data_dir": spec.data_dir}
@@ -168,11 +169,11 @@ def trainable(spec: SweepSpec, plan: Plan):
         return make_packed_trainable(spec, plan, base)
     from .trial import run_trial
 
-    fn = tune.with_parameters(run_trial, base=base, threads=plan.threads_per_trial)
+    fn = tune.with_parameters(run_trial, base=base, threads=plan.threads_per_trial, dataset=dataset)
     return tune.with_resources(fn, {"cpu": plan.cpu_per_trial, "gpu": plan.gpu_per_trial})
 
 
-def make_tuner(spec: SweepSpec, plan: Plan, home: Path):
+def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -187,7 +188,7 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path):
                               reduction_factor=spec.scheduler.reduction_factor, brackets=spec.scheduler.brackets)
     remote = results_mod.remote_home(spec)
     return tune.Tuner(
-        trainable(spec, plan),
+        trainable(spec, plan, dataset),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
                                     max_concurrent_trials=plan.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
@@ -232,8 +233,9 @@ def run(spec: SweepSpec, *, overwrite: bool = False, address: Optional[str] = No
         write_spec(spec, home, sweep_plan, argv or sys.argv)
         results_mod.sync_up(home, spec, (SPEC_FILE,))
         _describe(spec, sweep_plan, home)
-        with _sweep_services(spec, sweep_plan, home):
-            make_tuner(spec, sweep_plan, home).fit()
+        dataset = load_dataset(spec.dataset, spec.data_dir)
+        with _sweep_services(spec, sweep_plan, home, dataset):
+            make_tuner(spec, sweep_plan, home, dataset).fit()
         return finish(home, spec)
     finally:
         _disconnect(started)
@@ -313,8 +315,10 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
     try:
         sweep_plan = plan(spec)
         print(f"resuming sweep {spec.name} in {home}", flush=True)
-        with _sweep_services(spec, sweep_plan, home):
-            tuner = tune.Tuner.restore(results_mod.experiment_path(home, spec), trainable=trainable(spec, sweep_plan),
+        dataset = load_dataset(spec.dataset, spec.data_dir)
+        with _sweep_services(spec, sweep_plan, home, dataset):
+            tuner = tune.Tuner.restore(results_mod.experiment_path(home, spec),
+                                       trainable=trainable(spec, sweep_plan, dataset),
                                        resume_unfinished=True, resume_errored=False)
             tuner.fit()
         return finish(home, spec)
@@ -323,12 +327,12 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
         _disconnect(started)
 
 
-def _sweep_services(spec: SweepSpec, sweep_plan: Plan, home: Path):
+def _sweep_services(spec: SweepSpec, sweep_plan: Plan, home: Path, dataset):
     """Actors a sweep needs while it runs (the packed trainers); nothing for trial execution."""
     if sweep_plan.execution == "packed":
         from .packed import trainers
 
-        return trainers(spec, sweep_plan, home)
+        return trainers(spec, sweep_plan, home, dataset)
     import contextlib
 
     return contextlib.nullcontext()

@@ -79,13 +79,16 @@ class TrialRecord:
         tune.report(row, checkpoint=checkpoint)
 
 
-def run_trial(config: dict, *, base: dict, threads: int = 1) -> None:
-    """The Tune function trainable of "trial" execution."""
+def run_trial(config: dict, *, base: dict, threads: int = 1, dataset=None) -> None:
+    """The Tune function trainable of "trial" execution; `dataset` saves each worker reading the files."""
     import torch
 
     from aemodels import TrainConfig, TrainState, train
+    from aemodels.data import provide
 
     torch.set_num_threads(threads)
+    if dataset is not None:
+        provide(dataset, base.get("data_dir"))
     train_config = TrainConfig.from_dict({**base, **config})
     device = "cuda" if train_config.device != "cpu" and torch.cuda.is_available() else "cpu"
     where = {"device": device, "execution": "trial", "node_id": ray.get_runtime_context().get_node_id()}

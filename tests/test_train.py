@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 
 from aemodels import DataError, TrainConfig, TrainState, create_model, load_dataset, train
-from aemodels.data import _load_cpu
 from aemodels.pack import epoch_order, generator
 
 LOSSES = ("train_loss", "val_loss")
@@ -133,12 +132,27 @@ def test_model_and_state_round_trip(small, tmp_path):
     assert torch.equal(model(x)[0], result.model(x)[0]) and not model.training
 
 
-def test_second_train_reuses_the_loaded_data(small):
+def test_second_train_reuses_the_loaded_data(small, monkeypatch):
+    import aemodels.data
+
+    reads = []
+    read = aemodels.data._read
+    monkeypatch.setattr(aemodels.data, "_LOADED", {})
+    monkeypatch.setattr(aemodels.data, "_read", lambda *a: reads.append(a) or read(*a))
     train(small(epochs=1))
-    reads = _load_cpu.cache_info().misses
     train(small(epochs=1, lr=2e-3))
-    assert _load_cpu.cache_info().misses == reads
+    assert len(reads) == 1
     assert load_dataset("mnist").train_images is load_dataset("mnist").train_images
+
+
+def test_a_provided_dataset_is_used_without_reading_files(small, monkeypatch, tmp_path):
+    import aemodels.data
+
+    dataset = load_dataset("mnist")
+    monkeypatch.setattr(aemodels.data, "_LOADED", {})
+    aemodels.data.provide(dataset, str(tmp_path))  # an empty folder: nothing there to read
+    assert load_dataset("mnist", str(tmp_path), download=False).train_images is dataset.train_images
+    assert train(small(epochs=1, data_dir=str(tmp_path))).status == "completed"
 
 
 def test_missing_data_with_no_download_names_the_folder_and_files(tmp_path):
