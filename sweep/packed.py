@@ -318,6 +318,10 @@ def trainers(spec, plan, home: Path, dataset=None):
     """Start the sweep's trainer actors; when the sweep ends, record where their time went and stop them."""
     actor = ray.remote(PackTrainer)
     gpu = bool(plan.cluster_gpus)
+    # A restarted trainer runs __init__ again with the same arguments: the dataset must stay in the
+    # object store until the sweep ends, so the driver holds its reference here (a plain value would
+    # be put implicitly and freed after the first start, and every restart would then fail).
+    dataset = None if dataset is None else ray.put(dataset)
     handles = [
         actor.options(name=name, namespace=NAMESPACE, num_cpus=0, num_gpus=1 if gpu else 0,
                       scheduling_strategy="DEFAULT" if gpu else "SPREAD", max_restarts=-1,

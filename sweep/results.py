@@ -190,12 +190,30 @@ def _error_line(folder: Path, filename: Optional[str]) -> Optional[str]:
 
 # ---- tables ---------------------------------------------------------------------------------------
 
+def _finished_in_study(home: Path, spec: SweepSpec) -> dict[str, str]:
+    """The study's record of finished trials; {} (Ray's word stands) when there is none or it cannot be read.
+
+    A study in WAL mode cannot be opened on a full disk or a read-only mount (SQLite must create its
+    -shm file): the tables are still worth rebuilding from Ray's files, so that is a note, not an error.
+    """
+    import sqlalchemy.exc
+
+    if not (home / STUDY_FILE).is_file():
+        return {}
+    try:
+        return finished_in_study(f"sqlite:///{home / STUDY_FILE}", spec.name)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        print(f"note: cannot read {home / STUDY_FILE} ({reason}); trial statuses come from Ray's records alone")
+        return {}
+
+
 def build_tables(home: Path, spec: Optional[SweepSpec] = None) -> Results:
     spec = spec or read_spec(home)
     trial_rows, epoch_frames = [], []
     # The study records each trial's end as it happens; Ray's snapshot can lag (it may still say
     # RUNNING for a trial that has since failed for good), so the study's word wins.
-    told = finished_in_study(f"sqlite:///{home / STUDY_FILE}", spec.name) if (home / STUDY_FILE).is_file() else {}
+    told = _finished_in_study(home, spec)
     for record in read_experiment(home / EXPERIMENT_DIR):
         if record["trial_id"] in told and record["ray_status"] not in ("TERMINATED", "ERROR"):
             record["ray_status"] = "ERROR" if told[record["trial_id"]] == "error" else "TERMINATED"

@@ -49,7 +49,7 @@ def trial_status(result: dict | None, error: bool, max_epochs: int) -> str:
 
 def finished_in_study(storage_url: str, study_name: str) -> dict[str, str]:
     """Tune trial id -> status, for every trial the study has recorded as finished."""
-    study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url, wal=False))
     return {t.user_attrs["tune_trial_id"]: t.user_attrs.get("status", "completed")
             for t in study.get_trials(deepcopy=False) if t.state.is_finished() and "tune_trial_id" in t.user_attrs}
 
@@ -68,15 +68,16 @@ def make_sampler(spec: SearcherSpec, seed: int) -> optuna.samplers.TPESampler:
                                       constant_liar=spec.constant_liar)
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """The study's storage. For SQLite: write-ahead logging with synchronous=NORMAL.
+def open_storage(url: str, wal: bool = True) -> optuna.storages.RDBStorage:
+    """The study's storage. For SQLite, the writer's: write-ahead logging with synchronous=NORMAL.
 
     Optuna commits once per reported epoch; SQLite's default journal fsyncs every commit (1.8 ms each
     here, about a third of the Tune driver's time per result). In WAL mode a crash can lose the last
     commits but never corrupts the file, and Ray's snapshots carry their own copy of the study.
+    Readers pass wal=False: switching the mode writes to the file.
     """
     storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    if url.startswith("sqlite"):
+    if wal and url.startswith("sqlite"):
         @sqlalchemy.event.listens_for(storage.engine, "connect")
         def _pragmas(connection, _record):
             connection.execute("PRAGMA synchronous=NORMAL")
