@@ -134,6 +134,9 @@ def _analyze(args) -> int:
         print("\nbest trial of each variant:")
         print(found.best_per_variant()[shown].to_string(index=False))
     print(f"\ntables: {found.home}/trials.parquet, trials.csv, epochs.parquet, best_config.yaml")
+    from .report import write_report
+
+    print(f"report: {write_report(found)}")
     return 0
 
 

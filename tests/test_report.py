@@ -1,0 +1,171 @@
+"""`sweep analyze` writes report/: every figure a real PNG, an index.html that shows each one, on a finished
+sweep and on one whose trials diverged, errored or lost their checkpoints; importances and edge flags."""
+import contextlib
+import glob
+import io
+import json
+import re
+import shutil
+
+import numpy as np
+import optuna
+import pytest
+from matplotlib.image import imread
+
+from sweep import load_results
+from sweep.cli import main
+from sweep.report import (edge_flags, importance_figure, param_importances, write_report, _save)
+from sweep.spec import Param
+
+pytestmark = pytest.mark.slow
+SMALL = ["--set", "train.epochs=2", "--set", "train.train_subset=600", "--set", "scheduler.reduction_factor=2"]
+ALWAYS = {"learning_curves.png", "hyperparameters.png", "reconstructions.png", "latent.png"}
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory, data_dir):
+    """configs/quick.yaml over all four variants, 6 trials of 2 epochs, run and analyzed once for the module."""
+    root = tmp_path_factory.mktemp("report")
+    assert main(["run", "configs/quick.yaml", "--set", f"storage_path={root}", "--set", "num_samples=6", *SMALL]) == 0
+    return _analyze(root / "quick")
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory, data_dir):
+    """A vanilla sweep of three given points, the last one with lr=1e6 (it diverges in its first epoch); in a
+    copy of it, the lr=3e-3 trial is made to have errored and the lr=1e-3 trial's checkpoints are unreadable."""
+    root = tmp_path_factory.mktemp("broken")
+    assert main(["run", "configs/quick.yaml", "--set", f"storage_path={root}", "--set", "name=broken",
+                 "--set", "space.variant=vanilla", "--set", "space.noise_factor=null",
+                 "--set", "space.sparsity_weight=null", "--set", "space.latent_dim=2",
+                 "--set", "space.lr={choice: [1.0e-3, 3.0e-3, 1.0e6]}",
+                 "--set", "points=[{lr: 1.0e-3}, {lr: 3.0e-3}, {lr: 1.0e6}]", "--set", "num_samples=3", *SMALL]) == 0
+    home = shutil.copytree(root / "broken", root / "copy")
+    trials = load_results(str(home)).trials.set_index("lr")
+    _fake_error(home, trials.loc[3e-3, "trial_id"])
+    for state in glob.glob(f"{home}/ray/*_{trials.loc[1e-3, 'trial_id']}_*/checkpoint_*/state.pt"):
+        with open(state, "wb") as fh:
+            fh.write(b"not a checkpoint")
+    return home
+
+
+def _fake_error(home, trial_id):
+    """What Ray leaves of a trial that failed before its first report: status ERROR, an error file, no results."""
+    state_file = sorted(glob.glob(f"{home}/ray/experiment_state-*.json"))[-1]
+    with open(state_file) as fh:
+        state = json.load(fh)
+    for i, (trial_json, runtime_json) in enumerate(state["trial_data"]):
+        trial, runtime = json.loads(trial_json), json.loads(runtime_json)
+        if trial["trial_id"] == trial_id:
+            trial["status"], runtime["last_result"], runtime["error_filename"] = "ERROR", {}, "error.txt"
+            state["trial_data"][i] = [json.dumps(trial), json.dumps(runtime)]
+            folder = home / "ray" / trial["relative_logdir"]
+            for old in [*folder.glob("checkpoint_*"), folder / "result.json"]:
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+            (folder / "error.txt").write_text("Traceback ...\nRuntimeError: a fake failure for the report test\n")
+    with open(state_file, "w") as fh:
+        json.dump(state, fh)
+
+
+def _analyze(home):
+    """`sweep analyze HOME`: (home, the index.html text, what it printed)."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["analyze", str(home)]) == 0
+    return home, (home / "report" / "index.html").read_text(), printed.getvalue()
+
+
+def _assert_valid_png(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path.name
+    assert len(data) > 5_000, path.name
+    pixels = imread(path)
+    assert 200 <= pixels.shape[0] <= 4000 and 300 <= pixels.shape[1] <= 4000, (path.name, pixels.shape)
+    assert np.ptp(pixels[..., :3]) > 0.5, f"{path.name} is blank"
+
+
+def _figures(page: str) -> set:
+    return set(re.findall(r'<img src="([^"]+\.png)"', page))
+
+
+def test_analyze_writes_every_figure_and_an_index_showing_each(quick):
+    quick, page, printed = quick
+    assert f"report: {quick / 'report' / 'index.html'}" in printed
+    results = load_results(str(quick))
+    report = quick / "report"
+    written = {p.name for p in report.glob("*.png")}
+    usable = set(results.best_per_variant()["variant"])
+    expected = set(ALWAYS)
+    expected |= {"denoising.png"} if "denoising" in usable else set()
+    expected |= {"sparsity.png"} if "sparse" in usable else set()
+    assert expected <= written and _figures(page) == written
+    for name in written:
+        _assert_valid_png(report / name)
+    assert not list(report.glob("*.tmp")) and not list(report.glob(".*"))
+
+
+def test_index_has_the_best_per_variant_table_and_how_to_open_the_study(quick):
+    quick, page, _ = quick
+    results = load_results(str(quick))
+    for row in results.best_per_variant().itertuples():
+        assert f">{row.trial_id}<" in page and f"{row.final_val_loss:.4g}" in page
+    assert f"optuna-dashboard sqlite:///{quick}/study.db" in page
+    assert f"tensorboard --logdir {quick}/ray" in page
+    assert "Hyperparameter importance" in page and "<script" not in page and "http" not in page
+
+
+def test_report_survives_diverged_errored_trials_and_unreadable_checkpoints(broken):
+    _, page, printed = _analyze(broken)
+    assert "retraining" in printed
+    trials = load_results(str(broken)).trials.set_index("lr")
+    assert trials.loc[1e6, "status"] == "diverged" and trials.loc[3e-3, "status"] == "error"
+    assert trials.loc[3e-3, "epochs"] == 0
+    report = broken / "report"
+    written = {p.name for p in report.glob("*.png")}
+    assert ALWAYS <= written and _figures(page) == written
+    for name in written:
+        _assert_valid_png(report / name)
+    assert "Errored trials" in page and "a fake failure for the report test" in page
+    assert "retrained" in page  # the lr=1e-3 trial's checkpoints do not load
+    assert "1 diverged" in page and "1 error" in page
+
+
+def test_importances_are_per_variant_over_complete_trials_and_skipped_with_a_reason(tmp_path):
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.RandomSampler(seed=0))
+    rng = np.random.default_rng(0)
+
+    def objective(trial):
+        variant = trial.suggest_categorical("variant", ["vanilla", "sparse", "conv"])
+        lr = trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+        latent_dim = trial.suggest_int("latent_dim", 2, 64, log=True) if variant != "conv" else 16
+        if variant == "sparse":
+            trial.suggest_float("sparsity_weight", 1e-5, 1e-2, log=True)
+        return abs(np.log10(lr) + 3) + 0.01 * rng.normal() + 0 * latent_dim
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(objective, n_trials=60)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert sum(t.params["variant"] == "sparse" for t in complete) >= 5
+    found, notes, evaluator = param_importances(study, ["vanilla", "sparse", "conv", "denoising"])
+    assert set(found) == {"vanilla", "sparse"}
+    assert set(found["vanilla"]) == {"lr", "latent_dim"} and sum(found["vanilla"].values()) == pytest.approx(1)
+    assert found["vanilla"]["lr"] > found["vanilla"]["latent_dim"]
+    assert set(found["sparse"]) == {"lr", "latent_dim", "sparsity_weight"}
+    assert "only lr varies" in notes["conv"] and "0 complete trials" in notes["denoising"]
+    fig = importance_figure(found, evaluator)
+    _save(fig, tmp_path / "importance.png")
+    _assert_valid_png(tmp_path / "importance.png")
+    assert importance_figure({}, evaluator) is None
+
+
+def test_best_values_near_the_end_of_a_range_are_flagged():
+    import pandas as pd
+
+    space = {"variant": Param("variant", "choice", ("vanilla", "sparse")),
+             "lr": Param("lr", "loguniform", (), 1e-4, 1e-2),
+             "latent_dim": Param("latent_dim", "choice", (2, 8, 32)),
+             "noise_factor": Param("noise_factor", "uniform", (), 0.1, 0.7)}
+    rows = pd.DataFrame([{"trial_id": "a", "variant": "vanilla", "lr": 9.5e-3, "latent_dim": 8, "noise_factor": None},
+                         {"trial_id": "b", "variant": "sparse", "lr": 1e-3, "latent_dim": 32, "noise_factor": None}])
+    flags = {(f["trial_id"], f["param"]) for f in edge_flags(rows, space)}
+    assert flags == {("a", "lr"), ("b", "latent_dim")}
