@@ -175,6 +175,10 @@ def _mlp_forward(p: dict, x: torch.Tensor):
 
 
 def _conv_forward(p: dict, x: torch.Tensor):
+    return (_conv_forward_per_member if x.device.type == "cpu" else _conv_forward_grouped)(p, x)
+
+
+def _conv_forward_grouped(p: dict, x: torch.Tensor):
     # Member k's channels are the k-th contiguous block of every grouped convolution's channels.
     k, b = x.shape[:2]
     flat = lambda name: p[name].reshape(-1, *p[name].shape[2:])  # noqa: E731  (K, C, ...) -> (K*C, ...)
@@ -188,6 +192,36 @@ def _conv_forward(p: dict, x: torch.Tensor):
     h = torch.sigmoid(F.conv_transpose2d(h, flat("dec_conv.2.weight"), p["dec_conv.2.bias"].flatten(), stride=2,
                                          padding=1, output_padding=1, groups=k))
     return h.reshape(b, k, 28 * 28).transpose(0, 1), z
+
+
+def _conv_forward_per_member(p: dict, x: torch.Tensor):
+    """The conv variant on a CPU: each member's convolutions alone, its linear layers batched.
+
+    A grouped convolution sums in another order than a plain one, and Adam's first steps turn those
+    last-bit differences into visible ones (a high-lr conv member drifted ~1% from its solo run in
+    4 epochs). Per-member convolutions run the very kernels a model alone runs, so a packed member
+    computes what it computes alone, and on a CPU they are also faster than grouped ones
+    (benchmarks/pack_speed.py). On a GPU one grouped launch per layer is what makes packing pay.
+    """
+    k, b = x.shape[:2]
+
+    def conv(name: str, h: torch.Tensor, i: int, transpose: bool = False) -> torch.Tensor:
+        weight, bias = p[f"{name}.weight"][i], p[f"{name}.bias"][i]
+        if transpose:
+            return F.conv_transpose2d(h, weight, bias, stride=2, padding=1, output_padding=1)
+        return F.conv2d(h, weight, bias, stride=2, padding=1)
+
+    encoded = []
+    for i in range(k):
+        h = torch.relu(conv("enc_conv.0", x[i].reshape(b, 1, 28, 28), i))
+        encoded.append(torch.relu(conv("enc_conv.2", h, i)).reshape(b, 32 * 7 * 7))
+    z = _linear(p, "enc_fc", torch.stack(encoded))
+    h = _linear(p, "dec_fc", z)
+    decoded = []
+    for i in range(k):
+        g = torch.relu(conv("dec_conv.0", h[i].reshape(b, 32, 7, 7), i, transpose=True))
+        decoded.append(torch.sigmoid(conv("dec_conv.2", g, i, transpose=True)).reshape(b, 28 * 28))
+    return torch.stack(decoded), z
 
 
 FORWARD = {"mlp": _mlp_forward, "conv": _conv_forward}
