@@ -169,3 +169,29 @@ def test_best_values_near_the_end_of_a_range_are_flagged():
                          {"trial_id": "b", "variant": "sparse", "lr": 1e-3, "latent_dim": 32, "noise_factor": None}])
     flags = {(f["trial_id"], f["param"]) for f in edge_flags(rows, space)}
     assert flags == {("a", "lr"), ("b", "latent_dim")}
+
+
+def test_the_study_opens_in_optuna_dashboard(quick):
+    """optuna-dashboard's own WSGI app (what `optuna-dashboard sqlite:///...` serves) lists the study and its trials."""
+    dashboard = pytest.importorskip("optuna_dashboard")
+    from wsgiref.util import setup_testing_defaults
+
+    home = quick[0]
+    app = dashboard.wsgi(f"sqlite:///{home}/study.db")
+
+    def get(path, query=""):
+        env = {}
+        setup_testing_defaults(env)
+        env["PATH_INFO"], env["QUERY_STRING"] = path, query
+        status = []
+        body = b"".join(app(env, lambda s, headers, exc_info=None: status.append(s)))
+        assert status == ["200 OK"], (path, status, body[:300])
+        return json.loads(body)
+
+    (summary,) = get("/api/studies")["study_summaries"]
+    assert summary["study_name"] == "quick" and summary["directions"] == ["minimize"]
+    trials = get(f"/api/studies/{summary['study_id']}", "after=0")["trials"]
+    table = load_results(str(home)).trials
+    states = sorted(t["state"] for t in trials)
+    assert states == sorted({"completed": "Complete", "stopped": "Pruned", "diverged": "Pruned", "error": "Fail"}[s]
+                            for s in table["status"])
