@@ -67,7 +67,8 @@ class TrialRecord:
 
     def report(self, row: dict, write_state: Optional[Callable[[Path], None]]) -> None:
         """Report one epoch to Tune, with a checkpoint when `write_state` writes the state file."""
-        row = {**row, "timestamp": time.time()}
+        now = time.time()  # Ray rounds its own `timestamp` to whole seconds in result.json; reported_at keeps it exact
+        row = {**row, "timestamp": now, "reported_at": now}
         self.history = [r for r in self.history if r["epoch"] < row["epoch"]] + [row]
         checkpoint = None
         if write_state is not None:

@@ -104,9 +104,11 @@ def kill_workers(proc, home: Path, count: int, per_trial: int = 1, only=None, sa
     """SIGKILL the worker process of running trials, `count` times, each trial at most `per_trial` times.
 
     A worker is killed right after its trial reported an epoch in `safe_epochs`, epochs after which
-    ASHA cannot stop the trial: the worker is then surely still running that trial. (A reused worker
-    killed while it waits for its next trial fails that trial while PENDING, and Ray Tune retries
-    only RUNNING trials: see RELIABILITY.md.)
+    ASHA cannot stop the trial, and only while that report is younger than 0.8 epochs: the worker
+    is then surely still running that trial. (The driver can write a result to result.json late; a
+    stale row's worker may have moved on to another trial, and a reused worker killed while it
+    starts its next trial fails that trial for good: Ray Tune retries only RUNNING trials; see
+    RELIABILITY.md.)
     """
     killed: list[tuple[int, str]] = []
     while proc.poll() is None and len(killed) < count:
@@ -115,6 +117,7 @@ def kill_workers(proc, home: Path, count: int, per_trial: int = 1, only=None, sa
             times = sum(1 for _, t in killed if t == trial_id)
             if last["status"] != "running" or times >= per_trial or (only and trial_id != only) \
                     or (safe_epochs and last["epoch"] not in safe_epochs) \
+                    or (safe_epochs and time.time() - last.get("reported_at", 0) > 0.8 * last["epoch_s"]) \
                     or any(pid == last["pid"] for pid, _ in killed):
                 continue
             try:
@@ -123,7 +126,7 @@ def kill_workers(proc, home: Path, count: int, per_trial: int = 1, only=None, sa
             except ProcessLookupError:
                 pass
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     return [t for _, t in killed]
 
 
