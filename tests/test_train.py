@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import aemodels.data
 from aemodels import DataError, TrainConfig, TrainState, create_model, load_dataset, train
 from aemodels.pack import epoch_order, generator
 
@@ -179,3 +180,28 @@ def test_gzipped_copies_are_unpacked_in_place(tmp_path, data_dir):
 def test_bad_train_argument_is_a_type_error():
     with pytest.raises(TypeError, match="train\\(\\) needs a TrainConfig"):
         train({"variant": "vanilla"})
+
+
+def test_idx_files_read_exactly_as_torchvision_reads_them(data_dir):
+    from torchvision.datasets import MNIST
+
+    ours = aemodels.data._read("mnist", data_dir)
+    for train_split, images, labels in ((True, ours.train_images, ours.train_labels),
+                                        (False, ours.test_images, ours.test_labels)):
+        theirs = MNIST(data_dir, train=train_split, download=False)
+        assert torch.equal(images, theirs.data.reshape(len(theirs.data), -1))
+        assert torch.equal(labels, theirs.targets.long()) and images.dtype == torch.uint8
+    assert ours.train_images.shape == (60000, 784) and ours.test_images.shape == (10000, 784)
+
+
+def test_a_truncated_or_foreign_idx_file_is_a_one_line_error(tmp_path, data_dir):
+    from pathlib import Path
+
+    source = Path(data_dir, "MNIST", "raw", "t10k-labels-idx1-ubyte").read_bytes()
+    (tmp_path / "cut").write_bytes(source[:-7])
+    (tmp_path / "foreign").write_bytes(b"PK\x03\x04 not an idx file")
+    with pytest.raises(DataError, match="truncated or corrupt; replace it") as err:
+        aemodels.data.read_idx(tmp_path / "cut")
+    assert "\n" not in str(err.value)
+    with pytest.raises(DataError, match="is not an unsigned-byte IDX file"):
+        aemodels.data.read_idx(tmp_path / "foreign")
