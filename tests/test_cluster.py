@@ -56,12 +56,16 @@ def test_losing_a_worker_node_mid_sweep_loses_no_trial(three_nodes, tmp_path, da
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     victim = workers[0]
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:  # wait until the victim node is running a trial
+    # Wait until the victim node is surely mid-trial: a fresh report (younger than 0.8 epochs) of an
+    # epoch ASHA cannot stop at (rungs: 2, 4). A node lost while its reused worker starts the next
+    # trial fails that trial for good: Ray Tune retries only RUNNING trials (RELIABILITY.md).
+    while time.time() < deadline and proc.poll() is None:
         rows = [json.loads(line) for path in (tmp_path / "quick" / "ray").glob("*/result.json")
-                for line in open(path) if line.strip()]
-        if any(r["node_id"] == victim.node_id and r["status"] == "running" for r in rows):
+                for line in open(path) if line.strip().endswith("}")]
+        if any(r["node_id"] == victim.node_id and r["status"] == "running" and r["epoch"] in (1, 3)
+               and time.time() - r["reported_at"] < 0.8 * r["epoch_s"] for r in rows):
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     cluster.remove_node(victim)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
