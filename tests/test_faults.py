@@ -104,7 +104,7 @@ def kill_workers(proc, home: Path, count: int, per_trial: int = 1, only=None, sa
     """SIGKILL the worker process of running trials, `count` times, each trial at most `per_trial` times.
 
     A worker is killed right after its trial reported an epoch in `safe_epochs`, epochs after which
-    ASHA cannot stop the trial, and only while that report is younger than 0.8 epochs: the worker
+    ASHA cannot stop the trial, and only while that report is younger than 0.9 epochs: the worker
     is then surely still running that trial. (The driver can write a result to result.json late; a
     stale row's worker may have moved on to another trial, and a reused worker killed while it
     starts its next trial fails that trial for good: Ray Tune retries only RUNNING trials; see
@@ -117,7 +117,7 @@ def kill_workers(proc, home: Path, count: int, per_trial: int = 1, only=None, sa
             times = sum(1 for _, t in killed if t == trial_id)
             if last["status"] != "running" or times >= per_trial or (only and trial_id != only) \
                     or (safe_epochs and last["epoch"] not in safe_epochs) \
-                    or (safe_epochs and time.time() - last.get("reported_at", 0) > 0.8 * last["epoch_s"]) \
+                    or (safe_epochs and time.time() - last.get("reported_at", 0) > 0.9 * last["epoch_s"]) \
                     or any(pid == last["pid"] for pid, _ in killed):
                 continue
             try:
@@ -132,8 +132,9 @@ def kill_workers(proc, home: Path, count: int, per_trial: int = 1, only=None, sa
 
 def test_killed_trial_workers_are_retried_from_their_checkpoints(tmp_path, data_dir):
     tick = time.perf_counter()
+    # 5,000 images: epochs long enough (~1.5 s) that five fresh reports reach result.json in time to act on
     proc = start(tmp_path, "--set", "num_samples=12", "--set", "train.epochs=6", "--set", "scheduler.grace_period=2",
-                 "--set", "train.train_subset=3000")
+                 "--set", "train.train_subset=5000")
     killed = kill_workers(proc, tmp_path / "quick", count=5, per_trial=2, safe_epochs={1, 3, 5})  # rungs: 2, 4
     finish(proc)
     wall = time.perf_counter() - tick
@@ -215,14 +216,15 @@ def test_corrupt_checkpoint_in_a_live_sweep(tmp_path, data_dir):
     home, target = tmp_path / "quick", None
     while proc.poll() is None and target is None:
         for trial_id, rows in result_rows(home).items():
-            if rows[-1]["status"] == "running" and rows[-1]["epoch"] >= 2:
+            fresh = time.time() - rows[-1]["reported_at"] < 0.9 * rows[-1]["epoch_s"]  # see kill_workers
+            if rows[-1]["status"] == "running" and rows[-1]["epoch"] in (2, 3) and fresh:
                 checkpoints = sorted(glob.glob(str(home / "ray" / f"*_{trial_id}_*" / "checkpoint_*" / "state.pt")))
                 if len(checkpoints) >= 2:
                     Path(checkpoints[-1]).write_bytes(b"not a checkpoint")
                     os.kill(rows[-1]["pid"], signal.SIGKILL)
                     target = trial_id
                     break
-        time.sleep(0.1)
+        time.sleep(0.05)
     finish(proc)
     trials = check_sweep(home, 4, "corrupt latest checkpoint, then SIGKILL of its worker", 1,
                          time.perf_counter() - tick)
