@@ -67,8 +67,7 @@ class TrialRecord:
 
     def report(self, row: dict, write_state: Optional[Callable[[Path], None]]) -> None:
         """Report one epoch to Tune, with a checkpoint when `write_state` writes the state file."""
-        now = time.time()  # Ray rounds its own `timestamp` to whole seconds in result.json; reported_at keeps it exact
-        row = {**row, "timestamp": now, "reported_at": now}
+        row = {**row, "timestamp": time.time()}
         self.history = [r for r in self.history if r["epoch"] < row["epoch"]] + [row]
         checkpoint = None
         if write_state is not None:
@@ -77,7 +76,8 @@ class TrialRecord:
             tmp.write_text(json.dumps(self.history))
             os.replace(tmp, self.scratch / HISTORY_FILE)
             checkpoint = Checkpoint.from_directory(str(self.scratch))
-        tune.report(row, checkpoint=checkpoint)
+        # When the result leaves the trial, to the microsecond (Ray rounds `timestamp` to whole seconds).
+        tune.report({**row, "reported_at": time.time()}, checkpoint=checkpoint)
 
 
 def run_trial(config: dict, *, base: dict, threads: int = 1, dataset=None) -> None:

@@ -132,14 +132,15 @@ def kill_workers(proc, home: Path, count: int, per_trial: int = 1, only=None, sa
 
 def test_killed_trial_workers_are_retried_from_their_checkpoints(tmp_path, data_dir):
     tick = time.perf_counter()
-    # 5,000 images: epochs long enough (~1.5 s) that five fresh reports reach result.json in time to act on
-    proc = start(tmp_path, "--set", "num_samples=12", "--set", "train.epochs=6", "--set", "scheduler.grace_period=2",
+    # 16 trials of 5,000 images: enough reports, and epochs long enough (~1.5 s), that five of them reach
+    # result.json fresh enough to act on, even when the driver writes them late
+    proc = start(tmp_path, "--set", "num_samples=16", "--set", "train.epochs=6", "--set", "scheduler.grace_period=2",
                  "--set", "train.train_subset=5000")
     killed = kill_workers(proc, tmp_path / "quick", count=5, per_trial=2, safe_epochs={1, 3, 5})  # rungs: 2, 4
     finish(proc)
     wall = time.perf_counter() - tick
     assert len(killed) >= 5
-    trials = check_sweep(tmp_path / "quick", 12, "SIGKILL of a trial's worker process", len(killed), wall)
+    trials = check_sweep(tmp_path / "quick", 16, "SIGKILL of a trial's worker process", len(killed), wall)
     assert set(trials["status"]) <= {"completed", "stopped"}
     assert trials["num_failures"].sum() >= 5
     epochs = load_results(str(tmp_path / "quick")).epochs
