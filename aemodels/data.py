@@ -109,7 +109,7 @@ def read_idx(path: Path) -> torch.Tensor:
     Written here rather than taken from torchvision.datasets, which reads the same bytes, because
     importing torchvision costs 1.3-2.6 s in every process that reads the data (the sweep's driver,
     `sweep analyze`, retraining); torchvision is still what downloads the files.
-    tests/test_models.py checks the result against torchvision's reading, byte for byte.
+    tests/test_train.py checks the result against torchvision's reading, byte for byte.
     """
     import numpy as np
 

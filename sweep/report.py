@@ -27,6 +27,7 @@ from aemodels import TrainState, load_dataset, train
 from aemodels.models import VARIANTS
 
 from .results import EXPERIMENT_DIR, STUDY_FILE, Results, _atomic, _ranked
+from .searcher import storage_error
 from .spec import CONDITIONAL, Param
 
 REPORT_DIR = "report"
@@ -241,8 +242,7 @@ def load_study(results: Results):
         with _quiet_optuna():
             return optuna.load_study(study_name=results.spec.name, storage=f"sqlite:///{path}"), ""
     except (KeyError, ValueError, RuntimeError, sqlalchemy.exc.SQLAlchemyError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        return None, f"cannot open the study {results.spec.name!r} in {path} ({reason})"
+        return None, f"cannot open the study {results.spec.name!r} in {path} ({storage_error(exc)})"
 
 
 # ---- figures: each takes its data and returns a Figure -------------------------------------------

@@ -23,7 +23,7 @@ import yaml
 from aemodels import TrainConfig
 
 from . import storage
-from .searcher import STUDY_SNAPSHOT, finished_in_study, snapshot_study, trial_status
+from .searcher import STUDY_SNAPSHOT, finished_in_study, snapshot_study, storage_error, trial_status
 from .trial import HISTORY_FILE
 from .spec import SEARCHED, SweepSpec, parse
 
@@ -203,8 +203,8 @@ def _finished_in_study(home: Path, spec: SweepSpec) -> dict[str, str]:
     try:
         return finished_in_study(f"sqlite:///{home / STUDY_FILE}", spec.name)
     except sqlalchemy.exc.SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        print(f"note: cannot read {home / STUDY_FILE} ({reason}); trial statuses come from Ray's records alone")
+        print(f"note: cannot read {home / STUDY_FILE} ({storage_error(exc)}); trial statuses come from Ray's "
+              "records alone")
         return {}
 
 

@@ -54,6 +54,11 @@ def finished_in_study(storage_url: str, study_name: str) -> dict[str, str]:
             for t in study.get_trials(deepcopy=False) if t.state.is_finished() and "tune_trial_id" in t.user_attrs}
 
 
+def storage_error(exc: Exception) -> str:
+    """The first line of what the database said, for a one-line message (SQLAlchemy appends pages of context)."""
+    return str(getattr(exc, "orig", None) or exc).splitlines()[0]
+
+
 def snapshot_study(source: str, target: str) -> None:
     """A consistent copy of a SQLite study (SQLite's backup API), replacing `target` atomically."""
     tmp = f"{target}.tmp"
