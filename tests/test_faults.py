@@ -238,14 +238,16 @@ def test_corrupt_checkpoint_in_a_live_sweep(tmp_path, data_dir):
 
 def test_a_trial_that_exhausts_its_retries_ends_as_error_and_the_rest_finish(tmp_path, data_dir):
     tick = time.perf_counter()
-    proc = start(tmp_path, "--set", "num_samples=4", "--set", "train.epochs=5", "--set", "scheduler.grace_period=5",
-                 "--set", "max_failures=1", "--set", "train.train_subset=8000")  # epochs long enough to kill twice
+    # 8 epochs of 8,000 images, none a rung: seven reports after which the victim can be killed, so that two
+    # fresh ones come even when the driver writes results late (with five epochs, a CI run got only one)
+    proc = start(tmp_path, "--set", "num_samples=4", "--set", "train.epochs=8", "--set", "scheduler.grace_period=8",
+                 "--set", "max_failures=1", "--set", "train.train_subset=8000")
     home, victim = tmp_path / "quick", None
     while proc.poll() is None and victim is None:
         running = [t for t, rows in result_rows(home).items() if rows[-1]["status"] == "running"]
         victim = running[0] if running else None
         time.sleep(0.1)
-    killed = kill_workers(proc, home, count=2, per_trial=2, only=victim, safe_epochs={1, 2, 3, 4})
+    killed = kill_workers(proc, home, count=2, per_trial=2, only=victim, safe_epochs=set(range(1, 8)))
     finish(proc)
     trials = check_sweep(home, 4, "one trial's worker killed past max_failures", len(killed),
                          time.perf_counter() - tick, note="that trial ends as error")
