@@ -167,9 +167,9 @@ def trainable(spec: SweepSpec, plan: Plan, dataset):
         from .packed import make_packed_trainable
 
         return make_packed_trainable(spec, plan, base)
-    from .trial import run_trial
+    from .trial import SharedDataset, run_trial
 
-    fn = tune.with_parameters(run_trial, base=base, threads=plan.threads_per_trial, dataset=dataset)
+    fn = tune.with_parameters(run_trial, base=base, threads=plan.threads_per_trial, dataset=SharedDataset(dataset))
     return tune.with_resources(fn, {"cpu": plan.cpu_per_trial, "gpu": plan.gpu_per_trial})
 
 

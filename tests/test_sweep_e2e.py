@@ -98,3 +98,26 @@ def test_tables_rebuild_identically_from_rays_folder(quick):
     pd.testing.assert_frame_equal(rebuilt.trials.drop(columns="wall_s"), quick.trials.drop(columns="wall_s"))
     assert len(rebuilt.epochs) == len(quick.epochs)
     assert all(math.isfinite(v) for v in rebuilt.epochs["val_loss"])
+
+
+def test_a_worker_takes_the_shared_dataset_from_ray_once_for_all_its_trials(data_dir, tmp_path, monkeypatch):
+    import ray
+    import torch
+
+    import sweep.trial
+    from aemodels import load_dataset
+    from sweep.trial import SharedDataset
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        shared = SharedDataset(load_dataset("mnist", data_dir))
+        fetches, real_get = [], ray.get
+        monkeypatch.setattr(sweep.trial.ray, "get", lambda ref: fetches.append(ref) or real_get(ref))
+        for _ in range(3):  # three trials on one reused worker
+            shared.provide(str(tmp_path))
+        assert len(fetches) == 1
+        # what later trials load under that data_dir is the shared copy: an empty folder, no files read
+        provided = load_dataset("mnist", str(tmp_path), download=False)
+        assert torch.equal(provided.test_images, load_dataset("mnist", data_dir).test_images)
+    finally:
+        ray.shutdown()
