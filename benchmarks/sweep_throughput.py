@@ -92,10 +92,10 @@ def run_mode(execution: str, args, storage: str) -> dict:
     ray_start = time.perf_counter() - tick
     try:
         gpu = GpuSampler() if args.gpu else None
-        tick, cpu_tick = time.perf_counter(), time.process_time()
+        tick, cpu_tick, began = time.perf_counter(), time.process_time(), time.time()
         with gpu or _nothing():
             runner.run(sweep, overwrite=True, argv=["benchmarks/sweep_throughput.py"])
-        wall, driver_cpu = time.perf_counter() - tick, time.process_time() - cpu_tick
+        wall, driver_cpu, ended = time.perf_counter() - tick, time.process_time() - cpu_tick, time.time()
         plan = runner.plan(sweep)
     finally:
         ray.shutdown()
@@ -121,7 +121,8 @@ def run_mode(execution: str, args, storage: str) -> dict:
     else:
         slots = plan.max_concurrent if args.gpu else cores
         out.update(busy=epochs_s / (wall * slots), epochs_s=epochs_s, setup_s=setup_s,
-                   report_s=iter_s - epochs_s - setup_s, idle_s=wall * slots - iter_s, slots=slots)
+                   report_s=iter_s - epochs_s - setup_s, idle_s=wall * slots - iter_s, slots=slots,
+                   **idle_split(rows, slots, began, ended))
     if gpu is not None:
         out.update(gpu.summary())
         if "gpu_mem_peak_mib" in out:
@@ -133,9 +134,27 @@ def _iterations(home: Path) -> pd.DataFrame:
     """Every reported result of every trial (Ray's result.json), for the time accounting."""
     frames = []
     for path in (home / "ray").glob("*/result.json"):
-        frame = pd.read_json(path, lines=True)
-        frames.append(frame[["trial_id", "epoch", "epoch_s", "time_this_iter_s"]])
+        frame = pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+        frames.append(frame[["trial_id", "epoch", "epoch_s", "time_this_iter_s", "reported_at"]])
     return pd.concat(frames, ignore_index=True)
+
+
+def idle_split(rows: pd.DataFrame, slots: int, began: float, ended: float) -> dict:
+    """Slot-seconds in which a slot runs no trial iteration, by when: before the first iteration
+    (Tune's start, actor start-up), between trials while more are to start, in the tail (the last
+    trial has started; fewer trials than slots remain), and after the last report (tables)."""
+    starts = (rows["reported_at"] - rows["time_this_iter_s"]).to_numpy()
+    ends = rows["reported_at"].to_numpy()
+    first, last_start, last_end = starts.min(), starts.max(), ends.max()
+    events = sorted([(t, 1) for t in starts] + [(t, -1) for t in ends])
+    split = {"idle_start_s": slots * (first - began), "idle_between_s": 0.0, "idle_tail_s": 0.0,
+             "idle_end_s": slots * (ended - last_end)}
+    active, previous = 0, first
+    for at, change in events:
+        key = "idle_between_s" if previous < last_start else "idle_tail_s"
+        split[key] += (at - previous) * max(0, slots - active)
+        active, previous = active + change, at
+    return split
 
 
 class _nothing:
@@ -188,7 +207,9 @@ def render(args, modes: list[dict], anchors: list[dict], command: str) -> str:
         notes = []
         if m["mode"] == "trial":
             notes.append(f"of {m['slots']} slots x wall: epochs {m['epochs_s']:.1f} s, first-epoch setup "
-                         f"{m['setup_s']:.1f} s, report+checkpoint {m['report_s']:.1f} s, idle {m['idle_s']:.1f} s")
+                         f"{m['setup_s']:.1f} s, report+checkpoint {m['report_s']:.1f} s, idle {m['idle_s']:.1f} s "
+                         f"(before the first epoch {m['idle_start_s']:.1f}, between trials {m['idle_between_s']:.1f}, "
+                         f"tail {m['idle_tail_s']:.1f}, after the last {m['idle_end_s']:.1f})")
         else:
             notes.append(f"{m['trainers']} trainer(s): {m['trainer_rounds']} rounds, serialize {m['serialize_s']:.1f} s, restack "
                          f"{m['restack_s']:.1f} s, waiting for trials {m['trainer_wait_s']:.1f} s")

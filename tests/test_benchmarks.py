@@ -34,3 +34,14 @@ def test_pack_speed_writes_a_row_per_variant_and_k(data_dir, tmp_path):
     rows = [line for line in out.read_text().splitlines() if line.startswith("| vanilla |")]
     assert [row.split("|")[2].strip() for row in rows] == ["1", "2"]
     assert all(float(row.split("|")[3]) > 0 for row in rows)
+
+
+def test_sweep_throughput_itemises_every_idle_slot_second_by_when_it_happens():
+    import pandas as pd
+
+    # two slots, wall 0..10 s: trial a runs 1-3 and 3-5, b 2-6, c (the last to start) 7-9
+    rows = pd.DataFrame({"reported_at": [3.0, 5.0, 6.0, 9.0], "time_this_iter_s": [2.0, 2.0, 4.0, 2.0]})
+    split = _load("sweep_throughput").idle_split(rows, slots=2, began=0.0, ended=10.0)
+
+    assert split == {"idle_start_s": 2.0, "idle_between_s": 4.0, "idle_tail_s": 2.0, "idle_end_s": 2.0}
+    assert sum(split.values()) == 2 * 10.0 - rows["time_this_iter_s"].sum()
