@@ -143,9 +143,10 @@ def idle_split(rows: pd.DataFrame, slots: int, began: float, ended: float) -> di
     """Slot-seconds in which a slot runs no trial iteration, by when: before the first iteration
     (Tune's start, actor start-up), between trials while more are to start, in the tail (the last
     trial has started; fewer trials than slots remain), and after the last report (tables)."""
-    starts = (rows["reported_at"] - rows["time_this_iter_s"]).to_numpy()
-    ends = rows["reported_at"].to_numpy()
-    first, last_start, last_end = starts.min(), starts.max(), ends.max()
+    begun = rows["reported_at"] - rows["time_this_iter_s"]
+    starts, ends = begun.to_numpy(), rows["reported_at"].to_numpy()
+    first, last_end = starts.min(), ends.max()
+    last_start = begun.groupby(rows["trial_id"]).min().max()  # the last trial to start, starts
     events = sorted([(t, 1) for t in starts] + [(t, -1) for t in ends])
     split = {"idle_start_s": slots * (first - began), "idle_between_s": 0.0, "idle_tail_s": 0.0,
              "idle_end_s": slots * (ended - last_end)}

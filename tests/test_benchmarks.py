@@ -39,9 +39,11 @@ def test_pack_speed_writes_a_row_per_variant_and_k(data_dir, tmp_path):
 def test_sweep_throughput_itemises_every_idle_slot_second_by_when_it_happens():
     import pandas as pd
 
-    # two slots, wall 0..10 s: trial a runs 1-3 and 3-5, b 2-6, c (the last to start) 7-9
-    rows = pd.DataFrame({"reported_at": [3.0, 5.0, 6.0, 9.0], "time_this_iter_s": [2.0, 2.0, 4.0, 2.0]})
-    split = _load("sweep_throughput").idle_split(rows, slots=2, began=0.0, ended=10.0)
+    # two slots, wall 0..12 s: trial a runs 1-3 and 3-5, b 2-6, c (the last to start) 7-9 and then
+    # alone 9-11 (its second epoch is tail, not "between trials", though it starts after c does)
+    rows = pd.DataFrame({"trial_id": ["a", "a", "b", "c", "c"], "reported_at": [3.0, 5.0, 6.0, 9.0, 11.0],
+                         "time_this_iter_s": [2.0, 2.0, 4.0, 2.0, 2.0]})
+    split = _load("sweep_throughput").idle_split(rows, slots=2, began=0.0, ended=12.0)
 
-    assert split == {"idle_start_s": 2.0, "idle_between_s": 4.0, "idle_tail_s": 2.0, "idle_end_s": 2.0}
-    assert sum(split.values()) == 2 * 10.0 - rows["time_this_iter_s"].sum()
+    assert split == {"idle_start_s": 2.0, "idle_between_s": 4.0, "idle_tail_s": 4.0, "idle_end_s": 2.0}
+    assert sum(split.values()) == 2 * 12.0 - rows["time_this_iter_s"].sum()
