@@ -130,16 +130,25 @@ def provide(dataset: Dataset, data_dir: Optional[str] = None) -> None:
 
     The worker then reads no files: on a cluster, nodes need no copy of the data.
     """
-    _LOADED.setdefault((dataset.name, str(data_root(data_dir)), "cpu"), dataset.to("cpu"))
+    _LOADED.setdefault(_key(dataset.name, data_dir), dataset.to("cpu"))
+
+
+def provided(name: str, data_dir: Optional[str] = None) -> bool:
+    """Whether this process already holds dataset `name` for `data_dir`, read from disk or provided."""
+    return _key(name, data_dir) in _LOADED
+
+
+def _key(name: str, data_dir: Optional[str], device: str = "cpu") -> tuple:
+    return name, str(data_root(data_dir)), device
 
 
 def load_dataset(name: str, data_dir: Optional[str] = None, device: str | torch.device = "cpu",
                  download: bool = True) -> Dataset:
     """The dataset on `device`, read from disk (or downloaded) the first time a process asks for it."""
-    device, root = str(torch.device(device)), str(data_root(data_dir))
-    key = (name, root, device)
+    device = str(torch.device(device))
+    key = _key(name, data_dir, device)
     if key not in _LOADED:
-        cpu_key = (name, root, "cpu")
+        cpu_key = _key(name, data_dir)
         if cpu_key not in _LOADED:
             _LOADED[cpu_key] = _read(name, str(ensure_dataset(name, data_dir, download)))
         _LOADED[key] = _LOADED[cpu_key].to(device)

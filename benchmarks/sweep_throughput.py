@@ -133,7 +133,7 @@ def run_mode(execution: str, args, storage: str) -> dict:
 def _iterations(home: Path) -> pd.DataFrame:
     """Every reported result of every trial (Ray's result.json), for the time accounting."""
     frames = []
-    for path in (home / "ray").glob("*/result.json"):
+    for path in (home / "ray").glob("*/result.json"):  # not pd.read_json: it makes `reported_at` a datetime
         frame = pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
         frames.append(frame[["trial_id", "epoch", "epoch_s", "time_this_iter_s", "reported_at"]])
     return pd.concat(frames, ignore_index=True)

@@ -88,17 +88,14 @@ class SharedDataset:
     CPU, ~30% of a trial's set-up; BENCHMARKS.md).
     """
 
-    _fetched: set[str] = set()  # the references this worker process has fetched
-
     def __init__(self, dataset):
-        self.ref = ray.put(dataset)
+        self.name, self.ref = dataset.name, ray.put(dataset)
 
     def provide(self, data_dir: Optional[str]) -> None:
-        from aemodels.data import provide
+        from aemodels.data import provide, provided
 
-        if self.ref.hex() not in SharedDataset._fetched:
+        if not provided(self.name, data_dir):
             provide(ray.get(self.ref), data_dir)
-            SharedDataset._fetched.add(self.ref.hex())
 
 
 def run_trial(config: dict, *, base: dict, threads: int = 1, dataset: Optional[SharedDataset] = None) -> None:
