@@ -80,10 +80,46 @@ class GpuSampler:
                 "gpu_mem_peak_mib": max(m for _, m in self.samples)}
 
 
+class SearcherTimer:
+    """Wall seconds of each call the Tune driver makes into `cls` (the study searcher) while a sweep runs
+    in this process: what a trial hand-over waits for on the driver, besides Tune itself."""
+
+    METHODS = ("suggest", "on_trial_complete", "on_trial_result")
+
+    def __init__(self, cls):
+        self.cls, self.calls = cls, {name: [] for name in self.METHODS}
+        self._originals = {name: cls.__dict__[name] for name in self.METHODS}
+
+    def _timed(self, name):
+        original, calls = self._originals[name], self.calls[name]
+
+        def timed(*args, **kwargs):
+            tick = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                calls.append(time.perf_counter() - tick)
+        return timed
+
+    def __enter__(self):
+        for name in self.METHODS:
+            setattr(self.cls, name, self._timed(name))
+        return self
+
+    def __exit__(self, *exc):
+        for name, original in self._originals.items():
+            setattr(self.cls, name, original)
+
+    def summary(self) -> dict:
+        """Median milliseconds per call, by method (on_trial_complete includes its last on_trial_result)."""
+        return {f"{name}_ms": 1000 * float(pd.Series(calls).median()) for name, calls in self.calls.items() if calls}
+
+
 def run_mode(execution: str, args, storage: str) -> dict:
     import ray
 
     from sweep import results, runner, spec
+    from sweep.searcher import StudySearch
 
     sweep = spec.parse(reference_spec(args.device, args.trials, args.epochs, args.subset, storage, execution,
                                       args.pack_size))
@@ -93,7 +129,7 @@ def run_mode(execution: str, args, storage: str) -> dict:
     try:
         gpu = GpuSampler() if args.gpu else None
         tick, cpu_tick, began = time.perf_counter(), time.process_time(), time.time()
-        with gpu or _nothing():
+        with gpu or _nothing(), SearcherTimer(StudySearch) as searcher:
             runner.run(sweep, overwrite=True, argv=["benchmarks/sweep_throughput.py"])
         wall, driver_cpu, ended = time.perf_counter() - tick, time.process_time() - cpu_tick, time.time()
         plan = runner.plan(sweep)
@@ -122,7 +158,7 @@ def run_mode(execution: str, args, storage: str) -> dict:
         slots = plan.max_concurrent if args.gpu else cores
         out.update(busy=epochs_s / (wall * slots), epochs_s=epochs_s, setup_s=setup_s,
                    report_s=iter_s - epochs_s - setup_s, idle_s=wall * slots - iter_s, slots=slots,
-                   **idle_split(rows, slots, began, ended))
+                   **idle_split(rows, slots, began, ended), **handovers(rows, slots), **searcher.summary())
     if gpu is not None:
         out.update(gpu.summary())
         if "gpu_mem_peak_mib" in out:
@@ -156,6 +192,26 @@ def idle_split(rows: pd.DataFrame, slots: int, began: float, ended: float) -> di
         split[key] += (at - previous) * max(0, slots - active)
         active, previous = active + change, at
     return split
+
+
+def handovers(rows: pd.DataFrame, slots: int) -> dict:
+    """Medians, in milliseconds, of what one trial-to-trial hand-over and one epoch-to-epoch report cost.
+
+    handover: from the newest trial end to the next trial's start on the freed actor (Tune's result
+    handling, ASHA, the searcher's tell and suggest, the actor's reset); setup: from that start to the
+    first epoch (the trial function building its model and data; the first trial of each worker, which
+    also imports torch, is left out); round trip: between epochs of one trial (report, checkpoint copy,
+    the driver's reply). Trials that start before any trial has ended (the first wave) have no hand-over.
+    """
+    begun = rows["reported_at"] - rows["time_this_iter_s"]
+    starts = begun.groupby(rows["trial_id"]).min().sort_values()
+    ends = rows["reported_at"].groupby(rows["trial_id"]).max().sort_values().to_numpy()
+    gaps = [start - ends[ends <= start].max() for start in starts.iloc[slots:] if (ends <= start).any()]
+    first = rows.loc[begun.groupby(rows["trial_id"]).idxmin()].set_index("trial_id").loc[starts.index[slots:]]
+    later = rows[begun > begun.groupby(rows["trial_id"]).transform("min")]
+    median_ms = lambda values: 1000 * float(pd.Series(values, dtype=float).median())  # noqa: E731
+    return {"handover_ms": median_ms(gaps), "trial_setup_ms": median_ms(first["time_this_iter_s"] - first["epoch_s"]),
+            "round_trip_ms": median_ms(later["time_this_iter_s"] - later["epoch_s"])}
 
 
 class _nothing:
@@ -210,7 +266,11 @@ def render(args, modes: list[dict], anchors: list[dict], command: str) -> str:
             notes.append(f"of {m['slots']} slots x wall: epochs {m['epochs_s']:.1f} s, first-epoch setup "
                          f"{m['setup_s']:.1f} s, report+checkpoint {m['report_s']:.1f} s, idle {m['idle_s']:.1f} s "
                          f"(before the first epoch {m['idle_start_s']:.1f}, between trials {m['idle_between_s']:.1f}, "
-                         f"tail {m['idle_tail_s']:.1f}, after the last {m['idle_end_s']:.1f})")
+                         f"tail {m['idle_tail_s']:.1f}, after the last {m['idle_end_s']:.1f}); medians: trial "
+                         f"hand-over {m['handover_ms']:.0f} ms (study tell {m.get('on_trial_complete_ms', 0):.0f}, "
+                         f"TPE suggest {m.get('suggest_ms', 0):.0f}), trial set-up {m['trial_setup_ms']:.0f} ms, "
+                         f"epoch report round trip {m['round_trip_ms']:.0f} ms (study report "
+                         f"{m.get('on_trial_result_ms', 0):.0f})")
         else:
             notes.append(f"{m['trainers']} trainer(s): {m['trainer_rounds']} rounds, serialize {m['serialize_s']:.1f} s, restack "
                          f"{m['restack_s']:.1f} s, waiting for trials {m['trainer_wait_s']:.1f} s")

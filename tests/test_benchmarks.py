@@ -47,3 +47,48 @@ def test_sweep_throughput_itemises_every_idle_slot_second_by_when_it_happens():
 
     assert split == {"idle_start_s": 2.0, "idle_between_s": 4.0, "idle_tail_s": 4.0, "idle_end_s": 2.0}
     assert sum(split.values()) == 2 * 12.0 - rows["time_this_iter_s"].sum()
+
+
+def test_sweep_throughput_medians_of_hand_overs_set_ups_and_round_trips():
+    import pandas as pd
+    import pytest
+
+    # two slots: a (1-3, 3-5) and b (2-6) are the first wave; c starts 0.2 s after a ends, d 0.5 s after b
+    rows = pd.DataFrame({"trial_id": ["a", "a", "b", "c", "c", "d"],
+                         "reported_at": [3.0, 5.0, 6.0, 7.2, 9.2, 8.5],
+                         "time_this_iter_s": [2.0, 2.0, 4.0, 2.0, 2.0, 2.0],
+                         "epoch_s": [1.8, 1.9, 3.5, 1.9, 1.7, 1.6]})
+    found = _load("sweep_throughput").handovers(rows, slots=2)
+
+    assert found["handover_ms"] == pytest.approx(350)  # median of 200 and 500
+    assert found["trial_setup_ms"] == pytest.approx(250)  # c 100, d 400; a and b (first wave) left out
+    assert found["round_trip_ms"] == pytest.approx(200)  # second epochs: a 100, c 300
+
+
+def test_sweep_throughput_times_searcher_calls_and_puts_the_searcher_back():
+    import time
+
+    import pytest
+
+    class Searcher:
+        def suggest(self, trial_id):
+            time.sleep(0.02)
+            return {"lr": 0.1}
+
+        def on_trial_result(self, trial_id, result):
+            raise ValueError("bookkeeping failed")
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            return None
+
+    originals = dict(vars(Searcher))
+    with _load("sweep_throughput").SearcherTimer(Searcher) as timer:
+        assert Searcher().suggest("t1") == {"lr": 0.1}
+        Searcher().suggest("t2")
+        with pytest.raises(ValueError):
+            Searcher().on_trial_result("t1", {})
+
+    assert len(timer.calls["suggest"]) == 2 and len(timer.calls["on_trial_result"]) == 1
+    assert timer.summary()["suggest_ms"] >= 20
+    assert "on_trial_complete_ms" not in timer.summary()  # never called: no figure rather than a zero
+    assert all(vars(Searcher)[name] is originals[name] for name in timer.METHODS)
