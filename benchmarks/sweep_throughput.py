@@ -175,11 +175,16 @@ def _iterations(home: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def _begins(rows: pd.DataFrame) -> pd.Series:
+    """When each reported iteration began, on the driver's clock (Tune times an iteration from the last report)."""
+    return rows["reported_at"] - rows["time_this_iter_s"]
+
+
 def idle_split(rows: pd.DataFrame, slots: int, began: float, ended: float) -> dict:
     """Slot-seconds in which a slot runs no trial iteration, by when: before the first iteration
     (Tune's start, actor start-up), between trials while more are to start, in the tail (the last
     trial has started; fewer trials than slots remain), and after the last report (tables)."""
-    begun = rows["reported_at"] - rows["time_this_iter_s"]
+    begun = _begins(rows)
     starts, ends = begun.to_numpy(), rows["reported_at"].to_numpy()
     first, last_end = starts.min(), ends.max()
     last_start = begun.groupby(rows["trial_id"]).min().max()  # the last trial to start, starts
@@ -203,7 +208,7 @@ def handovers(rows: pd.DataFrame, slots: int) -> dict:
     also imports torch, is left out); round trip: between epochs of one trial (report, checkpoint copy,
     the driver's reply). Trials that start before any trial has ended (the first wave) have no hand-over.
     """
-    begun = rows["reported_at"] - rows["time_this_iter_s"]
+    begun = _begins(rows)
     starts = begun.groupby(rows["trial_id"]).min().sort_values()
     ends = rows["reported_at"].groupby(rows["trial_id"]).max().sort_values().to_numpy()
     gaps = [start - ends[ends <= start].max() for start in starts.iloc[slots:] if (ends <= start).any()]
