@@ -26,8 +26,8 @@ from matplotlib.ticker import LogFormatterSciNotation, LogLocator, MaxNLocator, 
 from aemodels import TrainState, load_dataset, train
 from aemodels.models import VARIANTS
 
-from .results import EXPERIMENT_DIR, STUDY_FILE, Results, _atomic, _ranked
-from .searcher import storage_error
+from .results import EXPERIMENT_DIR, Results, _atomic, _ranked
+from .searcher import open_storage, storage_error, study_path, study_url
 from .spec import CONDITIONAL, Param
 
 REPORT_DIR = "report"
@@ -233,15 +233,15 @@ def _quiet_optuna():
 def load_study(results: Results):
     """The sweep's Optuna study, or None with the reason."""
     import optuna
-    import sqlalchemy.exc
 
-    path = results.home / STUDY_FILE
+    path = study_path(results.home)
     if not path.is_file():
-        return None, f"no {STUDY_FILE} in {results.home}"
+        return None, f"no {path.name} in {results.home}"
     try:
         with _quiet_optuna():
-            return optuna.load_study(study_name=results.spec.name, storage=f"sqlite:///{path}"), ""
-    except (KeyError, ValueError, RuntimeError, sqlalchemy.exc.SQLAlchemyError) as exc:
+            storage = open_storage(study_url(path), writer=False)
+            return optuna.load_study(study_name=results.spec.name, storage=storage), ""
+    except Exception as exc:  # KeyError (no such study), a journal's ValueError / OSError, SQLAlchemy's errors
         return None, f"cannot open the study {results.spec.name!r} in {path} ({storage_error(exc)})"
 
 
@@ -771,10 +771,9 @@ def _html(results: Results, best: pd.DataFrame, flags: list[dict], figures: dict
         ["variant", "_l"], na_position="last")
     parts.append(_table(order, TABLE_COLUMNS) + "</details>")
 
-    study_url = f"sqlite:///{home / STUDY_FILE}"
     parts.append("<h2>Explore further</h2><ul>"
                  f"<li>The Optuna study in optuna-dashboard (optional: <code>pip install 'aesweep[dashboard]'</code>):"
-                 f"<pre>optuna-dashboard {e(study_url)}</pre></li>"
+                 f"<pre>optuna-dashboard {e(study_url(study_path(home)))}</pre></li>"
                  f"<li>Every trial's metrics in TensorBoard (if installed):"
                  f"<pre>tensorboard --logdir {e(str(home / EXPERIMENT_DIR))}</pre></li>"
                  f"<li>The tables: <code>trials.parquet</code>, <code>trials.csv</code>, <code>epochs.parquet</code> "

@@ -23,7 +23,8 @@ import yaml
 from aemodels import TrainConfig
 
 from . import storage
-from .searcher import STUDY_SNAPSHOT, finished_in_study, snapshot_study, storage_error, trial_status
+from .searcher import (LEGACY_STUDY_FILE, STUDY_FILE, STUDY_SNAPSHOT, finished_in_study, snapshot_study,
+                       storage_error, study_path, study_url, trial_status)
 from .trial import HISTORY_FILE
 from .spec import SEARCHED, SweepSpec, parse
 
@@ -32,7 +33,7 @@ EPOCH_COLUMNS = ["trial_id", "epoch", "train_loss", "val_loss", "epoch_s", "trai
 TRIAL_COLUMNS = ["trial_id", *SEARCHED, "status", "epochs", "best_val_loss", "final_val_loss", "final_train_loss",
                  "wall_s", "node", "node_id", "device", "execution", "num_failures", "error"]
 HYPER_DTYPES = {"latent_dim": "Int64", "lr": "Float64", "noise_factor": "Float64", "sparsity_weight": "Float64"}
-SPEC_FILE, STUDY_FILE, EXPERIMENT_DIR = "sweep.yaml", "study.db", "ray"
+SPEC_FILE, EXPERIMENT_DIR = "sweep.yaml", "ray"
 TABLE_FILES = ("trials.parquet", "trials.csv", "epochs.parquet", "best_config.yaml")
 
 
@@ -104,20 +105,24 @@ def sync_down(home: Path, spec: SweepSpec) -> None:
     remote = remote_home(spec)
     if remote:
         storage.download_tree(storage.join(remote, EXPERIMENT_DIR), home / EXPERIMENT_DIR)
-    snapshot = home / EXPERIMENT_DIR / STUDY_SNAPSHOT
-    if not (home / STUDY_FILE).is_file() and snapshot.is_file():  # a driver on another machine wrote it
-        shutil.copyfile(snapshot, home / STUDY_FILE)
+    if not study_path(home).is_file():  # a driver on another machine wrote the study: take Ray's copy of it
+        for name in (STUDY_FILE, LEGACY_STUDY_FILE):
+            snapshot = home / EXPERIMENT_DIR / (STUDY_SNAPSHOT + Path(name).suffix)
+            if snapshot.is_file():
+                shutil.copyfile(snapshot, home / name)
+                break
 
 
-def sync_up(home: Path, spec: SweepSpec, names=(SPEC_FILE, STUDY_FILE)) -> None:
-    """Copy the named files of the local folder to the object store (one whole object each)."""
+def sync_up(home: Path, spec: SweepSpec, names=(SPEC_FILE,), study: bool = True) -> None:
+    """Copy the named files of the local folder, and the study, to the object store (one whole object each)."""
     remote = remote_home(spec)
     if remote:
-        for name in names:
+        study_file = study_path(home)
+        for name in names + ((study_file.name,) if study else ()):
             if (home / name).is_file():
                 try:
-                    if name == STUDY_FILE:  # a consistent copy: the live file may have a write-ahead log beside it
-                        snapshot_study(str(home / name), str(home / EXPERIMENT_DIR / f".{name}.upload"))
+                    if name == study_file.name:  # a consistent copy, taken between the driver's writes
+                        snapshot_study(study_url(study_file), str(home / EXPERIMENT_DIR / f".{name}.upload"))
                         storage.upload(home / EXPERIMENT_DIR / f".{name}.upload", storage.join(remote, name))
                         continue
                     storage.upload(home / name, storage.join(remote, name))
@@ -193,17 +198,17 @@ def _error_line(folder: Path, filename: Optional[str]) -> Optional[str]:
 def _finished_in_study(home: Path, spec: SweepSpec) -> dict[str, str]:
     """The study's record of finished trials; {} (Ray's word stands) when there is none or it cannot be read.
 
-    A study in WAL mode cannot be opened on a full disk or a read-only mount (SQLite must create its
-    -shm file): the tables are still worth rebuilding from Ray's files, so that is a note, not an error.
+    A study that cannot be read (a journal damaged by hand; an older sweep's SQLite study on a
+    read-only mount, where SQLite cannot create its -shm file) leaves the tables worth rebuilding from
+    Ray's files, so that is a note, not an error.
     """
-    import sqlalchemy.exc
-
-    if not (home / STUDY_FILE).is_file():
+    path = study_path(home)
+    if not path.is_file():
         return {}
     try:
-        return finished_in_study(f"sqlite:///{home / STUDY_FILE}", spec.name)
-    except sqlalchemy.exc.SQLAlchemyError as exc:
-        print(f"note: cannot read {home / STUDY_FILE} ({storage_error(exc)}); trial statuses come from Ray's "
+        return finished_in_study(study_url(path), spec.name)
+    except Exception as exc:  # SQLAlchemy's errors, a journal's ValueError / OSError, a missing study (KeyError)
+        print(f"note: cannot read {path} ({storage_error(exc)}); trial statuses come from Ray's "
               "records alone")
         return {}
 
@@ -287,7 +292,7 @@ def write_tables(results: Results) -> None:
                   "# aemodels.TrainConfig(**yaml.safe_load(open(this file))) trains it again\n")
         text = header + yaml.safe_dump(results.best_config.to_dict(), sort_keys=False)
         _atomic(home / "best_config.yaml", lambda path: Path(path).write_text(text))
-    sync_up(home, results.spec, TABLE_FILES + (SPEC_FILE, STUDY_FILE))
+    sync_up(home, results.spec, TABLE_FILES + (SPEC_FILE,))
 
 
 def _atomic(target: Path, write) -> None:

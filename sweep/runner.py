@@ -1,6 +1,6 @@
 """SweepSpec -> Ray Tune `Tuner(...).fit()` with OptunaSearch (TPE) and ASHA; and `resume` after a crash.
 
-The sweep's folder holds the resolved spec (sweep.yaml), the Optuna study (study.db), Ray's experiment
+The sweep's folder holds the resolved spec (sweep.yaml), the Optuna study (study.journal), Ray's experiment
 folder (ray/) and the tables built from it. Ray starts locally, bound to 127.0.0.1 with its dashboard
 off, unless an address joins an existing cluster.
 """
@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -25,8 +24,8 @@ from aemodels import DataError, ensure_dataset, load_dataset
 
 from . import results as results_mod
 from . import storage
-from .results import EXPERIMENT_DIR, SPEC_FILE, STUDY_FILE, Results
-from .searcher import STUDY_URL_ENV
+from .results import EXPERIMENT_DIR, SPEC_FILE, Results
+from .searcher import STUDY_URL_ENV, study_path, study_url
 from .spec import SpecError, SweepSpec
 
 logger = logging.getLogger(__name__)
@@ -112,43 +111,16 @@ def connect(address: Optional[str], dashboard: bool) -> bool:
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return False
-    with _warming_study_storage():
-        if address:
-            try:
-                ray.init(address=address, log_to_driver=False, configure_logging=False)
-            except Exception as exc:
-                raise SweepError(f"cannot join the Ray cluster at {address} ({type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0] if str(exc) else ''}); check the address and that "
-                                 "`ray status` works there") from None
-            return True
-        ray.init(include_dashboard=dashboard, _node_ip_address="127.0.0.1", log_to_driver=False,
-                 configure_logging=False)
-    return True
-
-
-class _warming_study_storage:
-    """Open a throwaway in-memory study storage while Ray starts, which waits on its processes.
-
-    The first RDBStorage of a process imports SQLAlchemy's and alembic's machinery and parses
-    Optuna's schema migrations: 0.8 s on a 2-core CPU, all of it before Tune can start a trial
-    (BENCHMARKS.md). Done here it overlaps `ray.init`; the sweep's own study then opens in 0.25 s.
-    """
-
-    def __enter__(self):
-        self._thread = threading.Thread(target=self._warm, name="aesweep-warm-storage", daemon=True)
-        self._thread.start()
-
-    def __exit__(self, *exc):
-        self._thread.join()
-
-    @staticmethod
-    def _warm():
-        import optuna
-
+    if address:
         try:
-            optuna.storages.RDBStorage("sqlite://")
-        except Exception as exc:  # only a warm-up: the sweep's own storage reports real problems
-            logger.debug("study storage warm-up failed: %s", exc)
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except Exception as exc:
+            raise SweepError(f"cannot join the Ray cluster at {address} ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}); check the address and that "
+                             "`ray status` works there") from None
+        return True
+    ray.init(include_dashboard=dashboard, _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
+    return True
 
 
 def plan(spec: SweepSpec) -> Plan:
@@ -208,7 +180,7 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset):
     from .searcher import StudySearch
     from .space import SearchSpace
 
-    searcher = StudySearch(SearchSpace(spec.space), spec.searcher, f"sqlite:///{home / STUDY_FILE}", spec.name,
+    searcher = StudySearch(SearchSpace(spec.space), spec.searcher, study_url(study_path(home)), spec.name,
                            spec.epochs, spec.points)
     scheduler = ASHAScheduler(time_attr="epoch", metric="val_loss", mode="min", max_t=spec.epochs,
                               grace_period=spec.scheduler.grace_period,
@@ -305,7 +277,7 @@ def reconcile(home: Path, spec: SweepSpec) -> None:
     from .searcher import finished_in_study
 
     state_file = results_mod._newest(str(home / EXPERIMENT_DIR / "experiment_state-*.json"))
-    finished = finished_in_study(f"sqlite:///{home / STUDY_FILE}", spec.name)
+    finished = finished_in_study(study_url(study_path(home)), spec.name)
     with open(state_file) as fh:
         state = json.load(fh)
     changed = False
@@ -337,7 +309,7 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
     results_mod.sync_down(home, spec)
     check_resumable(home)
     reconcile(home, spec)
-    os.environ[STUDY_URL_ENV] = f"sqlite:///{home / STUDY_FILE}"  # the study is here now, wherever it was
+    os.environ[STUDY_URL_ENV] = study_url(study_path(home))  # the study is here now, wherever it was
     started = connect(address or spec.address, spec.dashboard)
     try:
         sweep_plan = plan(spec)

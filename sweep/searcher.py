@@ -18,9 +18,9 @@ import os
 import pickle
 import sqlite3
 import warnings
+from pathlib import Path
 
 import optuna
-import sqlalchemy
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
@@ -32,7 +32,9 @@ from .spec import SearcherSpec
 logger = logging.getLogger(__name__)
 MAX_REDRAWS = 20
 STUDY_URL_ENV = "AESWEEP_STUDY_URL"  # where a restored searcher reopens its study
-STUDY_SNAPSHOT = "study-snapshot.db"  # the study as of Ray's last snapshot, inside Ray's experiment folder
+STUDY_FILE = "study.journal"  # the study, in the sweep's folder: Optuna's journal file
+LEGACY_STUDY_FILE = "study.db"  # where sweeps of aesweep before 2026-12-02 kept it (SQLite); still read
+STUDY_SNAPSHOT = "study-snapshot"  # + the study file's suffix: the study as of Ray's last snapshot, in Ray's folder
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -47,24 +49,76 @@ def trial_status(result: dict | None, error: bool, max_epochs: int) -> str:
     return "stopped"
 
 
+def study_path(home: Path) -> Path:
+    """The sweep's study file: its journal, or the SQLite study.db of a sweep from an older aesweep."""
+    legacy = Path(home) / LEGACY_STUDY_FILE
+    return legacy if legacy.is_file() and not (Path(home) / STUDY_FILE).is_file() else Path(home) / STUDY_FILE
+
+
+def study_url(path: Path | str) -> str:
+    """What `open_storage` and optuna-dashboard take for a study file: a journal's path, a SQLite URL."""
+    return f"sqlite:///{path}" if str(path).endswith(".db") else str(path)
+
+
+def _is_rdb(url: str) -> bool:
+    return "://" in url
+
+
 def finished_in_study(storage_url: str, study_name: str) -> dict[str, str]:
     """Tune trial id -> status, for every trial the study has recorded as finished."""
-    study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url, wal=False))
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url, writer=False))
     return {t.user_attrs["tune_trial_id"]: t.user_attrs.get("status", "completed")
             for t in study.get_trials(deepcopy=False) if t.state.is_finished() and "tune_trial_id" in t.user_attrs}
 
 
 def storage_error(exc: Exception) -> str:
-    """The first line of what the database said, for a one-line message (SQLAlchemy appends pages of context)."""
+    """The first line of what the storage said, for a one-line message (SQLAlchemy appends pages of context)."""
     return str(getattr(exc, "orig", None) or exc).splitlines()[0]
 
 
 def snapshot_study(source: str, target: str) -> None:
-    """A consistent copy of a SQLite study (SQLite's backup API), replacing `target` atomically."""
+    """A consistent copy of the study at `source` (a journal's path or a SQLite URL) at path `target`, atomically.
+
+    A journal is copied up to its last complete line (the driver is its only writer); SQLite through
+    its backup API, because the live file may have a write-ahead log beside it.
+    """
     tmp = f"{target}.tmp"
-    with contextlib.closing(sqlite3.connect(source)) as src, contextlib.closing(sqlite3.connect(tmp)) as dst:
-        src.backup(dst)
+    if _is_rdb(source):
+        with contextlib.closing(sqlite3.connect(source[len("sqlite:///"):])) as src, \
+                contextlib.closing(sqlite3.connect(tmp)) as dst:
+            src.backup(dst)
+    else:
+        data = Path(source).read_bytes()
+        Path(tmp).write_bytes(data[:data.rfind(b"\n") + 1])
     os.replace(tmp, target)
+
+
+def snapshot_name(storage_url: str) -> str:
+    """The file name of the study's snapshot in Ray's folder: study-snapshot.journal (or .db)."""
+    return STUDY_SNAPSHOT + (".db" if _is_rdb(storage_url) else Path(STUDY_FILE).suffix)
+
+
+def repair_journal(path: Path) -> None:
+    """Undo what a driver killed mid-write leaves in a journal: a torn last line, a held lock.
+
+    Optuna skips a torn last line when it reads, but the next write would be appended to it and
+    make a line that cannot be read in the middle of the file: the whole study would be lost. The
+    lock file (Optuna's, held for each append) would make the next writer wait 30 s for it to go
+    stale. The driver that opens a sweep's study for writing is its only writer.
+    """
+    path = Path(path)
+    lock = Path(f"{path}.lock")
+    if lock.is_symlink() or lock.exists():
+        logger.warning("removing %s, left by a driver that stopped while writing the study", lock)
+        lock.unlink()
+    if not path.is_file():
+        return
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        keep = data.rfind(b"\n") + 1
+        if keep < len(data):
+            logger.warning("the study %s ends in a torn write (%d bytes); dropping it", path, len(data) - keep)
+            fh.truncate(keep)
 
 
 def make_sampler(spec: SearcherSpec, seed: int) -> optuna.samplers.TPESampler:
@@ -73,16 +127,31 @@ def make_sampler(spec: SearcherSpec, seed: int) -> optuna.samplers.TPESampler:
                                       constant_liar=spec.constant_liar)
 
 
-def open_storage(url: str, wal: bool = True) -> optuna.storages.RDBStorage:
-    """The study's storage. For SQLite, the writer's: write-ahead logging with synchronous=NORMAL.
+def open_storage(url: str, writer: bool = True) -> optuna.storages.BaseStorage:
+    """The study's storage: Optuna's journal file (a path), or a SQLite study of an older sweep (a URL).
 
-    Optuna commits once per reported epoch; SQLite's default journal fsyncs every commit (1.8 ms each
-    here, about a third of the Tune driver's time per result). In WAL mode a crash can lose the last
-    commits but never corrupts the file, and Ray's snapshots carry their own copy of the study.
-    Readers pass wal=False: switching the mode writes to the file.
+    A journal is an append-only log of the study's operations, replayed into memory: the driver asks
+    TPE and tells Optuna without a database round trip per call (a trial's suggestion, two epoch
+    reports and its end cost 15 ms on a 2-core CPU, against 80 ms with SQLite in WAL mode;
+    BENCHMARKS.md). Each write is one appended line, fsynced. A writer first drops a torn last
+    line; readers open nothing for writing (a missing journal is an error, not a new empty study).
     """
+    if not _is_rdb(url):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        if writer:
+            repair_journal(Path(url))
+        elif not Path(url).is_file():
+            raise FileNotFoundError(f"no study journal at {url}")
+        return JournalStorage(JournalFileBackend(url))
+    # SQLite (older sweeps): write-ahead logging with synchronous=NORMAL, so a commit does not fsync.
+    # In WAL mode a crash can lose the last commits but never corrupts the file. Readers leave the
+    # mode alone (switching it writes to the file).
+    import sqlalchemy
+
     storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    if wal and url.startswith("sqlite"):
+    if writer and url.startswith("sqlite"):
         @sqlalchemy.event.listens_for(storage.engine, "connect")
         def _pragmas(connection, _record):
             connection.execute("PRAGMA synchronous=NORMAL")
@@ -136,9 +205,9 @@ class StudySearch(OptunaSearch):
         """
         with open(checkpoint_path, "wb") as fh:
             pickle.dump(self._portable(), fh)
-        if self._storage_url.startswith("sqlite:///"):
-            snapshot_study(self._storage_url[len("sqlite:///"):], os.path.join(os.path.dirname(checkpoint_path),
-                                                                              STUDY_SNAPSHOT))
+        if not _is_rdb(self._storage_url) or self._storage_url.startswith("sqlite:///"):
+            snapshot_study(self._storage_url, os.path.join(os.path.dirname(checkpoint_path),
+                                                           snapshot_name(self._storage_url)))
 
     # ---- suggestions ---------------------------------------------------------------------------
 

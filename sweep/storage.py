@@ -1,8 +1,8 @@
 """Where a sweep lives when its storage_path is an object store (s3://..., gs://...) rather than a folder.
 
 Ray Tune writes the experiment (checkpoints, results) there itself, through pyarrow's filesystems.
-The driver keeps a local mirror under results/<name>/ (sweep.yaml, the SQLite study, the tables and
-the small files of Ray's folder, without model weights) and copies sweep.yaml, study.db and the
+The driver keeps a local mirror under results/<name>/ (sweep.yaml, the Optuna study, the tables and
+the small files of Ray's folder, without model weights) and copies sweep.yaml, study.journal and the
 tables up; Ray's folder carries a snapshot of the study taken with each of Ray's own snapshots, so a
 driver on any machine can `sweep resume` or `sweep analyze` from the URI alone.
 """

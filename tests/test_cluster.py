@@ -140,7 +140,7 @@ def test_s3_storage_holds_checkpoints_and_results_and_resumes_from_the_uri_alone
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     keys = _keys(client, "sweeps/quick/")
-    for name in ("sweep.yaml", "study.db", "trials.parquet", "trials.csv", "epochs.parquet", "best_config.yaml"):
+    for name in ("sweep.yaml", "study.journal", "trials.parquet", "trials.csv", "epochs.parquet", "best_config.yaml"):
         assert f"sweeps/quick/{name}" in keys
     assert any(k.endswith("/checkpoint_000000/state.pt") for k in keys)
     body = client.get_object(Bucket="aesweep-test", Key="sweeps/quick/trials.parquet")["Body"].read()

@@ -22,6 +22,7 @@ import torch
 from aemodels import TrainState, train
 from sweep import load_results
 from sweep.results import read_spec
+from sweep.searcher import open_storage
 
 pytestmark = pytest.mark.slow
 REPORT: list[dict] = []
@@ -169,7 +170,7 @@ def test_killed_driver_then_resume_finishes_the_sweep_exactly(tmp_path, data_dir
     trials = check_sweep(home, 10, "SIGKILL of the driver (and its Ray), then `sweep resume`", 1, wall, before,
                          note=f"uninterrupted: {uninterrupted:.1f} s ({wall / uninterrupted:.2f}x)")
     assert set(trials["status"]) <= {"completed", "stopped"}
-    study = optuna.load_study(study_name="quick", storage=f"sqlite:///{home}/study.db")
+    study = optuna.load_study(study_name="quick", storage=open_storage(f"{home}/study.journal", writer=False))
     told = [t for t in study.trials if t.state.is_finished() and "tune_trial_id" in t.user_attrs]
     assert {t.user_attrs["tune_trial_id"] for t in told} == set(trials["trial_id"])
 
@@ -267,7 +268,7 @@ def test_diverging_learning_rate_is_a_bad_result_not_a_crash(tmp_path, data_dir)
     trials = check_sweep(tmp_path / "quick", 4, "diverging learning rate (lr=1e6)", 1, time.perf_counter() - tick)
     diverged = trials[trials["lr"] == 1e6].iloc[0]
     assert diverged["status"] == "diverged" and diverged["epochs"] == 1
-    study = optuna.load_study(study_name="quick", storage=f"sqlite:///{tmp_path}/quick/study.db")
+    study = optuna.load_study(study_name="quick", storage=open_storage(f"{tmp_path}/quick/study.journal", writer=False))
     record = next(t for t in study.trials if t.user_attrs.get("tune_trial_id") == diverged["trial_id"])
     assert record.state == optuna.trial.TrialState.PRUNED and record.user_attrs["status"] == "diverged"
 

@@ -8,6 +8,7 @@ import yaml
 
 from sweep import load_results
 from sweep.cli import main
+from sweep.searcher import open_storage
 
 pytestmark = pytest.mark.slow
 TRIALS, EPOCHS = 8, 3
@@ -40,7 +41,7 @@ def test_each_packed_trial_has_its_own_checkpoints(packed):
 
 
 def test_study_sees_packed_trials_like_any_others(packed):
-    study = optuna.load_study(study_name="quick", storage=f"sqlite:///{packed.home}/study.db")
+    study = optuna.load_study(study_name="quick", storage=open_storage(f"{packed.home}/study.journal", writer=False))
     states = {t.user_attrs.get("tune_trial_id"): t.state for t in study.trials}
     for row in packed.trials.itertuples():
         expected = optuna.trial.TrialState.COMPLETE if row.status == "completed" else optuna.trial.TrialState.PRUNED

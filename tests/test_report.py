@@ -109,7 +109,7 @@ def test_index_has_the_best_per_variant_table_and_how_to_open_the_study(quick):
     results = load_results(str(quick))
     for row in results.best_per_variant().itertuples():
         assert f">{row.trial_id}<" in page and f"{row.final_val_loss:.4g}" in page
-    assert f"optuna-dashboard sqlite:///{quick}/study.db" in page
+    assert f"optuna-dashboard {quick}/study.journal" in page
     assert f"tensorboard --logdir {quick}/ray" in page
     assert "Hyperparameter importance" in page and "<script" not in page and "http" not in page
 
@@ -172,12 +172,12 @@ def test_best_values_near_the_end_of_a_range_are_flagged():
 
 
 def test_the_study_opens_in_optuna_dashboard(quick):
-    """optuna-dashboard's own WSGI app (what `optuna-dashboard sqlite:///...` serves) lists the study and its trials."""
+    """optuna-dashboard's own WSGI app (what `optuna-dashboard results/<name>/study.journal` serves) lists the study and its trials."""
     dashboard = pytest.importorskip("optuna_dashboard")
     from wsgiref.util import setup_testing_defaults
 
     home = quick[0]
-    app = dashboard.wsgi(f"sqlite:///{home}/study.db")
+    app = dashboard.wsgi(f"{home}/study.journal")
 
     def get(path, query=""):
         env = {}

@@ -9,6 +9,7 @@ import yaml
 from sweep import load_results
 from sweep.cli import main
 from sweep.results import EPOCH_COLUMNS, TRIAL_COLUMNS
+from sweep.searcher import open_storage
 
 pytestmark = pytest.mark.slow
 TRIALS, EPOCHS = 8, 3
@@ -48,14 +49,14 @@ def test_conditional_space_leaves_unused_hyperparameters_empty(quick):
     for variant, row in trials.set_index("variant").iterrows():
         assert pd.isna(row["noise_factor"]) == (variant != "denoising")
         assert pd.isna(row["sparsity_weight"]) == (variant != "sparse")
-    study = optuna.load_study(study_name="quick", storage=f"sqlite:///{quick.home}/study.db")
+    study = optuna.load_study(study_name="quick", storage=open_storage(f"{quick.home}/study.journal", writer=False))
     for trial in study.trials:
         if trial.params.get("variant") != "denoising":
             assert "noise_factor" not in trial.params
 
 
 def test_study_records_stopped_trials_as_pruned_with_their_curves(quick):
-    study = optuna.load_study(study_name="quick", storage=f"sqlite:///{quick.home}/study.db")
+    study = optuna.load_study(study_name="quick", storage=open_storage(f"{quick.home}/study.journal", writer=False))
     by_tune_id = {t.user_attrs["tune_trial_id"]: t for t in study.trials if "tune_trial_id" in t.user_attrs}
     assert len(by_tune_id) == TRIALS
     for row in quick.trials.itertuples():
