@@ -6,7 +6,8 @@
    (sweep.searcher.StudySearch on the study's journal file, beside the SQLite study of older sweeps).
 2. Driver: results per second the Tune driver absorbs (our searcher, ASHA, progress view, Ray's
    loggers), with trials that do no training, with and without a checkpoint per result of the size
-   a vanilla latent-32 trial writes (model + Adam state).
+   a vanilla latent-32 trial writes (model + Adam state); with the sweep's TensorBoard logs
+   (sweep.tblogs) and with Ray's default ones, which fsync after every result.
 3. Nodes: the reference sweep (trial execution) on a local Ray cluster of 1, 2 and 3 one-CPU nodes
    (ray.cluster_utils.Cluster). Nodes on one machine share its cores: past the core count this
    measures coordination, not capacity.
@@ -80,7 +81,8 @@ def _dummy_trial(config, *, reports, checkpoint_bytes):
                         checkpoint=checkpoint)
 
 
-def driver_rate(trials: int, reports: int, checkpoint_bytes: int) -> dict:
+def driver_rate(trials: int, reports: int, checkpoint_bytes: int, tensorboard: str = "aesweep") -> dict:
+    """`tensorboard`: "aesweep" (sweep.tblogs, what a sweep uses) or "ray" (Ray's default, an fsync per result)."""
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -89,6 +91,7 @@ def driver_rate(trials: int, reports: int, checkpoint_bytes: int) -> dict:
     from sweep.searcher import StudySearch
     from sweep.space import SearchSpace
     from sweep.spec import parse
+    from sweep.tblogs import TensorBoardLogs
 
     spec = parse({"name": "driver", "train": {"epochs": reports},
                   "space": {"latent_dim": {"choice": [2, 8]}, "lr": {"loguniform": [1e-4, 1e-2]}}})
@@ -107,7 +110,8 @@ def driver_rate(trials: int, reports: int, checkpoint_bytes: int) -> dict:
                                             grace_period=reports),
                     num_samples=trials, max_concurrent_trials=concurrent, reuse_actors=True),
                 run_config=tune.RunConfig(name="ray", storage_path=folder, verbose=0,
-                                          callbacks=[Progress(trials, reports, interval_s=1e9)],
+                                          callbacks=[Progress(trials, reports, interval_s=1e9)]
+                                          + ([TensorBoardLogs()] if tensorboard == "aesweep" else []),
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
             tick, cpu = time.perf_counter(), time.process_time()
             tuner.fit()
@@ -115,7 +119,7 @@ def driver_rate(trials: int, reports: int, checkpoint_bytes: int) -> dict:
         finally:
             ray.shutdown()
     results = trials * reports
-    return {"trials": trials, "results": results, "checkpoint MB": checkpoint_bytes / 1e6, "wall s": wall,
+    return {"TensorBoard logs": tensorboard, "trials": trials, "results": results, "checkpoint MB": checkpoint_bytes / 1e6, "wall s": wall,
             "results per s": results / wall, "driver CPU ms per result": 1000 * cpu / results,
             "checkpoint MB/s": results * checkpoint_bytes / 1e6 / wall}
 
@@ -176,7 +180,8 @@ def main(argv=None) -> int:
         lines += table(searcher_rate(sizes, "journal") + searcher_rate(sizes, "sqlite")) + [""]
     if "driver" not in skip:
         lines += ["## Tune driver: results absorbed per second (trials that do not train)", ""]
-        lines += table([driver_rate(32, 10, 0), driver_rate(32, 10, CHECKPOINT_BYTES)]) + [""]
+        lines += table([driver_rate(32, 10, size, logs) for size in (0, CHECKPOINT_BYTES) for logs in ("aesweep", "ray")])
+        lines += [""]
     if "nodes" not in skip:
         data_dir = str(ensure_dataset("mnist"))
         lines += ["## Nodes of a local Ray cluster (one CPU each, same machine)", ""]

@@ -179,6 +179,7 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset):
     from .progress import Progress
     from .searcher import StudySearch
     from .space import SearchSpace
+    from .tblogs import TensorBoardLogs
 
     searcher = StudySearch(SearchSpace(spec.space), spec.searcher, study_url(study_path(home)), spec.name,
                            spec.epochs, spec.points)
@@ -192,7 +193,7 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset):
                                     max_concurrent_trials=plan.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
             name=EXPERIMENT_DIR, storage_path=remote or str(home), verbose=0,
-            callbacks=[Progress(spec.num_samples, spec.epochs)],
+            callbacks=[Progress(spec.num_samples, spec.epochs), TensorBoardLogs()],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),

@@ -94,6 +94,31 @@ def test_best_and_analyze_commands(quick, capsys):
     assert quick.best_trial in out and "best trial of each variant" in out
 
 
+def _tensorboard_scalars(folder, tag: str) -> list[float]:
+    """The values logged under `tag` in a folder's TensorBoard event files (TFRecord framing, Event protos)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    values = []
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at:at + 8])
+            event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+            at += 12 + length + 4
+            values += [v.simple_value for v in event.summary.value if v.tag == tag]
+    return values
+
+
+def test_tensorboard_logs_hold_every_epochs_val_loss(quick):
+    """The sweep's TensorBoard logger leaves flushing to tensorboardX; closing a trial's file writes it all."""
+    for row in quick.trials.itertuples():
+        (folder,) = [f for f in (quick.home / "ray").iterdir() if f.is_dir() and row.trial_id in f.name]
+        curve = quick.epochs.loc[quick.epochs["trial_id"] == row.trial_id, "val_loss"]
+        assert _tensorboard_scalars(folder, "ray/tune/val_loss") == pytest.approx(list(curve), rel=1e-6)
+
+
 def test_tables_rebuild_identically_from_rays_folder(quick):
     rebuilt = load_results(str(quick.home), rebuild=True)
     pd.testing.assert_frame_equal(rebuilt.trials.drop(columns="wall_s"), quick.trials.drop(columns="wall_s"))
