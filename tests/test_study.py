@@ -1,7 +1,7 @@
 """The sweep's Optuna study on disk: a journal file the driver appends to, and older sweeps' SQLite study."""
 import logging
+import os
 import pickle
-import time
 
 import optuna
 import pytest
@@ -32,11 +32,14 @@ def read(path) -> optuna.Study:
     return optuna.load_study(study_name="bench", storage=open_storage(str(path), writer=False))
 
 
-def test_the_study_is_a_journal_with_every_trials_end_and_curve(tmp_path):
+def test_the_study_is_a_journal_with_every_trials_end_and_curve(tmp_path, monkeypatch):
     path = tmp_path / STUDY_FILE
     search = searcher(str(path))
+    synced = []
+    monkeypatch.setattr(os, "fsync", synced.append)  # the driver's thread never waits on the disk
     for i, epochs in enumerate([3, 1, 3, 2]):
         run_trial(search, f"t{i}", epochs)
+    assert synced == []
     study = read(path)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE,
                                                TrialState.PRUNED]
@@ -45,20 +48,17 @@ def test_the_study_is_a_journal_with_every_trials_end_and_curve(tmp_path):
     assert study_path(tmp_path) == path
 
 
-def test_a_torn_journal_write_and_a_stale_lock_are_cleared_before_the_study_is_written_again(tmp_path, caplog):
+def test_a_torn_journal_write_is_cut_before_the_study_is_written_again(tmp_path, caplog):
     path = tmp_path / STUDY_FILE
     search = searcher(str(path))
     for i in range(3):
         run_trial(search, f"t{i}", 3)
     with open(path, "ab") as fh:
         fh.write(TORN)
-    (tmp_path / f"{STUDY_FILE}.lock").symlink_to(path)  # Optuna's lock, held while appending
     with caplog.at_level(logging.WARNING, logger="sweep.searcher"):
         resumed = pickle.loads(pickle.dumps(search))  # what Ray's restore does: the searcher reopens the study
-    assert "torn write" in caplog.text and "removing" in caplog.text
-    tick = time.perf_counter()
+    assert "torn write" in caplog.text
     run_trial(resumed, "t3", 3)
-    assert time.perf_counter() - tick < 10  # not waiting 30 s for the stale lock
     run_trial(resumed, "t4", 1)
     study = read(path)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4 + [TrialState.PRUNED]
