@@ -134,9 +134,19 @@ class SweepJournal(JournalFileBackend):
         self._path = path
 
     def append_logs(self, logs: list[dict]) -> None:
-        text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
-        with open(self._path, "ab") as fh:
-            fh.write(text.encode("utf-8"))
+        """Append whole lines, or nothing: a write cut short (a full disk) is taken back before raising."""
+        data = memoryview("".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode("utf-8"))
+        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            start = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                while data:
+                    data = data[os.write(fd, data):]
+            except OSError:
+                os.ftruncate(fd, start)  # half a line would join the next append into an unreadable one
+                raise
+        finally:
+            os.close(fd)
 
 
 def make_sampler(spec: SearcherSpec, seed: int) -> optuna.samplers.TPESampler:

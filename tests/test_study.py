@@ -1,4 +1,5 @@
 """The sweep's Optuna study on disk: a journal file the driver appends to, and older sweeps' SQLite study."""
+import errno
 import logging
 import os
 import pickle
@@ -63,6 +64,25 @@ def test_a_torn_journal_write_is_cut_before_the_study_is_written_again(tmp_path,
     study = read(path)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4 + [TrialState.PRUNED]
     assert study.trials[4].user_attrs["tune_trial_id"] == "t4"
+
+
+def test_a_write_cut_short_by_a_full_disk_leaves_no_half_line(tmp_path, monkeypatch):
+    path = tmp_path / STUDY_FILE
+    search = searcher(str(path))
+    run_trial(search, "t0", 3)
+    real_write = os.write
+
+    def full_disk(fd, data):  # half the bytes go out, then the disk is full
+        real_write(fd, bytes(data[:len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        search.suggest("t1")
+    monkeypatch.setattr(os, "write", real_write)
+    assert path.read_bytes().endswith(b"\n")
+    run_trial(search, "t2", 3)  # space again: the sweep goes on writing the same study
+    assert [t.state for t in read(path).trials][-1] == TrialState.COMPLETE
 
 
 def test_a_snapshot_of_the_journal_holds_whole_lines_only(tmp_path):
