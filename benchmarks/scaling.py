@@ -119,7 +119,8 @@ def driver_rate(trials: int, reports: int, checkpoint_bytes: int, tensorboard: s
         finally:
             ray.shutdown()
     results = trials * reports
-    return {"TensorBoard logs": tensorboard, "trials": trials, "results": results, "checkpoint MB": checkpoint_bytes / 1e6, "wall s": wall,
+    return {"TensorBoard logs": tensorboard, "trials": trials, "results": results,
+            "checkpoint MB": checkpoint_bytes / 1e6, "wall s": wall,
             "results per s": results / wall, "driver CPU ms per result": 1000 * cpu / results,
             "checkpoint MB/s": results * checkpoint_bytes / 1e6 / wall}
 
@@ -180,7 +181,8 @@ def main(argv=None) -> int:
         lines += table(searcher_rate(sizes, "journal") + searcher_rate(sizes, "sqlite")) + [""]
     if "driver" not in skip:
         lines += ["## Tune driver: results absorbed per second (trials that do not train)", ""]
-        lines += table([driver_rate(32, 10, size, logs) for size in (0, CHECKPOINT_BYTES) for logs in ("aesweep", "ray")])
+        lines += table([driver_rate(32, 10, size, logs)
+                        for size in (0, CHECKPOINT_BYTES) for logs in ("aesweep", "ray")])
         lines += [""]
     if "nodes" not in skip:
         data_dir = str(ensure_dataset("mnist"))
