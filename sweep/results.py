@@ -23,7 +23,7 @@ import yaml
 from aemodels import TrainConfig
 
 from . import storage
-from .searcher import (LEGACY_STUDY_FILE, STUDY_FILE, STUDY_SNAPSHOT, finished_in_study, snapshot_study,
+from .searcher import (LEGACY_STUDY_FILE, STUDY_FILE, finished_in_study, snapshot_name, snapshot_study,
                        storage_error, study_path, study_url, trial_status)
 from .trial import HISTORY_FILE
 from .spec import SEARCHED, SweepSpec, parse
@@ -107,18 +107,19 @@ def sync_down(home: Path, spec: SweepSpec) -> None:
         storage.download_tree(storage.join(remote, EXPERIMENT_DIR), home / EXPERIMENT_DIR)
     if not study_path(home).is_file():  # a driver on another machine wrote the study: take Ray's copy of it
         for name in (STUDY_FILE, LEGACY_STUDY_FILE):
-            snapshot = home / EXPERIMENT_DIR / (STUDY_SNAPSHOT + Path(name).suffix)
+            snapshot = home / EXPERIMENT_DIR / snapshot_name(study_url(home / name))
             if snapshot.is_file():
                 shutil.copyfile(snapshot, home / name)
                 break
 
 
-def sync_up(home: Path, spec: SweepSpec, names=(SPEC_FILE,), study: bool = True) -> None:
-    """Copy the named files of the local folder, and the study, to the object store (one whole object each)."""
+def sync_up(home: Path, spec: SweepSpec, names=(SPEC_FILE,)) -> None:
+    """Copy the named files of the local folder, and the study once there is one, to the object store
+    (one whole object each)."""
     remote = remote_home(spec)
     if remote:
         study_file = study_path(home)
-        for name in names + ((study_file.name,) if study else ()):
+        for name in names + (study_file.name,):
             if (home / name).is_file():
                 try:
                     if name == study_file.name:  # a consistent copy, taken between the driver's writes
