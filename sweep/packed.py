@@ -275,19 +275,13 @@ def run_packed_trial(config: dict, *, base: dict, trainers: list[str]) -> None:
         try:
             while True:
                 row, payload = ray.get(trainer.next_epoch.remote(trial_id))
-                write = (lambda path: _write_atomic(path, payload)) if payload is not None else None
+                write = (lambda path: path.write_bytes(payload)) if payload is not None else None
                 record.report({**row, **where}, write)
                 if row["status"] in ("completed", "diverged"):
                     return
         finally:  # also when ASHA stops the trial: Tune ends the trial's thread inside tune.report
             with contextlib.suppress(Exception):
                 trainer.leave.remote(trial_id)
-
-
-def _write_atomic(path: Path, payload: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
 
 
 # ---- the driver side ----------------------------------------------------------------------------

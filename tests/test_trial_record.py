@@ -1,0 +1,59 @@
+"""What a trial hands Tune at each epoch: a complete checkpoint folder, and no scratch left behind."""
+import json
+import shutil
+
+import pytest
+
+import sweep.trial as trial_mod
+from aemodels import TrainState, train
+
+
+@pytest.fixture
+def persisted(monkeypatch, tmp_path):
+    """tune.report replaced by what Ray does with a checkpoint: copy its folder to the trial's storage."""
+    copies = []
+
+    def report(metrics, checkpoint=None):
+        target = tmp_path / "storage" / f"checkpoint_{len(copies):06d}"
+        if checkpoint is not None:
+            shutil.copytree(checkpoint.path, target)
+        copies.append((metrics, target if checkpoint is not None else None, checkpoint))
+
+    monkeypatch.setattr(trial_mod.tune, "report", report)
+    return copies
+
+
+def test_each_epoch_gets_its_own_complete_checkpoint_and_the_scratch_is_emptied(tmp_path, small, persisted):
+    states = []
+    train(small(epochs=3), checkpoint=states.append)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    record = trial_mod.TrialRecord(str(scratch))
+    for state in states:
+        record.report(state.history[-1], lambda path, state=state: state.save(path, durable=False))
+        assert list(scratch.iterdir()) == []  # Ray has its copy; nothing accumulates in the worker's /tmp
+    record.report({"epoch": 4, "val_loss": 0.5}, None)  # a report without a state carries no checkpoint
+
+    folders = [checkpoint.path for _, _, checkpoint in persisted[:3]]
+    assert len(set(folders)) == 3  # never a file written over the last epoch's (see TrialRecord.report)
+    for (metrics, copy, _), state in zip(persisted, states):
+        assert metrics["epoch"] == state.epoch
+        saved = TrainState.load(copy / trial_mod.STATE_FILE)
+        assert saved.epoch == state.epoch and saved.model.keys() == state.model.keys()
+        assert all((saved.model[k] == state.model[k]).all() for k in state.model)
+        history = json.loads((copy / trial_mod.HISTORY_FILE).read_text())
+        assert [row["epoch"] for row in history] == list(range(1, state.epoch + 1))
+    assert persisted[3][1] is None
+
+
+def test_the_epoch_folder_goes_even_when_tune_ends_the_trial_inside_report(tmp_path, small, monkeypatch):
+    def stopped(metrics, checkpoint=None):
+        raise SystemExit  # how Tune's session ends a stopped trial's thread while it waits in report
+
+    monkeypatch.setattr(trial_mod.tune, "report", stopped)
+    states = []
+    train(small(epochs=1), checkpoint=states.append)
+    record = trial_mod.TrialRecord(str(tmp_path))
+    with pytest.raises(SystemExit):
+        record.report(states[0].history[-1], lambda path: states[0].save(path, durable=False))
+    assert list(tmp_path.iterdir()) == []
