@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
                                               "weights, config and metrics under results/<name>/retrain/.")
     retrain.add_argument("sweep", help="the sweep's name or folder")
     retrain.add_argument("--epochs", type=int, help="train this many epochs instead of the sweep's")
+    retrain.add_argument("--threads", type=int, help="CPU threads (default: as many as the trial had, which "
+                                                     "reproduces its val_loss exactly; more is faster)")
     return parser
 
 
@@ -159,7 +161,7 @@ def _best(args) -> int:
 def _retrain(args) -> int:
     from .retrain import retrain
 
-    retrain(args.sweep, epochs=args.epochs)
+    retrain(args.sweep, epochs=args.epochs, threads=args.threads)
     return 0
 
 

@@ -11,12 +11,15 @@ from typing import Optional
 
 import yaml
 
-from aemodels import ConfigError, TrainResult, train
+from aemodels import ConfigError, TrainResult, resolve_device, train
 
 from .results import ResultsError, _atomic, load_results
 
 
-def retrain(name_or_dir: str, epochs: Optional[int] = None, quiet: bool = False) -> TrainResult:
+def retrain(name_or_dir: str, epochs: Optional[int] = None, quiet: bool = False,
+            threads: Optional[int] = None) -> TrainResult:
+    """On a CPU, train with the torch threads the trial had (or `threads`): with another count the
+    kernels split their sums differently, and val_loss moves in its last digits (BENCHMARKS.md)."""
     import torch
 
     found = load_results(name_or_dir)
@@ -25,18 +28,31 @@ def retrain(name_or_dir: str, epochs: Optional[int] = None, quiet: bool = False)
                            f"`sweep resume {found.spec.name}` finishes it")
     if epochs is not None and epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
     config = found.best_config if epochs is None else found.best_config.replace(epochs=epochs)
     row = found.best_row()
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    if resolve_device(config.device).type != "cpu":
+        threads = None
+    elif threads is None and row.get("device") != "cuda":  # after a GPU trial there is nothing to match
+        threads = trial_threads(found.spec, row)
     say(f"retraining trial {found.best_trial} of sweep {found.spec.name} for {config.epochs} epochs "
-        f"({config.variant}, latent_dim={config.latent_dim}, lr={config.lr:.4g})")
-    result = train(config, report=lambda m: say(f"  epoch {m['epoch']:3d}  train_loss {m['train_loss']:.5f}  "
-                                                  f"val_loss {m['val_loss']:.5f}  ({m['epoch_s']:.2f} s)"))
+        f"({config.variant}, latent_dim={config.latent_dim}, lr={config.lr:.4g})"
+        + (f" on {threads} CPU thread{'s' if threads > 1 else ''}" if threads else ""))
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        result = train(config, report=lambda m: say(f"  epoch {m['epoch']:3d}  train_loss {m['train_loss']:.5f}  "
+                                                      f"val_loss {m['val_loss']:.5f}  ({m['epoch_s']:.2f} s)"))
+    finally:
+        torch.set_num_threads(before)
     out = found.home / "retrain"
     out.mkdir(exist_ok=True)
     metrics = {"sweep": found.spec.name, "trial_id": found.best_trial, "status": result.status,
                "val_loss": result.val_loss, "trial_val_loss": float(row["final_val_loss"]),
-               "trial_epochs": int(row["epochs"]), "history": result.history}
+               "trial_epochs": int(row["epochs"]), "threads": threads, "history": result.history}
     _atomic(out / "model.pt", lambda path: torch.save(result.model.state_dict(), path))
     _atomic(out / "state.pt", lambda path: result.state.save(path))
     _atomic(out / "config.yaml", lambda path: Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False)))
@@ -44,3 +60,11 @@ def retrain(name_or_dir: str, epochs: Optional[int] = None, quiet: bool = False)
     say(f"val_loss {result.val_loss:.6f} (the sweep's trial: {metrics['trial_val_loss']:.6f} after "
         f"{metrics['trial_epochs']} epochs); saved to {out}/")
     return result
+
+
+def trial_threads(spec, row) -> int:
+    """The torch threads a sweep's trial trained with on a CPU: its CPUs in trial execution, one in
+    packed execution (one single-thread trainer per core)."""
+    if row.get("execution") == "packed":
+        return 1
+    return max(1, int(spec.resources.cpu))

@@ -78,11 +78,20 @@ def test_best_config_matches_the_best_row(quick):
 
 
 def test_retrain_reproduces_the_best_trials_val_loss(quick, capsys):
+    import torch
+
+    threads = torch.get_num_threads()
     assert main(["retrain", str(quick.home)]) == 0
     metrics = yaml.safe_load((quick.home / "retrain" / "metrics.json").read_text())
     assert metrics["status"] == "completed"
-    assert metrics["val_loss"] == pytest.approx(metrics["trial_val_loss"], rel=1e-6)
+    # on the trial's one CPU thread, whatever this process has: the very same sums, the very same loss
+    assert metrics["threads"] == 1 and metrics["val_loss"] == metrics["trial_val_loss"]
     assert (quick.home / "retrain" / "model.pt").stat().st_size > 10_000
+    assert torch.get_num_threads() == threads
+    assert main(["retrain", str(quick.home), "--epochs", "1", "--threads", "2"]) == 0
+    assert yaml.safe_load((quick.home / "retrain" / "metrics.json").read_text())["threads"] == 2
+    assert main(["retrain", str(quick.home), "--threads", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "sweep retrain: error: --threads must be >= 1, got 0"
 
 
 def test_best_and_analyze_commands(quick, capsys):
