@@ -14,7 +14,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import tempfile
 import threading
 import time
