@@ -289,6 +289,9 @@ def trainer_names(spec, plan) -> list[str]:
     return [f"{spec.name}-trainer-{i}" for i in range(plan.trainers)]
 
 
+CPU_TRAINER_THREADS = 1  # see packed_plan
+
+
 def packed_plan(spec, cpus: float, gpus: float):
     """Trainers and members per trainer: one trainer per GPU, or, without GPUs, one per core.
 
@@ -319,7 +322,7 @@ def trainers(spec, plan, home: Path, dataset=None):
         actor.options(name=name, namespace=NAMESPACE, num_cpus=0, num_gpus=1 if gpu else 0,
                       scheduling_strategy="DEFAULT" if gpu else "SPREAD", max_restarts=-1,
                       max_concurrency=4 * plan.pack_size + 16, get_if_exists=False)
-        .remote(None if gpu else 1, dataset=dataset, data_dir=spec.data_dir)
+        .remote(None if gpu else CPU_TRAINER_THREADS, dataset=dataset, data_dir=spec.data_dir)
         for name in trainer_names(spec, plan)
     ]
     ray.get([h.load.remote() for h in handles])

@@ -36,7 +36,7 @@ def retrain(name_or_dir: str, epochs: Optional[int] = None, quiet: bool = False,
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     if resolve_device(config.device).type != "cpu":
         threads = None
-    elif threads is None and row.get("device") != "cuda":  # after a GPU trial there is nothing to match
+    elif threads is None and not str(row.get("device")).startswith("cuda"):  # a GPU trial: nothing to match
         threads = trial_threads(found.spec, row)
     say(f"retraining trial {found.best_trial} of sweep {found.spec.name} for {config.epochs} epochs "
         f"({config.variant}, latent_dim={config.latent_dim}, lr={config.lr:.4g})"
@@ -64,8 +64,7 @@ def retrain(name_or_dir: str, epochs: Optional[int] = None, quiet: bool = False,
 
 
 def trial_threads(spec, row) -> int:
-    """The torch threads a sweep's trial trained with on a CPU: its CPUs in trial execution, one in
-    packed execution (one single-thread trainer per core)."""
-    if row.get("execution") == "packed":
-        return 1
-    return max(1, int(spec.resources.cpu))
+    """The torch threads a sweep's trial trained with on a CPU, as runner.plan and packed.trainers set them."""
+    from .packed import CPU_TRAINER_THREADS
+
+    return CPU_TRAINER_THREADS if row.get("execution") == "packed" else spec.resources.threads_per_trial

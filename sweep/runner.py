@@ -154,7 +154,7 @@ def plan(spec: SweepSpec) -> Plan:
     # A concurrency limit also lets Tune start that many trials at once (with a searcher it starts
     # one at a time otherwise): the cluster fills in one wave instead of one trial per actor start-up.
     concurrent = min(spec.max_concurrent_trials or slots, slots, spec.num_samples)
-    return Plan("trial", res.cpu, gpu, max(1, concurrent), cpus, gpus, threads_per_trial=max(1, int(res.cpu)))
+    return Plan("trial", res.cpu, gpu, max(1, concurrent), cpus, gpus, threads_per_trial=res.threads_per_trial)
 
 
 def trainable(spec: SweepSpec, plan: Plan, dataset):

@@ -82,6 +82,11 @@ class ResourceSpec:
     gpu: Any = "auto"  # GPU fraction per trial (trial execution): "auto" packs several trials per GPU, 0 = CPU only
     pack_size: Optional[int] = None  # members per packed trainer; None = 256 per GPU, 2 per CPU core
 
+    @property
+    def threads_per_trial(self) -> int:
+        """Torch threads of a trial in trial execution: its whole CPUs, at least one."""
+        return max(1, int(self.cpu))
+
 
 @dataclass(frozen=True)
 class SweepSpec:
