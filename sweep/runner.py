@@ -32,9 +32,9 @@ from .spec import SpecError, SweepSpec
 logger = logging.getLogger(__name__)
 TRIALS_PER_GPU_MAX = 16  # "auto" GPU fraction in trial execution: at most this many trials share one GPU
 # What every trial imports (torch, through aemodels, and Ray Tune), imported by each worker process a local
-# Ray starts before it takes work: the import (2-3 s of a worker's start on a CPU) then overlaps Ray's own
-# start-up instead of delaying each worker's first trial. On a cluster, `ray start` takes the same list from
-# RAY_preload_python_modules (configs/cluster/).
+# Ray starts before it takes work: the imports (1.5-2.5 s of a worker's start on a CPU) then overlap Ray's
+# start-up and the driver's own set-up instead of delaying each worker's first trial. On a cluster, `ray start`
+# takes the same list from RAY_preload_python_modules (configs/cluster/).
 PRELOAD_MODULES = ("aemodels", "sweep.trial", "sweep.packed")
 
 
@@ -138,7 +138,9 @@ def idle_workers_for_trials():
     Tune gives every trainable a runtime_env setting PL_DISABLE_FORK (for PyTorch Lightning, which no
     aesweep trial runs), and Ray never hands a worker started without that runtime_env to an actor that
     has one: each trial actor waited for a fresh process instead (~0.6 s, and the imports above again).
-    Without the variable Tune's runtime_env is empty. Restored afterwards for other Tune runs in this process.
+    Without the variable Tune's runtime_env is empty (unless Tune finds AWS credentials in the driver's
+    environment, which it passes on the same way: then trials start on fresh workers, as before).
+    Restored afterwards for other Tune runs in this process.
     """
     try:
         from ray.tune.execution import class_cache
