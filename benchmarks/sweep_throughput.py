@@ -124,7 +124,7 @@ def run_mode(execution: str, args, storage: str) -> dict:
     sweep = spec.parse(reference_spec(args.device, args.trials, args.epochs, args.subset, storage, execution,
                                       args.pack_size))
     tick = time.perf_counter()
-    runner.connect(None, False)
+    runner.connect(None, False, runner.preload_modules(sweep))  # as `sweep run` starts its local Ray
     ray_start = time.perf_counter() - tick
     try:
         gpu = GpuSampler() if args.gpu else None

@@ -31,11 +31,13 @@ from .spec import SpecError, SweepSpec
 
 logger = logging.getLogger(__name__)
 TRIALS_PER_GPU_MAX = 16  # "auto" GPU fraction in trial execution: at most this many trials share one GPU
-# What every trial imports (torch, through aemodels, and Ray Tune), imported by each worker process a local
-# Ray starts before it takes work: the imports (1.5-2.5 s of a worker's start on a CPU) then overlap Ray's
-# start-up and the driver's own set-up instead of delaying each worker's first trial. On a cluster, `ray start`
-# takes the same list from RAY_preload_python_modules (configs/cluster/).
-PRELOAD_MODULES = ("aemodels", "sweep.trial", "sweep.packed")
+# Modules the worker processes of a local Ray import before they take work (`preload_modules`), so that
+# a worker's first trial does not wait for them; on a cluster `ray start` takes such a list from
+# RAY_preload_python_modules (configs/cluster/). Ray Tune and the trainables, which every trial actor
+# imports (0.7 CPU-s, 67 MB per process on a CPU), and torch through aemodels (1.2 CPU-s, 270 MB), which a
+# trial of its own imports but a packed trial's proxy never does.
+TRIAL_CODE = ("sweep.trial", "sweep.packed")
+TORCH = ("aemodels",)
 
 
 class SweepError(RuntimeError):
@@ -102,8 +104,9 @@ def prepare(spec: SweepSpec, overwrite: bool = False) -> Path:
 
 # ---- Ray --------------------------------------------------------------------------------------
 
-def connect(address: Optional[str], dashboard: bool) -> bool:
-    """Join the cluster at `address`, else start a local Ray on 127.0.0.1. True if we started it."""
+def connect(address: Optional[str], dashboard: bool, preload: tuple[str, ...] = TRIAL_CODE) -> bool:
+    """Join the cluster at `address`, else start a local Ray on 127.0.0.1 whose worker processes import
+    `preload` before they take work (unless RAY_preload_python_modules says otherwise). True if we started it."""
     import ray
 
     # Ray's warnings (token auth on, snapshot timing) would break the one-line errors and the compact
@@ -125,10 +128,28 @@ def connect(address: Optional[str], dashboard: bool) -> bool:
                              f"{str(exc).splitlines()[0] if str(exc) else ''}); check the address and that "
                              "`ray status` works there") from None
         return True
-    preload = {} if "RAY_preload_python_modules" in os.environ else {"preload_python_modules": list(PRELOAD_MODULES)}
+    config = {} if "RAY_preload_python_modules" in os.environ else {"preload_python_modules": list(preload)}
     ray.init(include_dashboard=dashboard, _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False,
-             _system_config=preload)
+             _system_config=config)
     return True
+
+
+def preload_modules(spec: SweepSpec) -> tuple[str, ...]:
+    """What a local Ray's workers should import for this sweep: the trial code, and torch as well when
+    every worker Ray starts with it (one per CPU) will train a trial of its own. A worker that imported
+    torch and then idles holds ~270 MB for nothing; a packed sweep's trials never import torch."""
+    import torch
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    try:
+        local = plan(spec, {"CPU": float(cpus), "GPU": float(torch.cuda.device_count())})
+    except SweepError:  # plan() says why once Ray is up
+        return TRIAL_CODE
+    every_worker_trains = local.execution == "trial" and local.max_concurrent >= cpus
+    return TRIAL_CODE + TORCH if every_worker_trains else TRIAL_CODE
 
 
 @contextlib.contextmanager
@@ -158,11 +179,13 @@ def idle_workers_for_trials():
         defaults.update(saved)
 
 
-def plan(spec: SweepSpec) -> Plan:
-    """Resources per trial from the spec and the cluster; refuse requests the cluster can never meet."""
-    import ray
+def plan(spec: SweepSpec, total: Optional[dict] = None) -> Plan:
+    """Resources per trial from the spec and the cluster (`total`: CPU and GPU counts, by default what
+    Ray reports); refuse requests the cluster can never meet."""
+    if total is None:
+        import ray
 
-    total = ray.cluster_resources()
+        total = ray.cluster_resources()
     cpus, gpus = float(total.get("CPU", 0)), float(total.get("GPU", 0))
     res = spec.resources
     device = spec.train.get("device", "auto")
@@ -257,7 +280,7 @@ def run(spec: SweepSpec, *, overwrite: bool = False, address: Optional[str] = No
         argv: Optional[list[str]] = None) -> Results:
     """Run a new sweep to the end and write its tables."""
     home = prepare(spec, overwrite)
-    started = connect(address or spec.address, spec.dashboard)
+    started = connect(address or spec.address, spec.dashboard, preload_modules(spec))
     try:
         sweep_plan = plan(spec)
         if home.exists():  # --overwrite: only now that every check has passed
@@ -346,7 +369,7 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
     check_resumable(home)
     reconcile(home, spec)
     os.environ[STUDY_URL_ENV] = study_url(study_path(home))  # the study is here now, wherever it was
-    started = connect(address or spec.address, spec.dashboard)
+    started = connect(address or spec.address, spec.dashboard, preload_modules(spec))
     try:
         sweep_plan = plan(spec)
         print(f"resuming sweep {spec.name} in {home}", flush=True)

@@ -1,18 +1,40 @@
-"""The local Ray a sweep starts: its worker processes import torch before they take work, and Tune's
-trial actors start on them instead of waiting for fresh processes (BENCHMARKS.md: ~2 s per worker)."""
+"""The local Ray a sweep starts: its worker processes import the trial code (and torch, when each will
+train a trial) before they take work, and Tune's trial actors start on them instead of on fresh processes."""
 import os
 import sys
 import time
 
 import pytest
-import ray
-from ray import tune
 
-from sweep import runner
+from sweep import runner, spec
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds Ray's idle workers in /proc")]
 
+def reference(**changes) -> spec.SweepSpec:
+    values = {"name": "w", "space": {"variant": "vanilla", "latent_dim": {"choice": [2, 8]},
+                                     "lr": {"loguniform": [1e-4, 1e-2]}},
+              "train": {"epochs": 2, "device": "cpu"}, "num_samples": 32, "resources": {"cpu": 1}}
+    for key, value in changes.items():
+        values[key] = {**values[key], **value} if isinstance(value, dict) else value
+    return spec.parse(values)
+
+
+@pytest.fixture
+def four_cpus(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+
+
+def test_torch_is_preloaded_only_when_every_worker_trains_a_trial(four_cpus):
+    with_torch = runner.TRIAL_CODE + runner.TORCH
+    assert runner.preload_modules(reference()) == with_torch  # 32 one-CPU trials on 4 CPUs
+    assert runner.preload_modules(reference(num_samples=3)) == runner.TRIAL_CODE  # one worker would idle
+    assert runner.preload_modules(reference(resources={"cpu": 2})) == runner.TRIAL_CODE  # two would
+    assert runner.preload_modules(reference(max_concurrent_trials=2)) == runner.TRIAL_CODE
+    assert runner.preload_modules(reference(resources={"execution": "packed"})) == runner.TRIAL_CODE  # proxies
+    assert runner.preload_modules(reference(resources={"cpu": 8})) == runner.TRIAL_CODE  # plan() will say why
+
+
+# ---- with a local Ray ----------------------------------------------------------------------------------
 
 def idle_workers() -> set[int]:
     """Ray's worker processes that have started and wait for work (Ray titles them ray::IDLE)."""
@@ -29,7 +51,9 @@ def idle_workers() -> set[int]:
 
 @pytest.fixture
 def local_ray():
-    assert runner.connect(None, False)
+    import ray
+
+    assert runner.connect(None, False, runner.TRIAL_CODE + runner.TORCH)
     deadline = time.monotonic() + 60
     while len(idle_workers()) < int(ray.cluster_resources()["CPU"]) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -38,8 +62,11 @@ def local_ray():
 
 
 def where_a_trial_runs(tmp_path, name: str) -> dict:
+    from ray import tune
+
     def report_where(config):  # the first thing the trial does: nothing of its own is imported yet
-        tune.report({"pid": os.getpid(), "preloaded": sorted(m for m in runner.PRELOAD_MODULES if m in sys.modules)})
+        modules = runner.TRIAL_CODE + runner.TORCH
+        tune.report({"pid": os.getpid(), "preloaded": sorted(m for m in modules if m in sys.modules)})
 
     results = tune.Tuner(tune.with_resources(report_where, {"cpu": 1}),
                          run_config=tune.RunConfig(name=name, storage_path=str(tmp_path), verbose=0)).fit()
@@ -47,14 +74,21 @@ def where_a_trial_runs(tmp_path, name: str) -> dict:
     return results[0].metrics
 
 
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds Ray's idle workers in /proc")
+
+
+@pytest.mark.slow
+@linux_only
 def test_a_trial_starts_on_a_worker_ray_already_started_with_torch_imported(local_ray, tmp_path):
     with runner.idle_workers_for_trials():
         where = where_a_trial_runs(tmp_path, "reused")
 
     assert where["pid"] in local_ray
-    assert where["preloaded"] == sorted(runner.PRELOAD_MODULES)
+    assert where["preloaded"] == sorted(runner.TRIAL_CODE + runner.TORCH)
 
 
+@pytest.mark.slow
+@linux_only
 def test_tunes_own_runtime_env_would_start_a_fresh_worker_and_is_restored(local_ray, tmp_path):
     from ray.tune.execution.class_cache import DEFAULT_ENV_VARS
 
@@ -62,7 +96,7 @@ def test_tunes_own_runtime_env_would_start_a_fresh_worker_and_is_restored(local_
     where = where_a_trial_runs(tmp_path, "fresh")
 
     assert where["pid"] not in local_ray  # what idle_workers_for_trials avoids
-    assert where["preloaded"] == sorted(runner.PRELOAD_MODULES)  # fresh workers preload too, before taking work
+    assert where["preloaded"] == sorted(runner.TRIAL_CODE + runner.TORCH)  # fresh workers preload too
     with runner.idle_workers_for_trials():
         assert "PL_DISABLE_FORK" not in DEFAULT_ENV_VARS
     assert DEFAULT_ENV_VARS == before
