@@ -108,11 +108,11 @@ def test_launcher_installs_the_synced_project(launcher):
     assert any("pip install" in c and remote in c for c in launcher["setup_commands"])
 
 
-def test_launcher_workers_preload_what_a_local_sweep_preloads(launcher):
-    from sweep.runner import PRELOAD_MODULES
+def test_launcher_workers_preload_the_trial_code_but_not_torch(launcher):
+    from sweep.runner import TRIAL_CODE
 
     start = next(c for c in launcher["worker_start_ray_commands"] if "ray start" in c)
-    assert f"RAY_preload_python_modules={','.join(PRELOAD_MODULES)} ray start" in start
+    assert f"RAY_preload_python_modules={','.join(TRIAL_CODE)} ray start" in start
 
 
 def test_launcher_sweep_command(launcher):
