@@ -124,7 +124,7 @@ def run_mode(execution: str, args, storage: str) -> dict:
     sweep = spec.parse(reference_spec(args.device, args.trials, args.epochs, args.subset, storage, execution,
                                       args.pack_size))
     tick = time.perf_counter()
-    runner.connect(None, False, runner.preload_modules(sweep))  # as `sweep run` starts its local Ray
+    runner.connect(None, False, sweep)  # as `sweep run` starts its local Ray
     ray_start = time.perf_counter() - tick
     try:
         gpu = GpuSampler() if args.gpu else None
@@ -150,17 +150,16 @@ def run_mode(execution: str, args, storage: str) -> dict:
     if execution == "packed":
         trainers = json.loads((Path(storage) / sweep.name / "trainers.json").read_text())
         train_s = sum(t["train_s"] for t in trainers)  # each trainer owns one GPU, or one core
-        out.update(busy=train_s / (wall * len(trainers)), busy_from_ray_start=train_s / ((wall + ray_start) * len(trainers)),
-                   trainers=len(trainers),
+        out.update(busy=train_s / (wall * len(trainers)), trainers=len(trainers),
                    trainer_rounds=sum(t["rounds"] for t in trainers),
                    serialize_s=sum(t["serialize_s"] for t in trainers), restack_s=sum(t["restack_s"] for t in trainers),
                    trainer_wait_s=sum(t["wait_s"] for t in trainers))
     else:
         slots = plan.max_concurrent if args.gpu else cores
-        out.update(busy=epochs_s / (wall * slots), busy_from_ray_start=epochs_s / ((wall + ray_start) * slots),
-                   epochs_s=epochs_s, setup_s=setup_s,
+        out.update(busy=epochs_s / (wall * slots), epochs_s=epochs_s, setup_s=setup_s,
                    report_s=iter_s - epochs_s - setup_s, idle_s=wall * slots - iter_s, slots=slots,
                    **idle_split(rows, slots, began, ended), **handovers(rows, slots), **searcher.summary())
+    out["busy_from_ray_start"] = out["busy"] * wall / (wall + ray_start)
     if gpu is not None:
         out.update(gpu.summary())
         if "gpu_mem_peak_mib" in out:

@@ -104,9 +104,10 @@ def prepare(spec: SweepSpec, overwrite: bool = False) -> Path:
 
 # ---- Ray --------------------------------------------------------------------------------------
 
-def connect(address: Optional[str], dashboard: bool, preload: tuple[str, ...] = TRIAL_CODE) -> bool:
+def connect(address: Optional[str], dashboard: bool, spec: Optional[SweepSpec] = None) -> bool:
     """Join the cluster at `address`, else start a local Ray on 127.0.0.1 whose worker processes import
-    `preload` before they take work (unless RAY_preload_python_modules says otherwise). True if we started it."""
+    what `spec`'s trials need before they take work (`preload_modules`; RAY_preload_python_modules, if
+    set, wins). True if we started it."""
     import ray
 
     # Ray's warnings (token auth on, snapshot timing) would break the one-line errors and the compact
@@ -128,6 +129,7 @@ def connect(address: Optional[str], dashboard: bool, preload: tuple[str, ...] = 
                              f"{str(exc).splitlines()[0] if str(exc) else ''}); check the address and that "
                              "`ray status` works there") from None
         return True
+    preload = preload_modules(spec) if spec is not None else TRIAL_CODE
     config = {} if "RAY_preload_python_modules" in os.environ else {"preload_python_modules": list(preload)}
     ray.init(include_dashboard=dashboard, _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False,
              _system_config=config)
@@ -280,7 +282,7 @@ def run(spec: SweepSpec, *, overwrite: bool = False, address: Optional[str] = No
         argv: Optional[list[str]] = None) -> Results:
     """Run a new sweep to the end and write its tables."""
     home = prepare(spec, overwrite)
-    started = connect(address or spec.address, spec.dashboard, preload_modules(spec))
+    started = connect(address or spec.address, spec.dashboard, spec)
     try:
         sweep_plan = plan(spec)
         if home.exists():  # --overwrite: only now that every check has passed
@@ -369,7 +371,7 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
     check_resumable(home)
     reconcile(home, spec)
     os.environ[STUDY_URL_ENV] = study_url(study_path(home))  # the study is here now, wherever it was
-    started = connect(address or spec.address, spec.dashboard, preload_modules(spec))
+    started = connect(address or spec.address, spec.dashboard, spec)
     try:
         sweep_plan = plan(spec)
         print(f"resuming sweep {spec.name} in {home}", flush=True)

@@ -53,7 +53,9 @@ def idle_workers() -> set[int]:
 def local_ray():
     import ray
 
-    assert runner.connect(None, False, runner.TRIAL_CODE + runner.TORCH)
+    many_trials = reference(num_samples=4096)  # a trial for every worker, on any machine
+    assert runner.preload_modules(many_trials) == runner.TRIAL_CODE + runner.TORCH
+    assert runner.connect(None, False, many_trials)
     deadline = time.monotonic() + 60
     while len(idle_workers()) < int(ray.cluster_resources()["CPU"]) and time.monotonic() < deadline:
         time.sleep(0.2)
