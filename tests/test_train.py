@@ -146,6 +146,22 @@ def test_second_train_reuses_the_loaded_data(small, monkeypatch):
     assert load_dataset("mnist").train_images is load_dataset("mnist").train_images
 
 
+def test_a_dataset_travels_as_arrays_and_each_receiver_gets_its_own_copy(data_dir):
+    import pickle
+
+    dataset = load_dataset("mnist", data_dir)
+    buffers = []  # what Ray's object store keeps out of the pickle and maps into each worker, read-only
+    data = pickle.dumps(dataset, protocol=5, buffer_callback=buffers.append)
+    assert len(buffers) == 4 and len(data) < 1000  # no image bytes in the pickle itself
+    received = pickle.loads(data, buffers=[b.raw().toreadonly() for b in buffers])
+    assert received.name == dataset.name
+    assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(received.tensors, dataset.tensors))
+    received.train_images[0, :10] = 255  # a receiver writing its copy changes nobody else's
+    assert torch.equal(pickle.loads(data, buffers=[b.raw().toreadonly() for b in buffers]).train_images,
+                       dataset.train_images)
+    assert torch.equal(pickle.loads(pickle.dumps(dataset)).test_labels, dataset.test_labels)  # plain pickle too
+
+
 def test_a_provided_dataset_is_used_without_reading_files(small, monkeypatch, tmp_path):
     import aemodels.data
 
