@@ -14,7 +14,6 @@ import contextlib
 import io
 import json
 import logging
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -265,22 +264,21 @@ def run_packed_trial(config: dict, *, base: dict, trainers: list[str]) -> None:
     trial_id = tune.get_context().get_trial_id()
     settings = {**base, **config}
     where = {"execution": "packed", "node_id": ray.get_runtime_context().get_node_id()}
-    with tempfile.TemporaryDirectory(prefix="aesweep-") as scratch:
-        record = TrialRecord(scratch)
-        # The trainer decodes the state: a checkpoint it cannot read falls back to the one before.
-        joined = record.restore(lambda path: ray.get(trainer.join.remote(trial_id, settings, path.read_bytes())))
-        if joined is None:
-            ray.get(trainer.join.remote(trial_id, settings, None))
-        try:
-            while True:
-                row, payload = ray.get(trainer.next_epoch.remote(trial_id))
-                write = (lambda path: path.write_bytes(payload)) if payload is not None else None
-                record.report({**row, **where}, write)
-                if row["status"] in ("completed", "diverged"):
-                    return
-        finally:  # also when ASHA stops the trial: Tune ends the trial's thread inside tune.report
-            with contextlib.suppress(Exception):
-                trainer.leave.remote(trial_id)
+    record = TrialRecord()
+    # The trainer decodes the state: a checkpoint it cannot read falls back to the one before.
+    joined = record.restore(lambda path: ray.get(trainer.join.remote(trial_id, settings, path.read_bytes())))
+    if joined is None:
+        ray.get(trainer.join.remote(trial_id, settings, None))
+    try:
+        while True:
+            row, payload = ray.get(trainer.next_epoch.remote(trial_id))
+            write = (lambda path: path.write_bytes(payload)) if payload is not None else None
+            record.report({**row, **where}, write)
+            if row["status"] in ("completed", "diverged"):
+                return
+    finally:  # also when ASHA stops the trial: Tune ends the trial's thread inside tune.report
+        with contextlib.suppress(Exception):
+            trainer.leave.remote(trial_id)
 
 
 # ---- the driver side ----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ trial continues from its newest readable checkpoint (an unreadable one falls bac
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -22,6 +23,8 @@ from ray.tune import Checkpoint
 
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
+RAM_FOLDER = "/dev/shm"
+RAM_HEADROOM = 1 << 30  # bytes free in RAM_FOLDER for a trial to stage its checkpoints there
 logger = logging.getLogger(__name__)
 
 
@@ -46,8 +49,8 @@ class TrialRecord:
     trial's complete history up to it, and the tables are built from that first.
     """
 
-    def __init__(self, scratch: str):
-        self.scratch = Path(scratch)
+    def __init__(self, scratch: Optional[str] = None):
+        self.scratch = scratch  # where each epoch's checkpoint folder is written; None: `staging_folder()`
         self.history: list[dict] = []
 
     def restore(self, read: Callable[[Path], object]) -> Optional[object]:
@@ -72,11 +75,7 @@ class TrialRecord:
         self.history = [r for r in self.history if r["epoch"] < row["epoch"]] + [row]
         checkpoint, folder = None, None
         if write_state is not None:
-            # A new folder each time: a file renamed over the last epoch's makes ext4 write it out at
-            # once, which costs more than the write (13 MB: 14 ms against 7 ms; BENCHMARKS.md).
-            folder = Path(tempfile.mkdtemp(prefix="epoch-", dir=self.scratch))
-            write_state(folder / STATE_FILE)
-            (folder / HISTORY_FILE).write_text(json.dumps(self.history))
+            folder = self._stage(write_state)
             checkpoint = Checkpoint.from_directory(str(folder))
         try:
             # When the result leaves the trial, to the microsecond (Ray rounds `timestamp` to whole seconds).
@@ -84,6 +83,44 @@ class TrialRecord:
         finally:  # Ray has copied the checkpoint to the trial's storage inside tune.report
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
+
+    def _stage(self, write_state: Callable[[Path], None]) -> Path:
+        """A new folder holding the state and the history, for Ray to copy to the trial's storage.
+
+        A new folder each time: a file renamed over the last epoch's makes ext4 write it out at once,
+        which costs more than the write (13 MB: 14 ms against 7 ms; BENCHMARKS.md). In RAM when there
+        is room, so that Ray's copy is the only write to disk; on disk if RAM runs out mid-write.
+        """
+        root = self.scratch if self.scratch is not None else staging_folder()
+        try:
+            return self._write_folder(root, write_state)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC or self.scratch is not None or root is None:
+                raise
+            logger.warning("%s is full (%s); staging this checkpoint on disk", root, exc.strerror)
+            return self._write_folder(None, write_state)
+
+    def _write_folder(self, root: Optional[str], write_state: Callable[[Path], None]) -> Path:
+        folder = Path(tempfile.mkdtemp(prefix="aesweep-epoch-", dir=root))
+        try:
+            write_state(folder / STATE_FILE)
+            (folder / HISTORY_FILE).write_text(json.dumps(self.history))
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return folder
+
+
+def staging_folder() -> Optional[str]:
+    """Linux's RAM-backed /dev/shm while it has RAM_HEADROOM free, else None (the temp folder).
+
+    Containers often give /dev/shm 64 MiB (Docker's default), which a few trials' checkpoints would fill.
+    """
+    try:
+        stats = os.statvfs(RAM_FOLDER)
+    except (OSError, AttributeError):  # no such folder, or no statvfs (Windows)
+        return None
+    return RAM_FOLDER if stats.f_bavail * stats.f_frsize >= RAM_HEADROOM else None
 
 
 class SharedDataset:
@@ -116,16 +153,16 @@ def run_trial(config: dict, *, base: dict, threads: int = 1, dataset: Optional[S
     train_config = TrainConfig.from_dict({**base, **config})
     device = "cuda" if train_config.device != "cpu" and torch.cuda.is_available() else "cpu"
     where = {"device": device, "execution": "trial", "node_id": ray.get_runtime_context().get_node_id()}
-    with tempfile.TemporaryDirectory(prefix="aesweep-") as scratch:
-        record = TrialRecord(scratch)
-        resume = record.restore(TrainState.load)
-        latest = []
+    record = TrialRecord()
+    resume = record.restore(TrainState.load)
+    latest = []
 
-        def checkpoint(state):
-            latest[:] = [state]
+    def checkpoint(state):
+        latest[:] = [state]
 
-        def report(metrics):
-            write = (lambda path: latest.pop().save(path, durable=False)) if latest else None
-            record.report({**metrics, **where}, write)
+    def report(metrics):
+        state = latest.pop() if latest else None  # a diverged epoch reports no state
+        write = (lambda path: state.save(path, durable=False)) if state is not None else None
+        record.report({**metrics, **where}, write)
 
-        train(train_config, report=report, checkpoint=checkpoint, resume=resume)
+    train(train_config, report=report, checkpoint=checkpoint, resume=resume)

@@ -57,3 +57,60 @@ def test_the_epoch_folder_goes_even_when_tune_ends_the_trial_inside_report(tmp_p
     with pytest.raises(SystemExit):
         record.report(states[0].history[-1], lambda path: states[0].save(path, durable=False))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def ram_and_disk(tmp_path, monkeypatch):
+    """A stand-in for /dev/shm and for the temp folder, both empty."""
+    ram, disk = tmp_path / "ram", tmp_path / "disk"
+    ram.mkdir()
+    disk.mkdir()
+    monkeypatch.setattr(trial_mod, "RAM_FOLDER", str(ram))
+    monkeypatch.setattr(trial_mod.tempfile, "tempdir", str(disk))
+    return ram, disk
+
+
+def test_checkpoints_are_staged_in_ram_while_it_has_room(ram_and_disk, persisted, monkeypatch):
+    ram, disk = ram_and_disk
+    written = []
+    record = trial_mod.TrialRecord()
+    monkeypatch.setattr(trial_mod, "RAM_HEADROOM", 0)
+    record.report({"epoch": 1}, lambda path: written.append(path) or path.write_bytes(b"state"))
+    monkeypatch.setattr(trial_mod, "RAM_HEADROOM", 1 << 62)  # more than any machine has free
+    record.report({"epoch": 2}, lambda path: written.append(path) or path.write_bytes(b"state"))
+    assert [p.parent.parent for p in written] == [ram, disk]
+    assert [(copy / trial_mod.STATE_FILE).read_bytes() for _, copy, _ in persisted] == [b"state", b"state"]
+    assert list(ram.iterdir()) == [] and list(disk.iterdir()) == []
+
+
+def test_a_checkpoint_that_fills_the_ram_folder_is_staged_on_disk(ram_and_disk, persisted, monkeypatch, caplog):
+    import errno
+
+    ram, disk = ram_and_disk
+    monkeypatch.setattr(trial_mod, "RAM_HEADROOM", 0)
+
+    def write(path):
+        if path.is_relative_to(ram):
+            path.write_bytes(b"half a st")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        path.write_bytes(b"state")
+
+    with caplog.at_level("WARNING"):
+        trial_mod.TrialRecord().report({"epoch": 1}, write)
+    assert (persisted[0][1] / trial_mod.STATE_FILE).read_bytes() == b"state"
+    assert "is full" in caplog.text and "on disk" in caplog.text
+    assert list(ram.iterdir()) == [] and list(disk.iterdir()) == []
+
+
+def test_other_write_errors_fail_the_report_and_leave_nothing(ram_and_disk, persisted, monkeypatch):
+    ram, disk = ram_and_disk
+    monkeypatch.setattr(trial_mod, "RAM_HEADROOM", 0)
+
+    def write(path):
+        path.write_bytes(b"half")
+        raise PermissionError("denied")
+
+    with pytest.raises(PermissionError):
+        trial_mod.TrialRecord().report({"epoch": 1}, write)
+    assert persisted == []
+    assert list(ram.iterdir()) == [] and list(disk.iterdir()) == []
