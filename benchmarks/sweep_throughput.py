@@ -15,6 +15,7 @@ utilisation and memory per trial.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -311,7 +312,8 @@ def main(argv=None) -> int:
     parser.add_argument("--anchor-gpu-fraction", type=float, default=0.0625)
     parser.add_argument("--pack-size", type=int, help="members per packed trainer (default: 256 GPU, 16 CPU)")
     parser.add_argument("--no-anchors", action="store_true")
-    parser.add_argument("--storage", default=None, help="where the sweeps write (default: a temporary folder)")
+    parser.add_argument("--storage", default=None, help="where the sweeps write and stay (default: a temporary "
+                        "folder, removed at the end)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "sweep_throughput.md"))
     args = parser.parse_args(argv)
     import torch
@@ -325,8 +327,9 @@ def main(argv=None) -> int:
     from aemodels import ensure_dataset
 
     data_root = str(ensure_dataset("mnist"))
-    storage = args.storage or tempfile.mkdtemp(prefix="aesweep-throughput-")
-    modes = [run_mode(m.strip(), args, storage) for m in args.modes.split(",") if m.strip()]
+    with contextlib.ExitStack() as scratch:  # a sweep's folder holds ~0.6 GB of checkpoints: kept only if asked
+        storage = args.storage or scratch.enter_context(tempfile.TemporaryDirectory(prefix="aesweep-throughput-"))
+        modes = [run_mode(m.strip(), args, storage) for m in args.modes.split(",") if m.strip()]
     anchors = [] if args.no_anchors else run_anchors(args, data_root)
     text = render(args, modes, anchors, "python " + " ".join([Path(sys.argv[0]).name if sys.argv[0] else "",
                                                                *sys.argv[1:]]).strip())

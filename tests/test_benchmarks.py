@@ -3,6 +3,8 @@ import importlib.util
 import re
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -92,3 +94,25 @@ def test_sweep_throughput_times_searcher_calls_and_puts_the_searcher_back():
     assert timer.summary()["suggest_ms"] >= 20
     assert "on_trial_complete_ms" not in timer.summary()  # never called: no figure rather than a zero
     assert all(vars(Searcher)[name] is originals[name] for name in timer.METHODS)
+
+
+@pytest.mark.slow
+def test_sweep_throughput_measures_a_small_sweep_and_removes_its_folder(data_dir, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    scratch, out = tmp_path / "tmp", tmp_path / "t.md"
+    scratch.mkdir()
+    command = [sys.executable, str(BENCHMARKS / "sweep_throughput.py"), "--device", "cpu", "--modes", "trial",
+               "--no-anchors", "--trials", "2", "--epochs", "1", "--subset", "500", "--out", str(out)]
+    import tempfile
+
+    env = {**os.environ, "TMPDIR": str(scratch), "RAY_TMPDIR": tempfile.gettempdir()}  # Ray's sockets: short paths
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (mode,) = json.loads(out.with_suffix(".json").read_text())["modes"]
+    assert mode["trials"] == 2 and mode["trial_epochs"] == 2 and 0 < mode["busy"] <= 1
+    assert "| aesweep trial | " in out.read_text()
+    assert not list(scratch.glob("aesweep-throughput-*"))  # its sweep's ~0.6 GB of checkpoints went with it
