@@ -6,6 +6,7 @@ trial continues from its newest readable checkpoint (an unreadable one falls bac
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -24,6 +25,7 @@ from ray.tune import Checkpoint
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
 RAM_FOLDER = "/dev/shm"
+STAGING_PREFIX = "aesweep-epoch-"  # then the writing process's id
 RAM_HEADROOM = 1 << 30  # bytes free in RAM_FOLDER for a trial to stage its checkpoints there
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,8 @@ class TrialRecord:
     def __init__(self, scratch: Optional[str] = None):
         self.scratch = scratch  # where each epoch's checkpoint folder is written; None: `staging_folder()`
         self.history: list[dict] = []
+        if scratch is None:
+            remove_orphans()
 
     def restore(self, read: Callable[[Path], object]) -> Optional[object]:
         """`read(state_file)` on the newest checkpoint that reads; warn about each one that does not."""
@@ -101,7 +105,7 @@ class TrialRecord:
             return self._write_folder(None, write_state)
 
     def _write_folder(self, root: Optional[str], write_state: Callable[[Path], None]) -> Path:
-        folder = Path(tempfile.mkdtemp(prefix="aesweep-epoch-", dir=root))
+        folder = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=root))
         try:
             write_state(folder / STATE_FILE)
             (folder / HISTORY_FILE).write_text(json.dumps(self.history))
@@ -121,6 +125,32 @@ def staging_folder() -> Optional[str]:
     except (OSError, AttributeError):  # no such folder, or no statvfs (Windows)
         return None
     return RAM_FOLDER if stats.f_bavail * stats.f_frsize >= RAM_HEADROOM else None
+
+
+def remove_orphans() -> None:
+    """Remove the staged checkpoints of this user's processes that died mid-report (SIGKILL, OOM): RAM
+    that nothing else would free before a reboot. A folder's name carries its process id."""
+    try:
+        entries = list(os.scandir(RAM_FOLDER))
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry.name[len(STAGING_PREFIX):].split("-")[0]
+        if not entry.name.startswith(STAGING_PREFIX) or not pid.isdigit() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.stat(follow_symlinks=False).st_uid == os.getuid():
+                shutil.rmtree(entry.path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 class SharedDataset:

@@ -114,3 +114,19 @@ def test_other_write_errors_fail_the_report_and_leave_nothing(ram_and_disk, pers
         trial_mod.TrialRecord().report({"epoch": 1}, write)
     assert persisted == []
     assert list(ram.iterdir()) == [] and list(disk.iterdir()) == []
+
+
+def test_a_new_trial_removes_checkpoints_left_in_ram_by_processes_that_died(ram_and_disk):
+    import os
+    import subprocess
+    import sys
+
+    ram, _ = ram_and_disk
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    for name in (f"aesweep-epoch-{dead}-abc", f"aesweep-epoch-{os.getpid()}-abc", "aesweep-epoch-x-abc", "ray-objects"):
+        (ram / name).mkdir()
+        (ram / name / "state.pt").write_bytes(b"13 MB, say")
+    trial_mod.TrialRecord()
+    assert sorted(p.name for p in ram.iterdir()) == sorted([f"aesweep-epoch-{os.getpid()}-abc", "aesweep-epoch-x-abc",
+                                                             "ray-objects"])
