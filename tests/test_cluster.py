@@ -1,4 +1,5 @@
 """Sweeps on a real multi-node Ray cluster started on this machine (ray.cluster_utils.Cluster)."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +46,6 @@ def three_nodes():
 
 
 def test_losing_a_worker_node_mid_sweep_loses_no_trial(three_nodes, tmp_path, data_dir):
-    import json
     import time
 
     cluster, workers = three_nodes
@@ -59,14 +59,15 @@ def test_losing_a_worker_node_mid_sweep_loses_no_trial(three_nodes, tmp_path, da
     # Wait until the victim node is surely mid-trial: a fresh report (younger than 0.8 epochs) of an
     # epoch ASHA cannot stop at (rungs: 2, 4). A node lost while its reused worker starts the next
     # trial fails that trial for good: Ray Tune retries only RUNNING trials (RELIABILITY.md).
-    while time.time() < deadline and proc.poll() is None:
-        rows = [json.loads(line) for path in (tmp_path / "quick" / "ray").glob("*/result.json")
-                for line in open(path) if line.strip().endswith("}")]
-        if any(r["node_id"] == victim.node_id and r["status"] == "running" and r["epoch"] in (1, 3)
-               and time.time() - r["reported_at"] < 0.8 * r["epoch_s"] for r in rows):
-            break
+    # Reports are read from the checkpoints' history.json, which the worker writes inside its report:
+    # Ray's result.json is written by the driver 0.7-2.5 s later here, often too late to be fresh.
+    fresh = False
+    while not fresh and time.time() < deadline and proc.poll() is None:
+        fresh = any(r["node_id"] == victim.node_id and r["status"] == "running" and r["epoch"] in (1, 3)
+                    and time.time() - r["timestamp"] < 0.8 * r["epoch_s"] for r in _newest_reports(tmp_path / "quick"))
         time.sleep(0.05)
     cluster.remove_node(victim)
+    assert fresh, "the sweep ended before the victim node was seen mid-trial"
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     trials = pd.read_parquet(tmp_path / "quick" / "trials.parquet")
@@ -149,3 +150,15 @@ def test_s3_storage_holds_checkpoints_and_results_and_resumes_from_the_uri_alone
     assert len(trials) == 6 and trials["trial_id"].is_unique and set(trials["status"]) <= {"completed", "stopped"}
     epochs = pd.read_parquet(other / "results" / "quick" / "epochs.parquet")
     assert len(epochs) == trials["epochs"].sum() and not epochs.duplicated(["trial_id", "epoch"]).any()
+
+
+def _newest_reports(home: Path) -> list[dict]:
+    """Each trial's last reported row, from its newest checkpoint (one being copied right now is skipped)."""
+    rows = []
+    for trial in (home / "ray").glob("*/"):
+        checkpoints = sorted(trial.glob("checkpoint_*"))
+        try:
+            rows.append(json.loads((checkpoints[-1] / "history.json").read_text())[-1])
+        except (IndexError, OSError, ValueError):
+            continue
+    return rows
