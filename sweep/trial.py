@@ -135,8 +135,10 @@ def remove_orphans() -> None:
     except OSError:
         return
     for entry in entries:
+        if not entry.name.startswith(STAGING_PREFIX):
+            continue
         pid = entry.name[len(STAGING_PREFIX):].split("-")[0]
-        if not entry.name.startswith(STAGING_PREFIX) or not pid.isdigit() or _alive(int(pid)):
+        if not pid.isdigit() or _alive(int(pid)):
             continue
         with contextlib.suppress(OSError):
             if entry.stat(follow_symlinks=False).st_uid == os.getuid():
@@ -148,8 +150,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's
-        return True
+    except PermissionError:  # alive, another user's
+        pass
     return True
 
 
