@@ -140,6 +140,7 @@ def run_mode(execution: str, args, storage: str) -> dict:
     rows = _iterations(Path(storage) / sweep.name)
     cores = os.cpu_count()
     out = {"mode": execution, "wall_s": wall, "ray_start_s": ray_start, "driver_cpu_s": driver_cpu,
+           "began_at": began, "ended_at": ended,
            "trials": len(found.trials),
            "trial_epochs": int(found.trials["epochs"].sum()),
            "best_val_loss": float(found.trials.loc[found.trials["status"] == "completed", "final_val_loss"].min()),
@@ -287,13 +288,23 @@ def render(args, modes: list[dict], anchors: list[dict], command: str) -> str:
             notes.append(f"{m['trial_epochs_per_min'] / anchor_rate:.1f}x the anchor")
         notes.append(f"Tune driver used {m['driver_cpu_s']:.1f} s of CPU; Ray start {m['ray_start_s']:.1f} s not counted "
                      f"(busy {m['busy_from_ray_start']:.2f} counting it)")
-        lines.append(f"| aesweep {m['mode']} | {m['wall_s']:.1f} | {m['trial_epochs']} | {m['trial_epochs_per_min']:.1f} | "
+        label = m["mode"] if args.repeat == 1 else f"{m['mode']} #{m['run']}"
+        lines.append(f"| aesweep {label} | {m['wall_s']:.1f} | {m['trial_epochs']} | {m['trial_epochs_per_min']:.1f} | "
                      f"{m['busy']:.2f} | {m['best_val_loss']:.5f} | {m['concurrent']} | {'; '.join(notes)} |")
     for a in anchors:
         rate = a.get("trial_epochs_per_min")
         lines.append(f"| anchor `{a['command']}` | {a.get('wall_s', a['process_wall_s']):.1f} | "
                      f"{a.get('trial_epochs', '-')} | {rate if rate is not None else '-'} | {a.get('busy_share', '-')} | "
                      f"{a.get('best_loss', '-')} | - | {a.get('output', '') or 'docs-style Tune sweep'} |")
+    if args.repeat > 1:
+        lines += ["", "| mode | runs | busy min / median / max | trial-epochs/min min / median / max | trial-epochs |",
+                  "| --- | ---: | --- | --- | --- |"]
+        for mode in dict.fromkeys(m["mode"] for m in modes):
+            runs = pd.DataFrame([m for m in modes if m["mode"] == mode])
+            spread = lambda col, f: " / ".join(f.format(v) for v in runs[col].quantile([0, 0.5, 1]))  # noqa: E731
+            lines.append(f"| aesweep {mode} | {len(runs)} | {spread('busy', '{:.3f}')} | "
+                         f"{spread('trial_epochs_per_min', '{:.1f}')} | {runs['trial_epochs'].min()}-"
+                         f"{runs['trial_epochs'].max()} |")
     lines += ["", "busy: seconds inside training epochs (train + val_loss) over wall x slots for trial execution; "
               "for packed execution, the trainers' seconds inside packed epochs over wall x trainers (one trainer "
               "per GPU, or per core on a CPU). Ray's start-up is outside the wall time, as in the anchors; the notes "
@@ -311,6 +322,8 @@ def main(argv=None) -> int:
     parser.add_argument("--anchor-trials", type=int, help="trials of the anchor sweep; default 48 on a GPU, = --trials on CPU")
     parser.add_argument("--anchor-gpu-fraction", type=float, default=0.0625)
     parser.add_argument("--pack-size", type=int, help="members per packed trainer (default: 256 GPU, 16 CPU)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each mode, one after another; the table "
+                        "adds each mode's minimum, median and maximum (a run's busy share varies by a few points)")
     parser.add_argument("--no-anchors", action="store_true")
     parser.add_argument("--storage", default=None, help="where the sweeps write and stay (default: a temporary "
                         "folder, removed at the end)")
@@ -329,7 +342,8 @@ def main(argv=None) -> int:
     data_root = str(ensure_dataset("mnist"))
     with contextlib.ExitStack() as scratch:  # a sweep's folder holds ~0.6 GB of checkpoints: kept only if asked
         storage = args.storage or scratch.enter_context(tempfile.TemporaryDirectory(prefix="aesweep-throughput-"))
-        modes = [run_mode(m.strip(), args, storage) for m in args.modes.split(",") if m.strip()]
+        modes = [{**run_mode(m.strip(), args, storage), "run": i + 1}
+                 for m in args.modes.split(",") if m.strip() for i in range(args.repeat)]
     anchors = [] if args.no_anchors else run_anchors(args, data_root)
     text = render(args, modes, anchors, "python " + " ".join([Path(sys.argv[0]).name if sys.argv[0] else "",
                                                                *sys.argv[1:]]).strip())

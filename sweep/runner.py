@@ -105,9 +105,9 @@ def prepare(spec: SweepSpec, overwrite: bool = False) -> Path:
 # ---- Ray --------------------------------------------------------------------------------------
 
 def connect(address: Optional[str], dashboard: bool, spec: Optional[SweepSpec] = None) -> bool:
-    """Join the cluster at `address`, else start a local Ray on 127.0.0.1 whose worker processes import
-    what `spec`'s trials need before they take work (`preload_modules`; RAY_preload_python_modules, if
-    set, wins). True if we started it."""
+    """Join the cluster at `address`, else start a local Ray on 127.0.0.1 whose worker processes start
+    with it and import what `spec`'s trials need before they take work (`preload_modules`;
+    RAY_preload_python_modules and RAY_enable_worker_prestart, if set, win). True if we started it."""
     import ray
 
     # Ray's warnings (token auth on, snapshot timing) would break the one-line errors and the compact
@@ -131,6 +131,10 @@ def connect(address: Optional[str], dashboard: bool, spec: Optional[SweepSpec] =
         return True
     preload = preload_modules(spec) if spec is not None else TRIAL_CODE
     config = {} if "RAY_preload_python_modules" in os.environ else {"preload_python_modules": list(preload)}
+    if "RAY_enable_worker_prestart" not in os.environ:
+        # Start those workers with the raylet, not when this driver joins: their imports (~2 s of a
+        # 2-core machine) then overlap the rest of Ray's start-up (BENCHMARKS.md, worker prestart).
+        config["enable_worker_prestart"] = True
     ray.init(include_dashboard=dashboard, _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False,
              _system_config=config)
     return True

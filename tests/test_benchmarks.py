@@ -97,7 +97,7 @@ def test_sweep_throughput_times_searcher_calls_and_puts_the_searcher_back():
 
 
 @pytest.mark.slow
-def test_sweep_throughput_measures_a_small_sweep_and_removes_its_folder(data_dir, tmp_path):
+def test_sweep_throughput_measures_a_small_sweep_twice_and_removes_its_folder(data_dir, tmp_path):
     import json
     import os
     import subprocess
@@ -106,13 +106,18 @@ def test_sweep_throughput_measures_a_small_sweep_and_removes_its_folder(data_dir
     scratch, out = tmp_path / "tmp", tmp_path / "t.md"
     scratch.mkdir()
     command = [sys.executable, str(BENCHMARKS / "sweep_throughput.py"), "--device", "cpu", "--modes", "trial",
-               "--no-anchors", "--trials", "2", "--epochs", "1", "--subset", "500", "--out", str(out)]
+               "--no-anchors", "--trials", "2", "--epochs", "1", "--subset", "500", "--repeat", "2", "--out", str(out)]
     import tempfile
 
     env = {**os.environ, "TMPDIR": str(scratch), "RAY_TMPDIR": tempfile.gettempdir()}  # Ray's sockets: short paths
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (mode,) = json.loads(out.with_suffix(".json").read_text())["modes"]
-    assert mode["trials"] == 2 and mode["trial_epochs"] == 2 and 0 < mode["busy"] <= 1
-    assert "| aesweep trial | " in out.read_text()
+    runs = json.loads(out.with_suffix(".json").read_text())["modes"]
+    assert [m["run"] for m in runs] == [1, 2]
+    for mode in runs:
+        assert mode["trials"] == 2 and mode["trial_epochs"] == 2 and 0 < mode["busy"] <= 1
+    table = out.read_text()
+    assert "| aesweep trial #1 | " in table and "| aesweep trial #2 | " in table
+    low, high = sorted(m["busy"] for m in runs)
+    assert f"| aesweep trial | 2 | {low:.3f} / {(low + high) / 2:.3f} / {high:.3f} |" in table
     assert not list(scratch.glob("aesweep-throughput-*"))  # its sweep's ~0.6 GB of checkpoints went with it

@@ -34,6 +34,30 @@ def test_torch_is_preloaded_only_when_every_worker_trains_a_trial(four_cpus):
     assert runner.preload_modules(reference(resources={"cpu": 8})) == runner.TRIAL_CODE  # plan() will say why
 
 
+def started_with(monkeypatch, **environ) -> dict:
+    """The _system_config `runner.connect` starts a local Ray with (ray.init replaced)."""
+    import ray
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for name in ("RAY_preload_python_modules", "RAY_enable_worker_prestart"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert runner.connect(None, False, reference())
+    return calls[0]["_system_config"]
+
+
+def test_a_local_rays_workers_start_with_the_raylet_and_preload_unless_ray_variables_say(four_cpus, monkeypatch):
+    assert started_with(monkeypatch) == {"preload_python_modules": list(runner.TRIAL_CODE + runner.TORCH),
+                                         "enable_worker_prestart": True}
+    assert started_with(monkeypatch, RAY_enable_worker_prestart="0") == {
+        "preload_python_modules": list(runner.TRIAL_CODE + runner.TORCH)}
+    assert started_with(monkeypatch, RAY_preload_python_modules="json") == {"enable_worker_prestart": True}
+
+
 # ---- with a local Ray ----------------------------------------------------------------------------------
 
 def idle_workers() -> set[int]:
