@@ -130,11 +130,10 @@ def connect(address: Optional[str], dashboard: bool, spec: Optional[SweepSpec] =
                              "`ray status` works there") from None
         return True
     preload = preload_modules(spec) if spec is not None else TRIAL_CODE
-    config = {} if "RAY_preload_python_modules" in os.environ else {"preload_python_modules": list(preload)}
-    if "RAY_enable_worker_prestart" not in os.environ:
-        # Start those workers with the raylet, not when this driver joins: their imports (~2 s of a
-        # 2-core machine) then overlap the rest of Ray's start-up (BENCHMARKS.md, worker prestart).
-        config["enable_worker_prestart"] = True
+    # enable_worker_prestart: those workers start with the raylet, not when this driver joins, so their
+    # imports (~2 s of a 2-core machine) overlap the rest of Ray's start-up (BENCHMARKS.md, worker prestart).
+    wanted = {"preload_python_modules": list(preload), "enable_worker_prestart": True}
+    config = {name: value for name, value in wanted.items() if f"RAY_{name}" not in os.environ}  # Ray's own wins
     ray.init(include_dashboard=dashboard, _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False,
              _system_config=config)
     return True
