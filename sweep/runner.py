@@ -244,8 +244,10 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset):
     from .space import SearchSpace
     from .tblogs import TensorBoardLogs
 
+    # num_samples: the searcher ends the sweep at that many trials by the study's count, which a resumed
+    # sweep's Ray counter can lag; max_concurrent_trials below reaches it through set_max_concurrency.
     searcher = StudySearch(SearchSpace(spec.space), spec.searcher, study_url(study_path(home)), spec.name,
-                           spec.epochs, spec.points)
+                           spec.epochs, spec.points, num_samples=spec.num_samples)
     scheduler = ASHAScheduler(time_attr="epoch", metric="val_loss", mode="min", max_t=spec.epochs,
                               grace_period=spec.scheduler.grace_period,
                               reduction_factor=spec.scheduler.reduction_factor, brackets=spec.scheduler.brackets)
@@ -312,6 +314,8 @@ def check_resumable(home: Path) -> None:
     """
     import ray.cloudpickle as cloudpickle
 
+    from .searcher import STATE_FORMAT
+
     experiment = home / EXPERIMENT_DIR
     if not (experiment / "tuner.pkl").is_file():
         raise SweepError(f"{experiment} has no tuner.pkl: the sweep never started; run it again with --overwrite")
@@ -328,6 +332,9 @@ def check_resumable(home: Path) -> None:
         except Exception as exc:
             raise SweepError(f"{newest} is corrupt or truncated ({type(exc).__name__}); resuming would fall back to a "
                              "default searcher, so it is refused; restore that file or rerun with --overwrite") from None
+        if pattern.startswith("searcher-state") and state.get("format") != STATE_FORMAT:
+            raise SweepError(f"{newest} was made by an older aesweep (its OptunaSearch-based searcher); finish the "
+                             "sweep with that version or rerun with --overwrite")
 
 
 def reconcile(home: Path, spec: SweepSpec) -> None:

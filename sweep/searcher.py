@@ -1,17 +1,18 @@
-"""Ray's OptunaSearch, made to tell the study what really happened to each trial.
+"""The sweep's Tune searcher: TPE (sweep.tpe) over the space, and an Optuna study that records every trial.
 
-Ray's own OptunaSearch tells every finished trial to Optuna as COMPLETE with its last value, so a
-trial ASHA stopped after one epoch competes with nine-epoch trials as an equal. Here:
+Each trial is written to the study whole when it ends, through Optuna's public API:
 - every epoch's val_loss is an intermediate value of the Optuna trial (step = epoch);
 - a trial that ran all epochs is COMPLETE with its final val_loss;
 - a trial ASHA stopped, or one that diverged, is PRUNED (TPE ranks those below complete ones);
 - a trial that errored is FAIL; each carries user attrs `tune_trial_id`, `status` and `epochs`.
-It also never hands out a configuration the study has already finished (optuna#2021, #3255), and on
-restore re-seeds TPE from the study's size so it does not replay its pre-crash proposals.
+It never hands out a configuration already tried (optuna#2021, #3255), and on restore re-seeds from the
+study's size so it does not replay its pre-crash proposals. The study and the file storage helpers live
+here too; nothing here reaches into Ray's or Optuna's private state.
 """
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import logging
 import math
@@ -21,15 +22,17 @@ import sqlite3
 import warnings
 from pathlib import Path
 
+import numpy as np
 import optuna
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import Searcher
 
 from aemodels.pack import derived_seed
 
 from .space import SearchSpace
 from .spec import SearcherSpec
+from .tpe import TPE
 
 logger = logging.getLogger(__name__)
 MAX_REDRAWS = 20
@@ -38,6 +41,9 @@ STUDY_FILE = "study.journal"  # the study, in the sweep's folder: Optuna's journ
 LEGACY_STUDY_FILE = "study.db"  # where sweeps of aesweep before 2026-12-02 kept it (SQLite); still read
 STUDY_SNAPSHOT = "study-snapshot"  # + the study file's suffix: the study as of Ray's last snapshot, in Ray's folder
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# What a searcher-state pickle of this searcher holds under "format"; the OptunaSearch-based searcher of
+# aesweep before 2026-12-03 wrote none (its state cannot drive this one: `runner.check_resumable`).
+STATE_FORMAT = "aesweep.searcher/2"
 
 
 def trial_status(result: dict | None, error: bool, max_epochs: int) -> str:
@@ -191,34 +197,80 @@ def open_storage(url: str, writer: bool = True) -> optuna.storages.BaseStorage:
     return storage
 
 
-class StudySearch(OptunaSearch):
+class StudySearch(Searcher):
+    """Suggests configurations (points first, then random, then TPE) and writes each ended trial to the study.
+
+    Its own state is small and pickled by `save`: the trials running now (their parameters and the
+    epochs reported so far), the points still to try and the random generator. The TPE history is
+    rebuilt from the study when the searcher is reopened (the study is where every ended trial is).
+    """
+
+    _LIVE = ("_study", "_tpe", "_rows", "_tried", "_finished")  # rebuilt from the study, never pickled
+
     def __init__(self, space: SearchSpace, spec: SearcherSpec, storage_url: str, study_name: str, max_epochs: int,
-                 points: tuple = ()):
-        self._spec, self._max_epochs, self._storage_url = spec, max_epochs, storage_url
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = make_sampler(spec, spec.seed)
-        super().__init__(space, metric="val_loss", mode="min", sampler=sampler, points_to_evaluate=list(points) or None,
-                         study_name=study_name, storage=open_storage(storage_url))
+                 points: tuple = (), num_samples: int | None = None):
+        super().__init__(metric="val_loss", mode="min")
+        self._space, self._spec, self._max_epochs = space, spec, max_epochs
+        self._storage_url, self._study_name, self._num_samples = storage_url, study_name, num_samples
+        self._points = [dict(p) for p in points]
+        self._max_concurrent = 0  # 0: no limit of its own (set_max_concurrency)
+        self._running: dict[str, dict] = {}  # Tune trial id -> params, values {epoch: val_loss}, start
+        self._unwritten: list = []  # ended trials the study could not take yet (a full disk): written at the next end
+        self._rng_state = np.random.default_rng(spec.seed).bit_generator.state
+        self._open(create=True)
 
-    # ---- pickling: Ray saves the searcher (tuner.pkl, searcher-state-*.pkl) --------------------
-    # The live study and its SQLite connection stay out of the pickle: the study is reopened where
-    # the sweep lives now (STUDY_URL_ENV, set by `sweep resume`), which may be another machine.
+    # ---- the study -----------------------------------------------------------------------------
 
-    _LIVE = ("_ot_study", "_storage", "_ot_trials")
+    def _open(self, create: bool = False) -> None:
+        storage = open_storage(self._storage_url)
+        if create:
+            self._study = optuna.create_study(study_name=self._study_name, storage=storage, direction="minimize",
+                                              load_if_exists=True, sampler=optuna.samplers.RandomSampler())
+        else:
+            self._study = optuna.load_study(study_name=self._study_name, storage=storage,
+                                            sampler=optuna.samplers.RandomSampler())
+        self._tpe = None  # built on first use: a searcher unpickled only to be restored never pays for it
+
+    def _model(self) -> TPE:
+        """The TPE over every COMPLETE and PRUNED trial of the study, and what was tried and finished."""
+        if self._tpe is None:
+            tpe = TPE(self._space.params, self._spec.seed, self._spec.n_startup_trials, self._spec.constant_liar)
+            tpe.rng.bit_generator.state = self._rng_state
+            self._tried, self._finished = set(), set()
+            for trial in self._study.get_trials(deepcopy=False):
+                if not trial.state.is_finished():
+                    continue
+                if "tune_trial_id" in trial.user_attrs:
+                    self._finished.add(trial.user_attrs["tune_trial_id"])
+                if trial.state in FINISHED:
+                    tpe.add(trial.params, *_reached(trial.intermediate_values, trial.value))
+                    self._tried.add(_key(trial.params))
+            for record in self._unwritten:
+                self._finished.add(record.user_attrs["tune_trial_id"])
+                if record.state in FINISHED:
+                    tpe.add(record.params, *_reached(record.intermediate_values, record.value))
+                    self._tried.add(_key(record.params))
+            self._rows = {tid: tpe.encode(r["params"]) for tid, r in self._running.items()}
+            self._tried.update(_key(r["params"]) for r in self._running.values())
+            self._tpe = tpe
+        return self._tpe
 
     def _portable(self) -> dict:
         state = {k: v for k, v in self.__dict__.items() if k not in self._LIVE}
-        state["_ot_trial_ids"] = {tid: trial._trial_id for tid, trial in self._ot_trials.items()}
+        if self._tpe is not None:
+            state["_rng_state"] = self._tpe.rng.bit_generator.state
+        state["format"] = STATE_FORMAT
         return state
 
     def _reopen(self, state: dict) -> None:
-        trial_ids = state.pop("_ot_trial_ids", {})
+        state.pop("format", None)
         self.__dict__.update(state)
         self._storage_url = os.environ.get(STUDY_URL_ENV) or self._storage_url
-        self._storage = open_storage(self._storage_url)
-        self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage, sampler=self._sampler)
-        self._ot_trials = {tid: optuna.trial.Trial(self._ot_study, number) for tid, number in trial_ids.items()}
+        self._open()
+
+    # ---- pickling: Ray saves the searcher (tuner.pkl, searcher-state-*.pkl) --------------------
+    # The live study stays out of the pickle: it is reopened where the sweep lives now (STUDY_URL_ENV,
+    # set by `sweep resume`), which may be another machine.
 
     def __getstate__(self):
         return self._portable()
@@ -232,81 +284,131 @@ class StudySearch(OptunaSearch):
         Ray saves this into its experiment folder with its own snapshot and copies both to storage,
         so a sweep whose driver machine is lost resumes with a study that matches Ray's state.
         """
+        self._write()
         with open(checkpoint_path, "wb") as fh:
             pickle.dump(self._portable(), fh)
         if not _is_rdb(self._storage_url) or self._storage_url.startswith("sqlite:///"):
             snapshot_study(self._storage_url, os.path.join(os.path.dirname(checkpoint_path),
                                                            snapshot_name(self._storage_url)))
 
-    # ---- suggestions ---------------------------------------------------------------------------
-
-    def suggest(self, trial_id: str):
-        config = super().suggest(trial_id)
-        for _ in range(MAX_REDRAWS):
-            ot_trial = self._ot_trials[trial_id]
-            duplicate = self._finished_with(ot_trial.params)
-            if duplicate is None:
-                return config
-            ot_trial.set_user_attr("skipped", f"duplicate of finished trial {duplicate}")
-            self._ot_study.tell(self._ot_trials.pop(trial_id), state=TrialState.FAIL)
-            config = super().suggest(trial_id)
-        logger.warning("the search space offered only configurations already tried; running a repeat")
-        return config
-
-    def _finished_with(self, params: dict):
-        """The number of a finished trial with exactly these parameters, if any."""
-        for trial in self._ot_study.get_trials(deepcopy=False, states=FINISHED):
-            if trial.params == params:
-                return trial.number
-        return None
-
-    # ---- results -------------------------------------------------------------------------------
-
-    def on_trial_result(self, trial_id: str, result: dict):
-        ot_trial = self._ot_trials.get(trial_id)
-        value = result.get(self.metric)
-        if ot_trial is None or trial_id in self._completed_trials or value is None or not math.isfinite(value):
-            return
-        with warnings.catch_warnings():  # a restored trial re-reports epochs it had reported: Optuna keeps the first
-            warnings.simplefilter("ignore")
-            ot_trial.report(value, result.get("epoch", result.get("training_iteration")))
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is None or trial_id in self._completed_trials:
-            return
-        status = trial_status(result, error, self._max_epochs)
-        if result:  # Tune hands the final result here instead of to on_trial_result
-            self.on_trial_result(trial_id, result)
-        try:
-            ot_trial.set_user_attr("tune_trial_id", trial_id)
-            ot_trial.set_user_attr("status", status)
-            ot_trial.set_user_attr("epochs", int((result or {}).get("epoch", 0)))
-            if status == "completed":
-                self._ot_study.tell(ot_trial, float(result[self.metric]))
-            elif status in ("stopped", "diverged"):
-                self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-            else:
-                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
-        except Exception as exc:  # never let bookkeeping end a sweep
-            logger.warning("could not record trial %s in the Optuna study: %s", trial_id, exc)
-        self._completed_trials.add(trial_id)
-
-    # ---- restore -------------------------------------------------------------------------------
-
     def restore(self, checkpoint_path: str):
         with open(checkpoint_path, "rb") as fh:
             self._reopen(pickle.load(fh))
-        by_number = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
-        for trial_id, ot_trial in self._ot_trials.items():  # finished after the last searcher save
-            if by_number[ot_trial.number].state.is_finished():
-                self._completed_trials.add(trial_id)
-        known = {t.number for t in self._ot_trials.values()}
-        for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial.number not in known:  # started after the last searcher save, then lost with the driver
-                self._ot_study.tell(trial.number, state=TrialState.FAIL)
-        # The pickled sampler would replay the random proposals it made after this save (optuna#3255).
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self._ot_study.sampler = make_sampler(self._spec, derived_seed(self._spec.seed, "restore",
-                                                                             len(self._ot_study.trials)) % 2**32)
+        # The pickled generator would replay the proposals it made after this save (optuna#3255).
+        seed = derived_seed(self._spec.seed, "restore", len(self._study.get_trials(deepcopy=False))) % 2**32
+        self._rng_state = np.random.default_rng(seed).bit_generator.state
+        self._model()
+        for trial_id in [t for t in self._running if t in self._finished]:  # ended after the last save
+            del self._running[trial_id]
+            self._rows.pop(trial_id, None)
+
+    # ---- Tune's hooks --------------------------------------------------------------------------
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        """Limit running trials here, not in Tune's ConcurrencyLimiter: the limiter's set of live trials,
+        restored from Ray's search_gen_state after a driver kill, can keep trials that already ended
+        and never let the resumed sweep start another. Ours is the study's own account."""
+        self._max_concurrent = int(max_concurrent)
+        return True
+
+    def suggest(self, trial_id: str):
+        model = self._model()
+        if self._num_samples is not None and len(self._finished) + len(self._running) >= self._num_samples:
+            return Searcher.FINISHED  # Ray's trial counter can lag the study after a resume
+        if self._max_concurrent and len(self._running) >= self._max_concurrent:
+            return None
+        params = self._next_point()
+        if params is None:
+            running = np.array(list(self._rows.values())) if self._rows else None
+            for _ in range(MAX_REDRAWS):
+                params = model.suggest(running)
+                if _key(params) not in self._tried:
+                    break
+            else:
+                logger.warning("the search space offered only configurations already tried; running a repeat")
+        self._running[trial_id] = {"params": params, "values": {},
+                                   "start": datetime.datetime.now()}
+        self._rows[trial_id] = model.encode(params)
+        self._tried.add(_key(params))
+        return {**params, **model.fixed}
+
+    def _next_point(self) -> dict | None:
+        while self._points:
+            point = self._points.pop(0)
+            if _key(point) not in self._tried:
+                return point
+        return None
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        record = self._running.get(trial_id)
+        value = result.get(self.metric)
+        if record is None or value is None or not math.isfinite(value):
+            return
+        # a restored trial re-reports epochs it had reported: keep the first, as Optuna's report does
+        record["values"].setdefault(int(result.get("epoch", result.get("training_iteration"))), float(value))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if trial_id not in self._running:
+            return
+        model = self._model()
+        if result:  # Tune hands the final result here instead of to on_trial_result
+            self.on_trial_result(trial_id, result)
+        record = self._running.pop(trial_id)
+        self._rows.pop(trial_id, None)
+        status = trial_status(result, error, self._max_epochs)
+        values = record["values"]
+        value, state = None, TrialState.FAIL
+        if status == "completed" and math.isfinite(float(result.get(self.metric, math.nan))):
+            value, state = float(result[self.metric]), TrialState.COMPLETE
+        elif status in ("stopped", "diverged"):
+            state = TrialState.PRUNED  # as Optuna's tell(PRUNED): the value is the last epoch's, if any
+            value = values[max(values)] if values else None
+        frozen = optuna.trial.FrozenTrial(
+            number=0, trial_id=0, state=state, value=value, datetime_start=record["start"],
+            datetime_complete=datetime.datetime.now(), params=record["params"], distributions=self._distributions(
+                record["params"]), user_attrs={"tune_trial_id": trial_id, "status": status,
+                                               "epochs": int((result or {}).get("epoch", 0))},
+            system_attrs={}, intermediate_values=dict(sorted(values.items())))
+        self._finished.add(trial_id)
+        if state in FINISHED:
+            model.add(record["params"], *_reached(frozen.intermediate_values, value))
+        self._unwritten.append(frozen)
+        self._write()
+
+    def _write(self) -> None:
+        """Add the ended trials to the study; keep any it could not take for the next try (never end a sweep)."""
+        while self._unwritten:
+            try:
+                self._study.add_trial(self._unwritten[0])
+            except Exception as exc:
+                logger.warning("could not record trial %s in the Optuna study (%s); will retry",
+                               self._unwritten[0].user_attrs["tune_trial_id"], storage_error(exc))
+                return
+            self._unwritten.pop(0)
+
+    def _distributions(self, params: dict) -> dict:
+        out = {}
+        for name in params:
+            param = self._space.params[name]
+            if param.kind == "choice":
+                out[name] = optuna.distributions.CategoricalDistribution(list(param.values))
+            elif param.kind in ("int", "logint"):
+                out[name] = optuna.distributions.IntDistribution(int(param.low), int(param.high), log=param.log,
+                                                                 step=int(param.step or 1))
+            else:
+                out[name] = optuna.distributions.FloatDistribution(param.low, param.high, log=param.log,
+                                                                   step=param.step)
+        return out
+
+
+def _key(params: dict) -> tuple:
+    """A configuration, hashable: what `no configuration tried twice` compares."""
+    return tuple(sorted(params.items()))
+
+
+def _reached(intermediate_values: dict, value) -> tuple[int, float | None]:
+    """(last epoch reported, the value there): how TPE ranks a trial. A trial with no epoch ranks last."""
+    if intermediate_values:
+        last = max(intermediate_values)
+        return last, intermediate_values[last]
+    return 0, value

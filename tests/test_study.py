@@ -66,7 +66,8 @@ def test_a_torn_journal_write_is_cut_before_the_study_is_written_again(tmp_path,
     assert study.trials[4].user_attrs["tune_trial_id"] == "t4"
 
 
-def test_a_write_cut_short_by_a_full_disk_leaves_no_half_line(tmp_path, monkeypatch):
+def test_a_write_cut_short_by_a_full_disk_leaves_no_half_line_and_the_trial_is_written_later(tmp_path, monkeypatch,
+                                                                                              caplog):
     path = tmp_path / STUDY_FILE
     search = searcher(str(path))
     run_trial(search, "t0", 3)
@@ -77,12 +78,15 @@ def test_a_write_cut_short_by_a_full_disk_leaves_no_half_line(tmp_path, monkeypa
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "write", full_disk)
-    with pytest.raises(OSError, match="No space left"):
-        search.suggest("t1")
+    with caplog.at_level(logging.WARNING, logger="sweep.searcher"):
+        run_trial(search, "t1", 3)  # the study is written when a trial ends: the sweep goes on
+    assert "No space left" in caplog.text
     monkeypatch.setattr(os, "write", real_write)
     assert path.read_bytes().endswith(b"\n")
-    run_trial(search, "t2", 3)  # space again: the sweep goes on writing the same study
-    assert [t.state for t in read(path).trials][-1] == TrialState.COMPLETE
+    run_trial(search, "t2", 3)  # space again: t1, kept by the searcher, is written before t2
+    trials = read(path).trials
+    assert [t.user_attrs["tune_trial_id"] for t in trials] == ["t0", "t1", "t2"]
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 and len(trials[1].intermediate_values) == 3
 
 
 def test_a_snapshot_of_the_journal_holds_whole_lines_only(tmp_path):
