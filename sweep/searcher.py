@@ -320,8 +320,9 @@ class StudySearch(Searcher):
         params = self._next_point()
         if params is None:
             running = np.array(list(self._rows.values())) if self._rows else None
-            for _ in range(MAX_REDRAWS):
-                params = model.suggest(running)
+            # TPE may keep offering one tried configuration of a small discrete space: then random ones
+            for draw in range(2 * MAX_REDRAWS):
+                params = model.suggest(running) if draw < MAX_REDRAWS else model.random()
                 if _key(params) not in self._tried:
                     break
             else:

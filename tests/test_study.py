@@ -119,3 +119,166 @@ def test_an_older_sweeps_sqlite_study_is_still_read(tmp_path, capsys):
     assert study_path(tmp_path) == tmp_path / STUDY_FILE
     assert _finished_in_study(tmp_path, SPEC) == {}
     assert "cannot read" in capsys.readouterr().out
+
+
+# ---- the searcher (sweep.searcher.StudySearch over sweep.tpe) ------------------------------------
+
+GRID = parse({"name": "bench", "train": {"epochs": 3}, "searcher": {"n_startup_trials": 4},
+              "space": {"variant": {"choice": ["vanilla", "conv", "denoising", "sparse"]},
+                        "latent_dim": {"choice": [2, 4, 8, 16, 32, 64]}}})  # 24 configurations in all
+
+
+def finish(search: StudySearch, trial_id: str, epochs: int = 3, value: float = 0.5) -> None:
+    for epoch in range(1, epochs + 1):
+        search.on_trial_result(trial_id, {"val_loss": value + 1 / epoch, "epoch": epoch})
+    search.on_trial_complete(trial_id, {"val_loss": value + 1 / epochs, "epoch": epochs})
+
+
+def kill_and_restore(search: StudySearch, saved: str) -> StudySearch:
+    """What `sweep resume` does after a driver kill: tuner.pkl unpickled, then the last searcher state restored."""
+    resumed = pickle.loads(pickle.dumps(search))
+    resumed.restore(saved)
+    return resumed
+
+
+def test_the_searcher_uses_no_private_name_of_ray_or_optuna():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "sweep"
+    for name in ("searcher.py", "tpe.py"):
+        text = (root / name).read_text()
+        assert "_ot_" not in text, name
+        assert "OptunaSearch(" not in text and "(OptunaSearch)" not in text, name
+        # an attribute starting with _ is read only on our own objects
+        others = {m.group(1) for m in re.finditer(r"\b(\w+)\._\w", text)} - {"self"}
+        assert others == set(), (name, others)
+        assert not re.search(r"^\s*(from|import)\s+(optuna|ray)\S*\._", text, re.MULTILINE), name
+
+
+def test_each_ended_trial_is_in_the_study_as_today(tmp_path):
+    path = tmp_path / STUDY_FILE
+    search = searcher(str(path))
+    config = search.suggest("t0")
+    search.on_trial_result("t0", {"val_loss": 0.9, "epoch": 1})
+    search.on_trial_result("t0", {"val_loss": float("nan"), "epoch": 2})
+    search.on_trial_complete("t0", {"val_loss": float("nan"), "epoch": 2, "status": "diverged"})
+    search.suggest("t1")
+    search.on_trial_complete("t1", None, error=True)
+    run_trial(search, "t2", 3)
+    diverged, failed, completed = read(path).trials
+    assert diverged.state == TrialState.PRUNED and diverged.value == 0.9 and diverged.intermediate_values == {1: 0.9}
+    assert diverged.user_attrs == {"tune_trial_id": "t0", "status": "diverged", "epochs": 2}
+    assert diverged.params == {k: config[k] for k in ("latent_dim", "lr")}
+    assert set(diverged.distributions) == {"latent_dim", "lr"} and diverged.distributions["lr"].log
+    assert diverged.datetime_start <= diverged.datetime_complete
+    assert failed.state == TrialState.FAIL and failed.user_attrs["status"] == "error"
+    assert completed.state == TrialState.COMPLETE and len(completed.intermediate_values) == 3
+
+
+def test_points_come_first_and_a_point_already_tried_is_not_run_again(tmp_path):
+    points = ({"latent_dim": 8, "lr": 1e-3}, {"latent_dim": 2, "lr": 1e-4}, {"latent_dim": 8, "lr": 1e-3})
+    search = StudySearch(SearchSpace(SPEC.space), SPEC.searcher, str(tmp_path / STUDY_FILE), "bench", 3, points)
+    got = [search.suggest(f"t{i}") for i in range(3)]
+    assert got[:2] == [{**p, "variant": "vanilla"} for p in points[:2]]  # with the fixed values, as Tune needs
+    assert got[2]["lr"] != 1e-3
+
+
+def test_the_same_seed_gives_the_same_sweep(tmp_path):
+    def run(folder):
+        search, out = searcher(str(folder / STUDY_FILE)), []
+        for i in range(12):
+            out.append(search.suggest(f"t{i}"))
+            finish(search, f"t{i}", 1 + i % 3, out[-1]["lr"])
+        return out
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    assert run(tmp_path / "a") == run(tmp_path / "b")
+
+
+def test_a_resumed_searcher_does_not_replay_the_proposals_lost_with_the_driver(tmp_path):
+    saved = str(tmp_path / "searcher-state.pkl")
+    search = searcher(str(tmp_path / STUDY_FILE))
+    for i in range(6):
+        search.suggest(f"t{i}")
+        finish(search, f"t{i}", value=i / 10)
+    search.save(saved)
+    lost = [search.suggest(f"t{i}") for i in (6, 7, 8)]  # proposed after the save, then the driver died
+    resumed = kill_and_restore(search, saved)
+    after = [resumed.suggest(f"r{i}") for i in range(3)]
+    assert not {p["lr"] for p in after} & {p["lr"] for p in lost}
+
+
+def test_a_resumed_searcher_does_not_repeat_a_configuration(tmp_path):
+    path, saved = tmp_path / STUDY_FILE, str(tmp_path / "searcher-state.pkl")
+    search = StudySearch(SearchSpace(GRID.space), GRID.searcher, str(path), "bench", 3)
+    for i in range(8):
+        search.suggest(f"t{i}")
+        finish(search, f"t{i}", value=i / 10)
+    running = [search.suggest(f"t{i}") for i in (8, 9)]
+    search.save(saved)
+    search.suggest("t10")  # lost with the driver
+    finish(search, "t8")  # ended after the save: written to the study before the kill
+    resumed = kill_and_restore(search, saved)
+    finish(resumed, "t9")
+    for i in range(13):
+        resumed.suggest(f"r{i}")
+        finish(resumed, f"r{i}", value=1 - i / 20)
+    configs = [tuple(sorted(t.params.items())) for t in read(path).trials]
+    assert len(configs) == 23 and len(set(configs)) == 23  # 23 of the 24 configurations: any repeat would show
+    assert {tuple(sorted(r.items())) for r in running} <= set(configs)
+
+
+def test_the_searcher_limits_running_trials_itself(tmp_path):
+    from ray.tune.search import ConcurrencyLimiter
+
+    saved = str(tmp_path / "searcher-state.pkl")
+    search = searcher(str(tmp_path / STUDY_FILE))
+    limiter = ConcurrencyLimiter(search, max_concurrent=2)  # what Tune builds from max_concurrent_trials
+    assert search.set_max_concurrency(2) is True
+    assert limiter.suggest("t0") and limiter.suggest("t1")
+    assert limiter.suggest("t2") is None  # two running: the searcher says wait
+    search.save(saved)
+    finish(search, "t0")
+    assert limiter.suggest("t2")
+    # after a driver kill, a trial running at the save that ended since does not hold a slot forever
+    resumed = kill_and_restore(search, saved)
+    assert resumed.set_max_concurrency(2) is True
+    assert resumed.suggest("r0") is not None and resumed.suggest("r1") is None
+
+
+def test_the_searcher_stops_at_num_samples_by_the_studys_count(tmp_path):
+    from ray.tune.search import Searcher
+
+    saved = str(tmp_path / "searcher-state.pkl")
+    search = StudySearch(SearchSpace(SPEC.space), SPEC.searcher, str(tmp_path / STUDY_FILE), "bench", 3,
+                         num_samples=4)
+    for i in range(2):
+        search.suggest(f"t{i}")
+        finish(search, f"t{i}")
+    search.suggest("t2"), search.suggest("t3")
+    assert search.suggest("t4") == Searcher.FINISHED
+    search.save(saved)
+    search.suggest("t9")  # lost with the driver: never counted
+    finish(search, "t2"), finish(search, "t3")
+    resumed = kill_and_restore(search, saved)  # Ray's own count would start two more trials here
+    assert resumed.suggest("r0") == Searcher.FINISHED
+
+
+def test_resume_refuses_the_searcher_state_of_an_older_aesweep(tmp_path):
+    import json
+
+    from sweep.runner import SweepError, check_resumable
+
+    experiment = tmp_path / "ray"
+    experiment.mkdir()
+    (experiment / "tuner.pkl").write_bytes(b"")
+    (experiment / "searcher-state-x.pkl").write_bytes(pickle.dumps({"_ot_trial_ids": {}, "_study_name": "bench"}))
+    (experiment / "search_gen_state-x.json").write_bytes(pickle.dumps({"counter": 3}))
+    (experiment / "experiment_state-x.json").write_text(json.dumps({"trial_data": []}))
+    with pytest.raises(SweepError, match="made by an older aesweep.*--overwrite") as info:
+        check_resumable(tmp_path)
+    assert "\n" not in str(info.value)
+    search = searcher(str(tmp_path / STUDY_FILE))
+    search.save(str(experiment / "searcher-state-x.pkl"))
+    check_resumable(tmp_path)
