@@ -366,8 +366,8 @@ class StudySearch(Searcher):
             value = values[max(values)] if values else None
         frozen = optuna.trial.FrozenTrial(
             number=0, trial_id=0, state=state, value=value, datetime_start=record["start"],
-            datetime_complete=datetime.datetime.now(), params=record["params"], distributions=self._distributions(
-                record["params"]), user_attrs={"tune_trial_id": trial_id, "status": status,
+            datetime_complete=datetime.datetime.now(), params=record["params"], distributions=distributions(
+                self._space.params, record["params"]), user_attrs={"tune_trial_id": trial_id, "status": status,
                                                "epochs": int((result or {}).get("epoch", 0))},
             system_attrs={}, intermediate_values=dict(sorted(values.items())))
         self._finished.add(trial_id)
@@ -387,19 +387,19 @@ class StudySearch(Searcher):
                 return
             self._unwritten.pop(0)
 
-    def _distributions(self, params: dict) -> dict:
-        out = {}
-        for name in params:
-            param = self._space.params[name]
-            if param.kind == "choice":
-                out[name] = optuna.distributions.CategoricalDistribution(list(param.values))
-            elif param.kind in ("int", "logint"):
-                out[name] = optuna.distributions.IntDistribution(int(param.low), int(param.high), log=param.log,
-                                                                 step=int(param.step or 1))
-            else:
-                out[name] = optuna.distributions.FloatDistribution(param.low, param.high, log=param.log,
-                                                                   step=param.step)
-        return out
+def distributions(space: dict, params: dict) -> dict:
+    """The Optuna distribution of each of `params`, as the space's suggest calls declare it (sweep.space)."""
+    out = {}
+    for name in params:
+        param = space[name]
+        if param.kind == "choice":
+            out[name] = optuna.distributions.CategoricalDistribution(list(param.values))
+        elif param.kind in ("int", "logint"):
+            out[name] = optuna.distributions.IntDistribution(int(param.low), int(param.high), log=param.log,
+                                                             step=int(param.step or 1))
+        else:
+            out[name] = optuna.distributions.FloatDistribution(param.low, param.high, log=param.log, step=param.step)
+    return out
 
 
 def _key(params: dict) -> tuple:

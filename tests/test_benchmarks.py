@@ -121,3 +121,14 @@ def test_sweep_throughput_measures_a_small_sweep_twice_and_removes_its_folder(da
     low, high = sorted(m["busy"] for m in runs)
     assert f"| aesweep trial | 2 | {low:.3f} / {(low + high) / 2:.3f} / {high:.3f} |" in table
     assert not list(scratch.glob("aesweep-throughput-*"))  # its sweep's ~0.6 GB of checkpoints went with it
+
+
+def test_searcher_scale_writes_the_cost_table_and_the_quality_comparison(tmp_path):
+    out = tmp_path / "s.md"
+    assert _load("searcher_scale").main(["--quick", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "command: `python benchmarks/searcher_scale.py --quick" in text
+    for label in ("TPE before issue 18", "StudySearch (sweep.tpe)", "random through the study"):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {label}"))
+        assert all(float(cell) > 0 for cell in row.strip("|").split("|")[1:]), row
+    assert "| new at or below old, seeds | " in text and "over 2 seeds" in text
