@@ -18,7 +18,6 @@ N_BEST = 100  # the best trials (highest epoch reached, then value) always in th
 N_RECENT = 500  # plus the latest finished trials: where the search is now
 N_CANDIDATES = 24  # draws from the good density per suggestion, as Optuna's TPE (n_ei_candidates)
 PRIOR_WEIGHT = 1.0
-SIGMA0 = 0.2  # Optuna's multivariate bandwidth: 0.2 * n^(-1/(d+4)) of the range (Scott's rule)
 
 
 @dataclass(frozen=True)
@@ -169,17 +168,35 @@ class TPE:
         model = np.union1d(np.fromiter((b[2] for b in self._best), int, len(self._best)), recent)
         order = model[np.lexsort((model, self._key[model, 1], self._key[model, 0]))]  # best first
         liars = running if self.constant_liar and running is not None and len(running) else None
-        good = n_good(len(order) + (0 if liars is None else len(liars)))
+        good = n_good(self.n)  # of the finished trials, as Optuna counts (optuna#4073)
         below = np.sort(order[:good])  # by age, as Optuna weighs them
         above = np.sort(order[good:])
         x_above = self._x[above]
         if liars is not None:
             x_above = np.vstack([x_above, liars])
-        lower, upper = _Parzen(self, self._x[below]), _Parzen(self, x_above)
+        x_below = self._x[below]
+        row = np.full(len(self.dims), np.nan)
+        shared = [j for j, dim in enumerate(self.dims) if dim.needs is None]
+        row[shared] = self._pick(shared, x_below, x_above)
+        for j, dim in enumerate(self.dims):
+            if dim.needs is not None and row[0] == dim.needs:
+                row[j] = self._pick([j], x_below, x_above)[0]
+        return self.decode(row)
+
+    def _pick(self, cols: list[int], x_below: np.ndarray, x_above: np.ndarray) -> np.ndarray:
+        """The best of N_CANDIDATES draws from the good density over `cols`, by good/bad density ratio.
+
+        The parameters every trial has are one group, each conditional parameter its own, fitted to the
+        trials that have it (Optuna's group=True): scored together, a variant with an extra parameter
+        would win the argmax more often just by having one more noisy term in its ratio.
+        """
+        dims = [self.dims[j] for j in cols]
+        x_below, x_above = x_below[:, cols], x_above[:, cols]
+        lower = _Parzen(dims, x_below[~np.isnan(x_below).any(axis=1)])
+        upper = _Parzen(dims, x_above[~np.isnan(x_above).any(axis=1)])
         candidates = lower.sample(self.rng, N_CANDIDATES)
-        self._deactivate(candidates)
         score = lower.log_pdf(candidates) - upper.log_pdf(candidates)
-        return self.decode(candidates[int(np.argmax(score))])
+        return candidates[int(np.argmax(score))]
 
     def random(self) -> dict:
         row = np.array([self.rng.integers(len(d.choices)) if d.categorical else self.rng.uniform(d.low, d.high)
@@ -194,22 +211,32 @@ class TPE:
                 rows[rows[:, 0] != dim.needs, j] = np.nan
 
 
+def _neighbour_gaps(mus: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Each kernel's bandwidth as Optuna's TPE sets it: the larger gap to its neighbours (the range's ends
+    count as neighbours, except for the outermost kernels), clipped to [range / min(100, kernels + 1), range]."""
+    if len(mus) == 0:
+        return mus
+    order = np.argsort(mus)
+    ends = np.concatenate([[low], mus[order], [high]])
+    gaps = np.maximum(ends[1:-1] - ends[:-2], ends[2:] - ends[1:-1])
+    if len(ends) >= 4:
+        gaps[0], gaps[-1] = ends[2] - ends[1], ends[-2] - ends[-3]
+    sigmas = np.empty_like(gaps)
+    sigmas[order] = gaps
+    width = high - low
+    return np.clip(sigmas, width / min(100.0, len(mus) + 2.0), width)
+
+
 class _Parzen:
-    """A mixture of one kernel per observation plus a broad prior kernel, over all dimensions at once.
+    """A mixture of one kernel per observation plus a broad prior kernel (Optuna's multivariate TPE)."""
 
-    A kernel without a value for a conditional parameter (a trial of another variant) contributes the
-    prior's density for it, so trials of every variant share one mixture: a variant that did well pulls
-    its own parameters along without a separate model per variant.
-    """
-
-    def __init__(self, tpe: TPE, x: np.ndarray):
-        self.dims = tpe.dims
+    def __init__(self, dims: list[Dim], x: np.ndarray):
+        self.dims = dims
         n = len(x)
         self.x = x
         weights = np.append(default_weights(n), PRIOR_WEIGHT) if n else np.ones(1)
         self.log_w = np.log(weights / weights.sum())
         self.k = n + 1
-        d = len(self.dims)
         self.mu, self.sigma, self.log_z, self.cat = [], [], [], []
         for j, dim in enumerate(self.dims):
             column = x[:, j]
@@ -223,13 +250,8 @@ class _Parzen:
                 self.mu.append(None), self.sigma.append(None), self.log_z.append(None)
                 continue
             width = dim.high - dim.low
-            observed = int(np.sum(~np.isnan(column)))
-            sigma = SIGMA0 * max(observed, 1) ** (-1.0 / (d + 4)) * width
-            sigma = max(sigma, width / min(100.0, 1.0 + observed))  # Optuna's magic clip
-            mu = np.append(column, np.nan)
-            missing = np.isnan(mu)
-            mu[missing] = 0.5 * (dim.low + dim.high)
-            sigmas = np.where(missing, width, sigma)
+            mu = np.append(column, 0.5 * (dim.low + dim.high))
+            sigmas = np.append(_neighbour_gaps(column, dim.low, dim.high), width)  # the prior: as wide as the range
             log_z = np.log(_ndtr((dim.high - mu) / sigmas) - _ndtr((dim.low - mu) / sigmas))
             self.mu.append(mu), self.sigma.append(sigmas), self.log_z.append(log_z), self.cat.append(None)
 

@@ -41,14 +41,14 @@ def test_a_fixed_variant_keeps_only_its_own_conditional_parameter():
 def test_integers_and_stepped_numbers_land_on_their_grid_inside_the_range():
     model = TPE(grid_space(), seed=1, n_startup_trials=5)
     rng = np.random.default_rng(0)
-    seen = set()
     for i in range(300):
         params = model.suggest() if i >= 5 else model.random()
         assert isinstance(params["latent_dim"], int) and 2 <= params["latent_dim"] <= 64
         assert any(math.isclose(params["lr"], v) for v in (0.1, 0.2, 0.3, 0.4, 0.5))
-        seen.add(params["latent_dim"])
         model.add(params, 3, rng.random())
-    assert {2, 64} <= seen  # the ends are reachable
+    low, high = (np.array([getattr(d, end) for d in model.dims]) for end in ("low", "high"))
+    assert model.decode(low) == {"latent_dim": 2, "lr": pytest.approx(0.1)}  # each end has its half step
+    assert model.decode(high) == {"latent_dim": 64, "lr": pytest.approx(0.5)}
 
 
 def test_encode_and_decode_are_inverse():
