@@ -387,6 +387,7 @@ class StudySearch(Searcher):
                 return
             self._unwritten.pop(0)
 
+
 def distributions(space: dict, params: dict) -> dict:
     """The Optuna distribution of each of `params`, as the space's suggest calls declare it (sweep.space)."""
     out = {}
