@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -65,8 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from aemodels import ConfigError, DataError
 
-    from .results import ResultsError
-    from .runner import SweepError
+    from .errors import Interrupted, ResultsError, SweepError
     from .spec import SpecError
 
     try:
@@ -74,21 +74,47 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, SweepError, ResultsError, ConfigError, DataError) as exc:
         print(f"sweep {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Interrupted as exc:
+        print(f"sweep {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_status
     except KeyboardInterrupt:
         print(f"sweep {args.command}: interrupted; `sweep resume NAME` continues a sweep", file=sys.stderr)
         return 130
 
 
+def local_ray_on_loopback(address: str | None) -> None:
+    """Before Ray is imported: a Ray this command starts itself listens on 127.0.0.1 only (runner.LOOPBACK_ENV
+    says why; the variable must be set before the import, which is why it is set here)."""
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def _stored_address(name_or_dir: str) -> str | None:
+    """The address a sweep was run with (its sweep.yaml), read without importing Ray; None if unreadable."""
+    import yaml
+
+    for home in (Path(name_or_dir), Path("results") / name_or_dir):
+        try:
+            return ((yaml.safe_load((home / "sweep.yaml").read_text()) or {}).get("sweep") or {}).get("address")
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+    return None
+
+
 def _run(args) -> int:
-    from . import runner, spec
+    from . import spec
 
     overrides = list(args.overrides) + ([f"name={args.name}"] if args.name else [])
     sweep = spec.load(args.config, tuple(overrides))
+    local_ray_on_loopback(args.address or sweep.address)
+    from . import runner
+
     runner.run(sweep, overwrite=args.overwrite, address=args.address, argv=["sweep", *sys.argv[1:]])
     return 0
 
 
 def _resume(args) -> int:
+    local_ray_on_loopback(args.address or _stored_address(args.sweep))
     from . import runner
 
     runner.resume(args.sweep, address=args.address)

@@ -23,6 +23,7 @@ import yaml
 from aemodels import TrainConfig
 
 from . import storage
+from .errors import ResultsError
 from .searcher import (LEGACY_STUDY_FILE, STUDY_FILE, finished_in_study, snapshot_name, snapshot_study,
                        storage_error, study_path, study_url, trial_status)
 from .trial import HISTORY_FILE
@@ -35,10 +36,7 @@ TRIAL_COLUMNS = ["trial_id", *SEARCHED, "status", "epochs", "best_val_loss", "fi
 HYPER_DTYPES = {"latent_dim": "Int64", "lr": "Float64", "noise_factor": "Float64", "sparsity_weight": "Float64"}
 SPEC_FILE, EXPERIMENT_DIR = "sweep.yaml", "ray"
 TABLE_FILES = ("trials.parquet", "trials.csv", "epochs.parquet", "best_config.yaml")
-
-
-class ResultsError(RuntimeError):
-    """The sweep's folder cannot be read or written; one line with the fix."""
+FINISHED_STATUSES = ("completed", "stopped", "diverged", "error")
 
 
 @dataclass
@@ -214,15 +212,42 @@ def _finished_in_study(home: Path, spec: SweepSpec) -> dict[str, str]:
         return {}
 
 
+def _trial_folder_record(experiment: Path, trial_id: str, status: str) -> Optional[dict]:
+    """A trial the study saw finish but Ray's last snapshot never listed (it started and ended between
+    two snapshots, and the driver died before the next): read from its own folder, as Ray wrote it."""
+    folders = [f for f in experiment.glob(f"*_{trial_id}_*") if f.is_dir()]
+    if not folders:
+        return None
+    folder = folders[0]
+    try:
+        config = json.loads((folder / "params.json").read_text())
+    except (OSError, ValueError):
+        return None
+    results = _result_rows(folder)
+    return {"trial_id": trial_id, "config": config, "ray_status": "TERMINATED",
+            "last_result": results[-1] if results else {}, "num_failures": 0,
+            "error": _error_line(folder, None) if status == "error" else None, "rows": _epoch_rows(folder),
+            "study_status": status}
+
+
 def build_tables(home: Path, spec: Optional[SweepSpec] = None) -> Results:
     spec = spec or read_spec(home)
     trial_rows, epoch_frames = [], []
     # The study records each trial's end as it happens; Ray's snapshot can lag (it may still say
-    # RUNNING for a trial that has since failed for good), so the study's word wins.
+    # RUNNING for a trial that has since ended, or miss a trial that started and ended between two
+    # snapshots), so the study's word on how a trial ended wins.
     told = _finished_in_study(home, spec)
-    for record in read_experiment(home / EXPERIMENT_DIR):
-        if record["trial_id"] in told and record["ray_status"] not in ("TERMINATED", "ERROR"):
-            record["ray_status"] = "ERROR" if told[record["trial_id"]] == "error" else "TERMINATED"
+    records = read_experiment(home / EXPERIMENT_DIR)
+    for record in records:
+        if record["trial_id"] in told:
+            record["study_status"] = told[record["trial_id"]]
+    known = {record["trial_id"] for record in records}
+    for trial_id, status in sorted(told.items()):
+        if trial_id not in known and status != "error":
+            orphan = _trial_folder_record(home / EXPERIMENT_DIR, trial_id, status)
+            if orphan is not None:
+                records.append(orphan)
+    for record in records:
         rows = [r for r in record["rows"] if "epoch" in r]
         # A restored trial re-reports the epochs between its checkpoint and the crash: keep the last of each.
         epochs = pd.DataFrame(rows).drop_duplicates("epoch", keep="last").sort_values("epoch") if rows else None
@@ -244,7 +269,9 @@ def build_tables(home: Path, spec: Optional[SweepSpec] = None) -> Results:
 def _trial_row(record: dict, epochs: Optional[pd.DataFrame], spec: SweepSpec) -> dict:
     last = record["last_result"]
     params = spec.trial_params(record["config"])
-    if record["ray_status"] == "TERMINATED":
+    if record.get("study_status"):
+        status = record["study_status"]
+    elif record["ray_status"] == "TERMINATED":
         status = trial_status(last, False, spec.epochs)
     elif record["ray_status"] == "ERROR":
         status = "error"
@@ -280,9 +307,25 @@ def _plain(value):
 
 # ---- writing --------------------------------------------------------------------------------------
 
+def finished_in_tables(home: Path) -> set[str]:
+    """The ids of the trials the sweep's trials.parquet lists as finished (none if it has none)."""
+    try:
+        trials = pd.read_parquet(Path(home) / "trials.parquet", columns=["trial_id", "status"])
+    except (OSError, ValueError, KeyError):  # no table yet; an unreadable one is rebuilt
+        return set()
+    return set(trials.loc[trials["status"].isin(FINISHED_STATUSES), "trial_id"])
+
+
 def write_tables(results: Results) -> None:
-    """trials.parquet/.csv, epochs.parquet and best_config.yaml, each replaced atomically."""
+    """trials.parquet/.csv, epochs.parquet and best_config.yaml, each replaced atomically; never by tables
+    that lose a finished trial the current ones list."""
     home = results.home
+    lost = finished_in_tables(home) - set(
+        results.trials.loc[results.trials["status"].isin(FINISHED_STATUSES), "trial_id"])
+    if lost:
+        raise ResultsError(f"the tables rebuilt from {home} lack {len(lost)} finished trial(s) that "
+                           f"{home / 'trials.parquet'} lists ({', '.join(sorted(lost)[:3])}); the tables are left as "
+                           "they were; Ray's folder or the study is damaged or incomplete")
     _atomic(home / "trials.parquet", lambda path: results.trials.to_parquet(path, index=False))
     _atomic(home / "trials.csv", lambda path: results.trials.to_csv(path, index=False))
     _atomic(home / "epochs.parquet", lambda path: results.epochs.to_parquet(path, index=False))

@@ -24,6 +24,7 @@ from pathlib import Path
 import optuna
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from aemodels.pack import derived_seed
@@ -193,8 +194,9 @@ def open_storage(url: str, writer: bool = True) -> optuna.storages.BaseStorage:
 
 class StudySearch(OptunaSearch):
     def __init__(self, space: SearchSpace, spec: SearcherSpec, storage_url: str, study_name: str, max_epochs: int,
-                 points: tuple = ()):
+                 points: tuple = (), num_samples: int | None = None):
         self._spec, self._max_epochs, self._storage_url = spec, max_epochs, storage_url
+        self._num_samples, self._max_live = num_samples, None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = make_sampler(spec, spec.seed)
@@ -206,6 +208,7 @@ class StudySearch(OptunaSearch):
     # the sweep lives now (STUDY_URL_ENV, set by `sweep resume`), which may be another machine.
 
     _LIVE = ("_ot_study", "_storage", "_ot_trials")
+    _num_samples = _max_live = None  # what a searcher pickled before they existed restores with
 
     def _portable(self) -> dict:
         state = {k: v for k, v in self.__dict__.items() if k not in self._LIVE}
@@ -240,7 +243,23 @@ class StudySearch(OptunaSearch):
 
     # ---- suggestions ---------------------------------------------------------------------------
 
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        """Limit live trials here rather than in Tune's ConcurrencyLimiter, whose set of live trials,
+        restored from Ray's snapshot after a driver kill, keeps trials that have since ended: the
+        resumed sweep would wait for them forever."""
+        self._max_live = max_concurrent
+        return True
+
     def suggest(self, trial_id: str):
+        live = sum(1 for tid in self._ot_trials if tid not in self._completed_trials)
+        if self._max_live and live >= self._max_live:
+            return None
+        # The study, not Tune's count, says how many trials have run: after a driver kill Ray's snapshot
+        # may miss trials that started and ended after it, which the study (and the tables) hold.
+        if self._num_samples is not None and live + sum(
+                1 for t in self._ot_study.get_trials(deepcopy=False)
+                if t.state.is_finished() and "tune_trial_id" in t.user_attrs) >= self._num_samples:
+            return Searcher.FINISHED
         config = super().suggest(trial_id)
         for _ in range(MAX_REDRAWS):
             ot_trial = self._ot_trials[trial_id]
