@@ -332,12 +332,12 @@ def run(spec: SweepSpec, *, overwrite: bool = False, address: Optional[str] = No
         argv: Optional[list[str]] = None) -> Results:
     """Run a new sweep to the end and write its tables."""
     home, dataset = prepare(spec, overwrite)
-    started = connect(address or spec.address, spec.dashboard, spec)
-    try:
-        sweep_plan = plan(spec)
-        with claim(home):
-            if not overwrite:  # another driver may have taken the name since prepare()
-                _refuse_taken(spec, home)
+    with claim(home):
+        if not overwrite:  # another driver may have taken the name since prepare()
+            _refuse_taken(spec, home)
+        started = connect(address or spec.address, spec.dashboard, spec)
+        try:
+            sweep_plan = plan(spec)
             if home.exists():  # --overwrite: only now that every check has passed
                 shutil.rmtree(home)
             if results_mod.remote_home(spec):
@@ -350,8 +350,8 @@ def run(spec: SweepSpec, *, overwrite: bool = False, address: Optional[str] = No
                     stop_cleanly_on_signals() as received:
                 make_tuner(spec, sweep_plan, home, dataset).fit()
             return finish(home, spec, received)
-    finally:
-        _disconnect(started)
+        finally:
+            _disconnect(started)
 
 
 @contextlib.contextmanager
