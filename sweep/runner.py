@@ -129,6 +129,7 @@ def claim(home: Path):
     """
     from filelock import FileLock, Timeout
 
+    made = [p for p in (home.parent, *home.parent.parents) if not p.exists()]
     home.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(home.parent / f".{home.name}.lock"), timeout=0)
     try:
@@ -142,6 +143,13 @@ def claim(home: Path):
     try:
         yield
     finally:
+        # A command refused before it wrote the sweep's folder leaves no trace: no lock file, and no
+        # results folder it made for it. Unlinked while still held, so no other driver can hold it then.
+        if not home.exists():
+            Path(lock.lock_file).unlink(missing_ok=True)
+            for folder in made:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
         lock.release()
 
 
