@@ -1,6 +1,8 @@
 """Every bad input through the `sweep` command: exit status 2, one line on stderr, no traceback, nothing written."""
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,6 +69,46 @@ def test_unreadable_files_are_refused(capsys, tmp_path, data_dir):
     binary = tmp_path / "b.yaml"
     binary.write_bytes(b"\xff\xfe\x00\x81")
     assert_refused(capsys, tmp_path, "run", binary, message="is not a text file")
+
+
+def test_a_config_that_is_not_a_regular_file_is_refused_without_reading_it(capsys, tmp_path, data_dir):
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)  # opening it to read would wait for a writer forever
+    assert_refused(capsys, tmp_path, "run", fifo, message="is not a regular file")
+    assert_refused(capsys, tmp_path, "run", "/dev/zero", message="is not a regular file")
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("description: " + "x" * (2 << 20))
+    assert_refused(capsys, tmp_path, "run", huge, message="bytes, more than the")
+
+
+BOMB = "name: tiny\nspace: {lr: 0.001}\nl0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9)) + "description: *l8\n"
+
+
+def test_an_alias_bomb_is_refused_before_anything_expands_it(capsys, tmp_path, sweep_file):
+    import sweep.runner  # noqa: F401  (imported here so that the timing below is the refusal alone)
+
+    started = time.monotonic()
+    assert_refused(capsys, tmp_path, "run", sweep_file(text=BOMB), message="expand to more than 10,000 values")
+    assert time.monotonic() - started < 1
+    recursive = sweep_file(text="name: tiny\nspace: &s {lr: [*s]}\n")
+    assert_refused(capsys, tmp_path, "run", recursive, message="an alias refers to the value that holds it")
+
+
+def test_a_huge_value_is_shown_cut_short(capsys, tmp_path, sweep_file):
+    path = sweep_file({"space": {"lr": 0.001, "latent_dim": "x" * 100_000}})
+    code, _, err = run_cli(capsys, "run", path)
+    assert code == 2 and "latent_dim must be an integer, got 'xxx" in err and len(err) < 300
+
+
+@pytest.mark.parametrize("text,message", [
+    ("name: tiny\nname: other\nspace: {lr: 0.001}\n", "line 2: key 'name' is given twice (first at line 1)"),
+    ("name: tiny\ntrain:\n  epochs: 2\n  seed: 1\n  epochs: 400\nspace: {lr: 0.001}\n",
+     "line 5: key 'epochs' is given twice (first at line 3)"),
+    ("name: tiny\nspace: {lr: 0.001, latent_dim: 2, lr: 0.1}\n", "key 'lr' is given twice"),
+], ids=["top level", "nested", "flow mapping"])
+def test_a_key_given_twice_is_refused(capsys, tmp_path, sweep_file, text, message):
+    assert_refused(capsys, tmp_path, "run", sweep_file(text=text), message=message)
 
 
 def test_bad_set_override_is_refused(capsys, tmp_path, sweep_file):
