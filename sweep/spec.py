@@ -342,6 +342,9 @@ def parse(raw: dict, source: str = "sweep") -> SweepSpec:
     name = check.string(raw["name"], "name")
     if not NAME_PATTERN.match(name):
         raise SpecError(f"{source}: name {show(name)} must be letters, digits, '.', '_' or '-' (it names a folder)")
+    if len(name) > MAX_NAME_CHARS:
+        raise SpecError(f"{source}: name {show(name)} is {len(name)} characters; it names a folder, so keep it to "
+                        f"{MAX_NAME_CHARS} or fewer")
 
     train = check.mapping(raw.get("train", {}), "train")
     check.keys(train, FIXED_TRAIN_KEYS, "train.")

@@ -95,6 +95,11 @@ def test_an_alias_bomb_is_refused_before_anything_expands_it(capsys, tmp_path, s
     assert_refused(capsys, tmp_path, "run", recursive, message="an alias refers to the value that holds it")
 
 
+def test_a_name_longer_than_a_folder_name_can_be_is_refused(capsys, tmp_path, sweep_file):
+    assert_refused(capsys, tmp_path, "run", sweep_file({"name": "a" * 300}), message="is 300 characters")
+    assert_refused(capsys, tmp_path, "run", sweep_file(), "--name", "b" * 101, message="keep it to 100 or fewer")
+
+
 def test_a_huge_value_is_shown_cut_short(capsys, tmp_path, sweep_file):
     path = sweep_file({"space": {"lr": 0.001, "latent_dim": "x" * 100_000}})
     code, _, err = run_cli(capsys, "run", path)
