@@ -83,7 +83,7 @@ def experiment_path(home: Path, spec: SweepSpec) -> str:
 def find_home(name_or_dir: str, storage_path: str = "results") -> Path:
     """A sweep's local folder from its name (under results/), its path, or its object-store URI."""
     if storage.is_remote(name_or_dir):
-        home = (Path("results") / name_or_dir.rstrip("/").rsplit("/", 1)[-1]).resolve()
+        home = (Path("results") / storage.basename(name_or_dir)).resolve()
         try:
             found = storage.download(storage.join(name_or_dir, SPEC_FILE), home / SPEC_FILE)
         except OSError as exc:

@@ -100,6 +100,20 @@ def test_a_name_longer_than_a_folder_name_can_be_is_refused(capsys, tmp_path, sw
     assert_refused(capsys, tmp_path, "run", sweep_file(), "--name", "b" * 101, message="keep it to 100 or fewer")
 
 
+def test_an_object_store_uri_keeps_its_query_at_the_end(capsys, tmp_path, monkeypatch):
+    from sweep import storage
+
+    uri = "s3://bucket/sweeps/tiny?region=us-east-1&scheme=http"
+    assert storage.join("s3://bucket/sweeps?region=us-east-1", "tiny", "ray") == "s3://bucket/sweeps/tiny/ray?region=us-east-1"
+    assert storage.join("s3://bucket/", "tiny") == "s3://bucket/tiny" and storage.basename(uri) == "tiny"
+    asked = []
+    monkeypatch.setattr(storage, "download", lambda remote, local: asked.append(remote) or False)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "best", uri)
+    assert asked == ["s3://bucket/sweeps/tiny/sweep.yaml?region=us-east-1&scheme=http"]
+    assert code == 2 and f"no sweep at {uri}" in err and err.count("\n") == 1
+
+
 def test_a_huge_value_is_shown_cut_short(capsys, tmp_path, sweep_file):
     path = sweep_file({"space": {"lr": 0.001, "latent_dim": "x" * 100_000}})
     code, _, err = run_cli(capsys, "run", path)
