@@ -5,11 +5,9 @@ Nothing here starts Ray or touches the results folder: a spec is checked whole b
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import re
-import reprlib
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import Any, Optional
 import yaml
 
 from aemodels import ConfigError, TrainConfig
-from aemodels.models import VARIANTS
+from aemodels.models import VARIANTS, shown, unknown_name
 
 SEARCHED = ("variant", "latent_dim", "lr", "noise_factor", "sparsity_weight")
 DISTRIBUTIONS = ("choice", "int", "logint", "uniform", "loguniform")
@@ -26,7 +24,6 @@ EXECUTIONS = ("auto", "trial", "packed")
 FIXED_TRAIN_KEYS = ("epochs", "batch_size", "train_subset", "seed", "device", "cuda_graphs", "matmul_precision")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MAX_NAME_CHARS = 100  # a sweep's name is a folder name, and file systems allow 255 bytes
-SHOWN_CHARS = 60  # a value quoted in an error: a one-line message, however large the value
 # Which variant uses a conditional hyperparameter: it is sampled only for trials of that variant.
 CONDITIONAL = {"noise_factor": "denoising", "sparsity_weight": "sparse"}
 
@@ -227,7 +224,7 @@ class StrictLoader(yaml.SafeLoader):
             except TypeError:  # an unhashable key: the base constructor says so with its position
                 break
             if first is not None:
-                raise YamlRefused(f"line {key_node.start_mark.line + 1}: key {show(key)} is given twice (first at "
+                raise YamlRefused(f"line {key_node.start_mark.line + 1}: key {shown(key)} is given twice (first at "
                                   f"line {first + 1}); keep one")
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep)
@@ -266,7 +263,7 @@ def load_yaml(text: str):
     except RecursionError:  # PyYAML composes nested values recursively
         raise YamlRefused("values nested too deeply; flatten them") from None
     except ValueError as exc:  # a constructor's own: a 5,000-digit integer, a date like 2024-13-45
-        raise YamlRefused(f"a value cannot be read ({show(str(exc))}); fix it") from None
+        raise YamlRefused(f"a value cannot be read ({shown(str(exc))}); fix it") from None
 
 
 def yaml_problem(exc: yaml.YAMLError) -> str:
@@ -304,12 +301,12 @@ def read_yaml(path) -> dict:
 def apply_override(raw: dict, item: str) -> None:
     """`train.epochs=2`: the value is read as YAML, so numbers, lists and mappings work; `key=null` removes key."""
     if "=" not in item:
-        raise SpecError(f"--set {show(item)}: expected key=value, e.g. --set train.epochs=2")
+        raise SpecError(f"--set {shown(item)}: expected key=value, e.g. --set train.epochs=2")
     key, text = item.split("=", 1)
     try:
         value = load_yaml(text)
     except yaml.YAMLError:
-        raise SpecError(f"--set {show(item)}: the value is not valid YAML; quote it or fix it") from None
+        raise SpecError(f"--set {shown(item)}: the value is not valid YAML; quote it or fix it") from None
     parts = key.strip().split(".")
     node = raw
     for depth, part in enumerate(parts[:-1]):
@@ -317,7 +314,7 @@ def apply_override(raw: dict, item: str) -> None:
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise SpecError(f"--set {show(item)}: {'.'.join(parts[:depth + 1])} is a value, not a section")
+            raise SpecError(f"--set {shown(item)}: {'.'.join(parts[:depth + 1])} is a value, not a section")
         node = child
     if value is None:
         node.pop(parts[-1], None)
@@ -341,9 +338,9 @@ def parse(raw: dict, source: str = "sweep") -> SweepSpec:
             raise SpecError(f"{source}: missing `{required}`; add it (see configs/quick.yaml)")
     name = check.string(raw["name"], "name")
     if not NAME_PATTERN.match(name):
-        raise SpecError(f"{source}: name {show(name)} must be letters, digits, '.', '_' or '-' (it names a folder)")
+        raise SpecError(f"{source}: name {shown(name)} must be letters, digits, '.', '_' or '-' (it names a folder)")
     if len(name) > MAX_NAME_CHARS:
-        raise SpecError(f"{source}: name {show(name)} is {len(name)} characters; it names a folder, so keep it to "
+        raise SpecError(f"{source}: name {shown(name)} is {len(name)} characters; it names a folder, so keep it to "
                         f"{MAX_NAME_CHARS} or fewer")
 
     train = check.mapping(raw.get("train", {}), "train")
@@ -383,7 +380,7 @@ def parse(raw: dict, source: str = "sweep") -> SweepSpec:
 
     resources = ResourceSpec(**check.section(raw.get("resources", {}), "resources", ResourceSpec))
     if resources.execution not in EXECUTIONS:
-        raise SpecError(f"{source}: {_unknown('resources.execution', resources.execution, EXECUTIONS)}")
+        raise SpecError(f"{source}: {unknown_name('resources.execution', resources.execution, EXECUTIONS)}")
     cpu = check.number(resources.cpu, "resources.cpu")
     if cpu <= 0:
         raise SpecError(f"{source}: resources.cpu must be > 0, got {cpu}")
@@ -443,15 +440,15 @@ def _parse_points(raw, space: dict[str, Param], check: "_Check") -> tuple:
             needed = name not in CONDITIONAL or CONDITIONAL[name] == variant
             if param.kind == "fixed" or not needed:
                 if name in point and param.kind == "fixed" and _check_value(name, point[name], check, where) != param.values[0]:
-                    raise SpecError(f"{check.source}: {where}.{name}={show(point[name])} but the space fixes {name} to "
-                                    f"{show(param.values[0])}")
+                    raise SpecError(f"{check.source}: {where}.{name}={shown(point[name])} but the space fixes {name} to "
+                                    f"{shown(param.values[0])}")
                 continue
             if name not in point:
                 raise SpecError(f"{check.source}: {where} does not set {name}; give every searched parameter a value")
             value = _check_value(name, point[name], check, f"{where}.{name}")
             inside = value in param.values if param.kind == "choice" else param.low <= value <= param.high
             if not inside:
-                raise SpecError(f"{check.source}: {where}.{name}={show(value)} is outside space.{name}; widen the space")
+                raise SpecError(f"{check.source}: {where}.{name}={shown(value)} is outside space.{name}; widen the space")
         points.append({k: _check_value(k, v, check, f"{where}.{k}") for k, v in point.items()
                        if k in space and space[k].kind != "fixed"})
     return tuple(points)
@@ -478,14 +475,14 @@ def _parse_param(name: str, value, check: "_Check") -> Param:
             return Param(name, "choice", options)
         return _parse_range(name, kind, value, check, where)
     if isinstance(value, list):
-        raise SpecError(f"{check.source}: {where} is a bare list; write {{choice: {show(value)}}} to search over it")
+        raise SpecError(f"{check.source}: {where} is a bare list; write {{choice: {shown(value)}}} to search over it")
     return Param(name, "fixed", (_check_value(name, value, check, where),))
 
 
 def _parse_range(name, kind, value, check, where) -> Param:
     bounds = value[kind]
     if not isinstance(bounds, list) or len(bounds) != 2:
-        raise SpecError(f"{check.source}: {where}.{kind} must be [low, high], got {show(bounds)}")
+        raise SpecError(f"{check.source}: {where}.{kind} must be [low, high], got {shown(bounds)}")
     if name == "variant":
         raise SpecError(f"{check.source}: {where} is a name; search it with {{choice: [...]}}")
     integer = kind in ("int", "logint")
@@ -516,7 +513,7 @@ def _check_value(name, value, check, where):
     """A single value of a searched hyperparameter, as TrainConfig would accept it."""
     if name == "variant":
         if value not in VARIANTS:
-            raise SpecError(f"{check.source}: {where}: {_unknown('variant', value, VARIANTS)}")
+            raise SpecError(f"{check.source}: {where}: {unknown_name('variant', value, VARIANTS)}")
         return value
     if name == "latent_dim":
         value = check.integer(value, where)
@@ -531,24 +528,6 @@ def _check_value(name, value, check, where):
     return value
 
 
-def show(value) -> str:
-    """A value's repr for an error message, cut to SHOWN_CHARS; reprlib never walks all of a large value."""
-    text = _SHORT.repr(value)
-    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 3] + "..."
-
-
-_SHORT = reprlib.Repr()
-_SHORT.maxstring = _SHORT.maxother = SHOWN_CHARS
-_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 3, 6, 4
-
-
-def _unknown(kind, value, known) -> str:
-    short = isinstance(value, (str, int, float)) and len(str(value)) <= SHOWN_CHARS
-    close = difflib.get_close_matches(str(value), list(known), n=1) if short else []
-    hint = f"did you mean {close[0]!r}?; " if close else ""
-    return f"unknown {kind} {show(value)} ({hint}known: {', '.join(sorted(known))})"
-
-
 def _yaml_type(value) -> str:
     return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(value),
                                                                                           type(value).__name__)
@@ -561,7 +540,7 @@ class _Check:
     def keys(self, mapping: dict, known, prefix: str) -> None:
         for key in mapping:
             if key not in known:
-                raise SpecError(f"{self.source}: {_unknown('key', f'{prefix}{key}', [prefix + k for k in known])}")
+                raise SpecError(f"{self.source}: {unknown_name('key', f'{prefix}{key}', [prefix + k for k in known])}")
 
     def mapping(self, value, where) -> dict:
         if not isinstance(value, dict):
@@ -575,12 +554,12 @@ class _Check:
 
     def string(self, value, where) -> str:
         if not isinstance(value, str) or not value.strip():
-            raise SpecError(f"{self.source}: {where} must be a non-empty string, got {show(value)}")
+            raise SpecError(f"{self.source}: {where} must be a non-empty string, got {shown(value)}")
         return value
 
     def boolean(self, value, where) -> bool:
         if not isinstance(value, bool):
-            raise SpecError(f"{self.source}: {where} must be true or false, got {show(value)}")
+            raise SpecError(f"{self.source}: {where} must be true or false, got {shown(value)}")
         return value
 
     def number(self, value, where) -> float:
@@ -589,16 +568,16 @@ class _Check:
             try:
                 value = float(value)
             except ValueError:
-                raise SpecError(f"{self.source}: {where} must be a number, got {show(value)}") from None
+                raise SpecError(f"{self.source}: {where} must be a number, got {shown(value)}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SpecError(f"{self.source}: {where} must be a number, got {show(value)}")
+            raise SpecError(f"{self.source}: {where} must be a number, got {shown(value)}")
         if not math.isfinite(value):
-            raise SpecError(f"{self.source}: {where} must be finite, got {show(value)}")
+            raise SpecError(f"{self.source}: {where} must be finite, got {shown(value)}")
         return float(value)
 
     def integer(self, value, where, low=None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(f"{self.source}: {where} must be an integer, got {show(value)}")
+            raise SpecError(f"{self.source}: {where} must be an integer, got {shown(value)}")
         if low is not None and value < low:
             raise SpecError(f"{self.source}: {where} must be >= {low}, got {value}")
         return value

@@ -118,6 +118,9 @@ def test_a_huge_value_is_shown_cut_short(capsys, tmp_path, sweep_file):
     path = sweep_file({"space": {"lr": 0.001, "latent_dim": "x" * 100_000}})
     code, _, err = run_cli(capsys, "run", path)
     assert code == 2 and "latent_dim must be an integer, got 'xxx" in err and len(err) < 300
+    path = sweep_file({"train": {"epochs": 2, "device": "y" * 100_000}})  # judged by aemodels.TrainConfig
+    code, _, err = run_cli(capsys, "run", path)
+    assert code == 2 and "unknown device 'yyy" in err and len(err) < 300
 
 
 @pytest.mark.parametrize("text,message", [
