@@ -5,6 +5,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -24,6 +25,27 @@ def sweep_file(tmp_path, data_dir):
             path.write_text(yaml.safe_dump({**TINY, "storage_path": str(tmp_path / "results"), **(content or {})}))
         return path
     return write
+
+
+@pytest.fixture
+def finished_sweep(tmp_path, data_dir, monkeypatch):
+    """results/tiny as a finished sweep leaves it, written by hand (no Ray): sweep.yaml, the tables, best_config.yaml."""
+    from sweep.results import TRIAL_COLUMNS
+    from sweep.spec import parse
+
+    monkeypatch.chdir(tmp_path)
+    home = tmp_path / "results" / "tiny"
+    home.mkdir(parents=True)
+    spec = parse({**TINY, "storage_path": str(tmp_path / "results"), "data_dir": data_dir})
+    (home / "sweep.yaml").write_text(yaml.safe_dump({"sweep": spec.to_dict(), "meta": {"command": "sweep run s.yaml"}}))
+    row = {"trial_id": "t1", "variant": "vanilla", "latent_dim": 2, "lr": 0.003, "status": "completed", "epochs": 2,
+           "best_val_loss": 0.06, "final_val_loss": 0.06, "final_train_loss": 0.065, "num_failures": 0}
+    pd.DataFrame([row], columns=TRIAL_COLUMNS).to_parquet(home / "trials.parquet", index=False)
+    pd.DataFrame([{"trial_id": "t1", "epoch": e, "train_loss": 0.07, "val_loss": 0.06} for e in (1, 2)]).to_parquet(
+        home / "epochs.parquet", index=False)
+    best = spec.train_config({"variant": "vanilla", "latent_dim": 2, "lr": 0.003})
+    (home / "best_config.yaml").write_text(yaml.safe_dump(best.to_dict(), sort_keys=False))
+    return home
 
 
 def run_cli(capsys, *args):
@@ -183,3 +205,49 @@ def test_console_script_exit_status_and_help(tmp_path, data_dir):
         helped = subprocess.run([sys.executable, "-m", "sweep.cli", command, "--help"], capture_output=True, text=True)
         assert helped.returncode == 0 and f"usage: sweep {command}" in helped.stdout
     assert Path(tmp_path).joinpath("results").exists() is False
+
+
+def test_a_garbage_best_config_is_one_line_naming_the_file_and_the_fix(capsys, finished_sweep):
+    assert run_cli(capsys, "best", "tiny")[0] == 0
+    path = finished_sweep / "best_config.yaml"
+    for garbage in ("lr: [unclosed\n", "- a list\n", "epochz: 3\n", "lr: -1\n", "\x00\xff"):
+        path.write_bytes(garbage.encode("latin-1"))
+        for command in ("best", "retrain"):
+            code, out, err = run_cli(capsys, command, "tiny")
+            assert code == 2 and err.count("\n") == 1 and f"{path}: " in err, err
+            assert "`sweep analyze tiny` rebuilds it" in err and not out
+    path.unlink()
+    path.mkdir()
+    code, _, err = run_cli(capsys, "best", "tiny")
+    assert code == 2 and "best_config.yaml: is a folder; `sweep analyze tiny` rebuilds it" in err
+
+
+@pytest.mark.parametrize("table", ["trials.parquet", "epochs.parquet"])
+def test_a_corrupt_table_is_one_line_naming_the_file_and_the_fix(capsys, finished_sweep, table):
+    (finished_sweep / table).write_bytes(b"PAR1 not really")
+    code, _, err = run_cli(capsys, "best", "tiny")
+    assert code == 2 and err.count("\n") == 1 and f"{finished_sweep / table}: not a readable Parquet table" in err
+    assert "`sweep analyze tiny` rebuilds it" in err
+
+
+def test_ls_marks_a_sweep_whose_table_is_unreadable_and_lists_the_others(capsys, finished_sweep):
+    import shutil
+
+    for name in ("broken", "zlast"):
+        shutil.copytree(finished_sweep, finished_sweep.parent / name)
+    (finished_sweep.parent / "broken" / "trials.parquet").write_bytes(b"garbage")
+    code, out, err = run_cli(capsys, "ls")
+    lines = out.splitlines()
+    assert code == 0 and not err and [line.split()[0] for line in lines[1:]] == ["broken", "tiny", "zlast"]
+    assert "unreadable" in lines[1] and "not a readable Parquet table" in lines[1] and "sweep analyze" in lines[1]
+    assert "0.06000" in lines[2] and "0.06000" in lines[3]
+
+
+@pytest.mark.parametrize("command", ["analyze", "best", "retrain", "resume"])
+@pytest.mark.parametrize("garbage", [b"sweep: [unclosed\n", b"just text\n", b"sweep: {name: tiny}\n", b"\xff\xfe\x00"],
+                         ids=["malformed", "no sweep mapping", "invalid spec", "binary"])
+def test_a_garbage_sweep_yaml_is_one_line_naming_the_file(capsys, finished_sweep, command, garbage):
+    path = finished_sweep / "sweep.yaml"
+    path.write_bytes(garbage)
+    code, _, err = run_cli(capsys, command, "tiny")
+    assert code == 2 and err.count("\n") == 1 and f"{path}: " in err and "Traceback" not in err, err
