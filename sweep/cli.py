@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -96,9 +97,7 @@ def _resume(args) -> int:
 
 
 def _ls(args) -> int:
-    import pandas as pd
-
-    from .results import SPEC_FILE
+    from .results import SPEC_FILE, ResultsError, read_table
 
     root = Path(args.results)
     homes = sorted(p.parent for p in root.glob(f"*/{SPEC_FILE}")) if root.is_dir() else []
@@ -107,13 +106,17 @@ def _ls(args) -> int:
         return 0
     print(f"{'name':24} {'trials':>6} {'best val_loss':>14}  folder")
     for home in homes:
-        trials, best = "-", "-"
-        if (home / "trials.parquet").is_file():
-            table = pd.read_parquet(home / "trials.parquet")
-            trials = str(len(table))
-            done = table[table["status"].isin(["completed", "stopped"])]["final_val_loss"]
-            best = f"{done.min():.5f}" if done.notna().any() else "-"
-        print(f"{home.name:24} {trials:>6} {best:>14}  {home}")
+        trials, best, note = "-", "-", ""
+        if os.path.lexists(home / "trials.parquet"):
+            try:  # one damaged sweep is marked, and the others are still listed
+                table = read_table(home / "trials.parquet", f"`sweep analyze {home}` rebuilds it")
+            except ResultsError as exc:
+                trials, best, note = "?", "unreadable", f"  ({exc})"
+            else:
+                trials = str(len(table))
+                done = table[table["status"].isin(["completed", "stopped"])]["final_val_loss"]
+                best = f"{done.min():.5f}" if done.notna().any() else "-"
+        print(f"{home.name:24} {trials:>6} {best:>14}  {home}{note}")
     return 0
 
 
