@@ -251,3 +251,20 @@ def test_a_garbage_sweep_yaml_is_one_line_naming_the_file(capsys, finished_sweep
     path.write_bytes(garbage)
     code, _, err = run_cli(capsys, command, "tiny")
     assert code == 2 and err.count("\n") == 1 and f"{path}: " in err and "Traceback" not in err, err
+
+
+def test_retrain_into_a_folder_it_cannot_write_is_refused_before_training(capsys, finished_sweep, monkeypatch):
+    import sweep.retrain
+
+    monkeypatch.setattr(sweep.retrain, "train", lambda *a, **k: pytest.fail("trained before checking the folder"))
+    (finished_sweep / "retrain").write_text("a file where the retrain folder goes")
+    code, out, err = run_cli(capsys, "retrain", "tiny")
+    assert code == 2 and err.count("\n") == 1 and f"cannot write to {finished_sweep / 'retrain'}" in err
+    if os.geteuid() != 0:  # root writes through a folder's permissions
+        (finished_sweep / "retrain").unlink()
+        finished_sweep.chmod(0o555)
+        try:
+            code, _, err = run_cli(capsys, "retrain", "tiny")
+        finally:
+            finished_sweep.chmod(0o755)
+        assert code == 2 and "Permission denied" in err and err.count("\n") == 1
