@@ -23,6 +23,8 @@ DISTRIBUTIONS = ("choice", "int", "logint", "uniform", "loguniform")
 EXECUTIONS = ("auto", "trial", "packed")
 FIXED_TRAIN_KEYS = ("epochs", "batch_size", "train_subset", "seed", "device", "cuda_graphs", "matmul_precision")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# An image has 784 pixels: a code wider than that compresses nothing, and 10^9 would fail only in the trial.
+MAX_LATENT_DIM = 4096
 MAX_NAME_CHARS = 100  # a sweep's name is a folder name, and file systems allow 255 bytes
 # Which variant uses a conditional hyperparameter: it is sampled only for trials of that variant.
 CONDITIONAL = {"noise_factor": "denoising", "sparsity_weight": "sparse"}
@@ -517,8 +519,9 @@ def _check_value(name, value, check, where):
         return value
     if name == "latent_dim":
         value = check.integer(value, where)
-        if value < 1:
-            raise SpecError(f"{check.source}: {where}: latent_dim must be >= 1, got {value}")
+        if not 1 <= value <= MAX_LATENT_DIM:
+            raise SpecError(f"{check.source}: {where}: latent_dim must be between 1 and {MAX_LATENT_DIM}, got "
+                            f"{shown(value)}")
         return value
     value = check.number(value, where)
     if name == "lr" and value <= 0:
