@@ -13,8 +13,26 @@ from pathlib import Path
 EXIT_USAGE = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with its errors on one line, as every other error of the command is."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; `{self.prog} --help` explains\n")
+
+
+def _count(text: str) -> int:
+    """A count given on the command line: a whole number, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text[:60]!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sweep", description="Hyperparameter sweeps of autoencoders: Ray Tune + Optuna TPE + ASHA.",
         epilog="Results land in results/<name>/; `sweep COMMAND --help` explains each command.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -44,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
                                   description="Rebuild trials/epochs tables from Ray's folder, print the top trials "
                                               "and the best trial of each variant.")
     analyze.add_argument("sweep", help="the sweep's name or folder")
-    analyze.add_argument("--top", type=int, default=10, help="how many trials to show (default 10)")
+    analyze.add_argument("--top", type=_count, default=10, help="how many trials to show (default 10)")
 
     best = commands.add_parser("best", help="print the best trial's complete TrainConfig",
                                description="Print the best trial's complete aemodels TrainConfig, ready to pass "
@@ -56,8 +74,8 @@ def _parser() -> argparse.ArgumentParser:
                                   description="Train the best trial's config with aemodels.train and save the "
                                               "weights, config and metrics under results/<name>/retrain/.")
     retrain.add_argument("sweep", help="the sweep's name or folder")
-    retrain.add_argument("--epochs", type=int, help="train this many epochs instead of the sweep's")
-    retrain.add_argument("--threads", type=int, help="CPU threads (default: as many as the trial had, which "
+    retrain.add_argument("--epochs", type=_count, help="train this many epochs instead of the sweep's")
+    retrain.add_argument("--threads", type=_count, help="CPU threads (default: as many as the trial had, which "
                                                      "reproduces its val_loss exactly; more is faster)")
     return parser
 

@@ -269,3 +269,19 @@ def test_retrain_into_a_folder_it_cannot_write_is_refused_before_training(capsys
         finally:
             finished_sweep.chmod(0o755)
         assert code == 2 and "Permission denied" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["analyze", "tiny", "--top", "-3"], "sweep analyze: error: argument --top: must be >= 1, got -3"),
+    (["analyze", "tiny", "--top", "0"], "argument --top: must be >= 1, got 0"),
+    (["analyze", "tiny", "--top", "ten"], "argument --top: expected a whole number >= 1, got 'ten'"),
+    (["retrain", "tiny", "--epochs", "0"], "argument --epochs: must be >= 1, got 0"),
+    (["retrain", "tiny", "--threads", "-1"], "argument --threads: must be >= 1, got -1"),
+    (["analyse", "tiny"], "sweep: error: argument COMMAND: invalid choice"),
+])
+def test_bad_arguments_are_one_line(capsys, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and message in err and err.count("\n") == 1 and "--help` explains" in err
