@@ -536,14 +536,29 @@ def _yaml_type(value) -> str:
                                                                                           type(value).__name__)
 
 
+def _section_keys() -> dict[str, tuple]:
+    """Each section's prefix and keys: the top level (""), train., space., searcher., scheduler., resources."""
+    return {"": TOP_KEYS, "train.": FIXED_TRAIN_KEYS, "space.": SEARCHED,
+            **{f"{name}.": tuple(f.name for f in dataclasses.fields(cls))
+               for name, cls in (("searcher", SearcherSpec), ("scheduler", SchedulerSpec), ("resources", ResourceSpec))}}
+
+
 @dataclass
 class _Check:
     source: str
 
     def keys(self, mapping: dict, known, prefix: str) -> None:
+        sections = _section_keys()
         for key in mapping:
-            if key not in known:
-                raise SpecError(f"{self.source}: {unknown_name('key', f'{prefix}{key}', [prefix + k for k in known])}")
+            if key in known:
+                continue
+            # `train.lr` for `space.lr`: the key exists, in another section, and that is the hint to give.
+            elsewhere = [where + key for where, keys in sections.items()
+                         if prefix in sections and where != prefix and key in keys]
+            if elsewhere:
+                raise SpecError(f"{self.source}: unknown key {shown(prefix + key)} (did you mean "
+                                f"{' or '.join(map(repr, elsewhere))}?; {key} is a key of another section)")
+            raise SpecError(f"{self.source}: {unknown_name('key', f'{prefix}{key}', [prefix + k for k in known])}")
 
     def mapping(self, value, where) -> dict:
         if not isinstance(value, dict):

@@ -161,6 +161,16 @@ def test_bad_set_override_is_refused(capsys, tmp_path, sweep_file):
     assert_refused(capsys, tmp_path, "run", sweep_file(), "--set", "train.epochz=2", message="did you mean 'train.epochs'")
 
 
+@pytest.mark.parametrize("item,message", [
+    ("train.lr=abc", "unknown key 'train.lr' (did you mean 'space.lr'?; lr is a key of another section)"),
+    ("epochs=3", "unknown key 'epochs' (did you mean 'train.epochs'?"),
+    ("train.num_samples=3", "unknown key 'train.num_samples' (did you mean 'num_samples'?"),
+    ("scheduler.seed=1", "(did you mean 'train.seed' or 'searcher.seed'?"),
+])
+def test_a_key_set_in_the_wrong_section_suggests_its_section(capsys, tmp_path, sweep_file, item, message):
+    assert_refused(capsys, tmp_path, "run", sweep_file(), "--set", item, message=message)
+
+
 def test_missing_dataset_offline_names_the_folder(capsys, tmp_path, sweep_file, monkeypatch):
     monkeypatch.setenv("AEMODELS_OFFLINE", "1")
     empty = tmp_path / "no-data"
