@@ -166,12 +166,11 @@ def _analyze(args) -> int:
 def _best(args) -> int:
     import yaml
 
-    from .results import ResultsError, load_results
+    from .results import load_results, no_best_trial
 
     found = load_results(args.sweep)
     if found.best_config is None:
-        raise ResultsError(f"sweep {found.spec.name} has no completed or stopped trial yet; "
-                           f"`sweep resume {found.spec.name}` finishes it")
+        raise no_best_trial(found, args.sweep)
     values = found.best_config.to_dict()
     print(json.dumps(values, indent=2) if args.format == "json" else yaml.safe_dump(values, sort_keys=False), end="")
     if args.format == "json":

@@ -145,6 +145,26 @@ def read_spec(home: Path) -> SweepSpec:
         raise ResultsError(f"{exc}; {fix}") from None
 
 
+def no_best_trial(found: "Results", name_or_dir: str) -> ResultsError:
+    """The error for a sweep with no completed or stopped trial yet, with the one command that gets one:
+    `sweep resume` where runner.check_resumable lets it resume, else the sweep's own command again with
+    --overwrite (a sweep killed before Ray's first snapshot has nothing to resume from)."""
+    from .runner import SweepError, check_resumable
+
+    name = found.spec.name
+    try:
+        check_resumable(found.home)
+    except SweepError:
+        command = f"sweep run FILE --name {name}"
+        with contextlib.suppress(ResultsError, AttributeError):
+            command = (read_yaml_file(found.home / SPEC_FILE, "").get("meta") or {}).get("command") or command
+        again = command if "--overwrite" in command.split() else f"{command} --overwrite"
+        return ResultsError(f"sweep {name} has no completed or stopped trial, and `sweep resume` cannot continue it "
+                            f"(Ray saved no state it can resume from); start it again: `{again}`")
+    return ResultsError(f"sweep {name} has no completed or stopped trial yet; `sweep resume {name_or_dir}` "
+                        "finishes it")
+
+
 def read_yaml_file(path: Path, fix: str):
     """A small YAML file of the sweep's folder, or a one-line ResultsError naming it and `fix`."""
     try:

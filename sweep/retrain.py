@@ -14,7 +14,7 @@ import yaml
 
 from aemodels import ConfigError, TrainResult, resolve_device, train
 
-from .results import ResultsError, _atomic, load_results
+from .results import ResultsError, _atomic, load_results, no_best_trial
 
 
 def retrain(name_or_dir: str, epochs: Optional[int] = None, quiet: bool = False,
@@ -26,8 +26,7 @@ def retrain(name_or_dir: str, epochs: Optional[int] = None, quiet: bool = False,
 
     found = load_results(name_or_dir)
     if found.best_config is None:
-        raise ResultsError(f"sweep {found.spec.name} has no completed or stopped trial to retrain; "
-                           f"`sweep resume {found.spec.name}` finishes it")
+        raise no_best_trial(found, name_or_dir)
     if epochs is not None and epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
     if threads is not None and threads < 1:

@@ -295,3 +295,20 @@ def test_bad_arguments_are_one_line(capsys, tmp_path, monkeypatch, args, message
         main(args)
     err = capsys.readouterr().err
     assert exited.value.code == 2 and message in err and err.count("\n") == 1 and "--help` explains" in err
+
+
+def test_a_sweep_killed_before_rays_first_snapshot_is_advised_to_run_again_not_resume(capsys, finished_sweep,
+                                                                                       monkeypatch):
+    for name in ("trials.parquet", "epochs.parquet", "best_config.yaml"):
+        (finished_sweep / name).unlink()
+    for command in ("best", "retrain"):
+        code, _, err = run_cli(capsys, command, "tiny")
+        assert code == 2 and err.count("\n") == 1 and "start it again: `sweep run s.yaml --overwrite`" in err, err
+        assert "sweep resume" not in err
+    code, _, err = run_cli(capsys, "resume", "tiny")  # the advice agrees with what resume says
+    assert code == 2 and "--overwrite" in err
+    import sweep.runner
+
+    monkeypatch.setattr(sweep.runner, "check_resumable", lambda home: None)  # a sweep Ray did snapshot
+    code, _, err = run_cli(capsys, "best", "tiny")
+    assert code == 2 and "`sweep resume tiny` finishes it" in err
