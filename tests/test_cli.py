@@ -304,7 +304,7 @@ def test_a_sweep_killed_before_rays_first_snapshot_is_advised_to_run_again_not_r
     for command in ("best", "retrain"):
         code, _, err = run_cli(capsys, command, "tiny")
         assert code == 2 and err.count("\n") == 1 and "start it again: `sweep run s.yaml --overwrite`" in err, err
-        assert "sweep resume" not in err
+        assert "finishes it" not in err
     code, _, err = run_cli(capsys, "resume", "tiny")  # the advice agrees with what resume says
     assert code == 2 and "--overwrite" in err
     import sweep.runner
