@@ -348,6 +348,8 @@ def parse(raw: dict, source: str = "sweep") -> SweepSpec:
     train = check.mapping(raw.get("train", {}), "train")
     check.keys(train, FIXED_TRAIN_KEYS, "train.")
     train = {"epochs": 10, "batch_size": 128, "train_subset": None, "seed": 0, "device": "auto", **train}
+    # TrainConfig allows 0 epochs (an untrained model); a sweep needs ASHA's max_t >= 1, so that rule speaks first.
+    check.integer(train["epochs"], "train.epochs", low=1)
     dataset = raw.get("dataset", "mnist")
     data_dir = raw.get("data_dir")
     if data_dir is not None:
@@ -358,8 +360,6 @@ def parse(raw: dict, source: str = "sweep") -> SweepSpec:
         raise SpecError(f"{source}: train: {exc}") from None
     except TypeError as exc:
         raise SpecError(f"{source}: train: {exc}") from None
-    if train["epochs"] < 1:
-        raise SpecError(f"{source}: train.epochs must be >= 1 (it is ASHA's max_t), got {train['epochs']}")
 
     space = _parse_space(check.mapping(raw["space"], "space"), check)
 

@@ -76,7 +76,8 @@ BAD_FILES = [
     ("gpu fraction", {"resources": {"gpu": 1.5}}, None, "outside (0, 1]"),
     ("non-numeric", {"num_samples": "twelve"}, None, "num_samples must be an integer, got 'twelve'"),
     ("wrong type", {"train": {"epochs": [3]}}, None, "epochs must be an integer"),
-    ("negative epochs", {"train": {"epochs": -2}}, None, "epochs must be >= 0"),
+    ("negative epochs", {"train": {"epochs": -2}}, None, "train.epochs must be >= 1, got -2"),
+    ("zero epochs", {"train": {"epochs": 0}}, None, "train.epochs must be >= 1, got 0"),
     ("negative batch size", {"train": {"batch_size": -1, "epochs": 2}}, None, "batch_size must be >= 1"),
 ]
 

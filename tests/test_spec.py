@@ -110,7 +110,7 @@ ERRORS = [
     ("gpu fraction above 1", with_("resources.gpu", 2), "resources.gpu=2.0 is outside (0, 1]"),
     ("gpu fraction negative", with_("resources.gpu", -0.5), "is outside (0, 1]"),
     ("unknown execution", with_("resources.execution", "fused"), "unknown resources.execution 'fused'"),
-    ("negative epochs", with_("train.epochs", -1), "epochs must be >= 0"),
+    ("negative epochs", with_("train.epochs", -1), "train.epochs must be >= 1, got -1"),
     ("zero epochs", with_("train.epochs", 0), "train.epochs must be >= 1"),
     ("negative batch size", with_("train.batch_size", -128), "batch_size must be >= 1"),
     ("wrong type batch size", with_("train.batch_size", "large"), "batch_size must be an integer"),
