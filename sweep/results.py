@@ -209,11 +209,14 @@ def read_experiment(experiment: Path) -> list[dict]:
     state_file = _newest(str(experiment / "experiment_state-*.json"))
     if state_file is None:
         return []
-    with open(state_file) as fh:
-        state = json.load(fh)
+    try:
+        with open(state_file) as fh:
+            entries = [(json.loads(t), json.loads(r)) for t, r in json.load(fh)["trial_data"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ResultsError(f"{state_file}: Ray's experiment state cannot be read ({type(exc).__name__}); restore it "
+                           "from a copy (the trials' own folders beside it are intact)") from None
     records = []
-    for trial_json, runtime_json in state["trial_data"]:
-        trial, runtime = json.loads(trial_json), json.loads(runtime_json)
+    for trial, runtime in entries:
         folder = experiment / trial["relative_logdir"]
         records.append({
             "trial_id": trial["trial_id"], "config": trial["config"], "ray_status": trial["status"],

@@ -313,3 +313,12 @@ def test_a_sweep_killed_before_rays_first_snapshot_is_advised_to_run_again_not_r
     monkeypatch.setattr(sweep.runner, "check_resumable", lambda home: None)  # a sweep Ray did snapshot
     code, _, err = run_cli(capsys, "best", "tiny")
     assert code == 2 and "`sweep resume tiny` finishes it" in err
+
+
+@pytest.mark.parametrize("garbage", ["{garbage", '{"trial_data": 5}', '{"other": []}'])
+def test_a_garbage_experiment_state_is_one_line_naming_the_file(capsys, finished_sweep, garbage):
+    state = finished_sweep / "ray" / "experiment_state-2026-12-03_00-00-00.json"
+    state.parent.mkdir()
+    state.write_text(garbage)
+    code, _, err = run_cli(capsys, "analyze", "tiny")
+    assert code == 2 and err.count("\n") == 1 and f"{state}: Ray's experiment state cannot be read" in err, err
