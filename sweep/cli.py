@@ -118,7 +118,10 @@ def _ls(args) -> int:
     from .results import SPEC_FILE, ResultsError, read_table
 
     root = Path(args.results)
-    homes = sorted(p.parent for p in root.glob(f"*/{SPEC_FILE}")) if root.is_dir() else []
+    try:
+        homes = sorted(p.parent for p in root.glob(f"*/{SPEC_FILE}")) if root.is_dir() else []
+    except OSError as exc:
+        raise ResultsError(f"{root}: cannot list it ({exc.strerror or exc}); check its permissions") from None
     if not homes:
         print(f"no sweeps in {root}/")
         return 0

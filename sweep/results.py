@@ -95,8 +95,11 @@ def find_home(name_or_dir: str, storage_path: str = "results") -> Path:
         return home
     candidates = [Path(name_or_dir), Path(storage_path) / name_or_dir]
     for candidate in candidates:
-        if (candidate / SPEC_FILE).is_file():
-            return candidate.resolve()
+        try:
+            if (candidate / SPEC_FILE).is_file():
+                return candidate.resolve()
+        except OSError as exc:  # is_file raises on a folder it may not search
+            raise ResultsError(f"{candidate}: cannot read it ({exc.strerror or exc}); check its permissions") from None
     raise ResultsError(f"no sweep {name_or_dir!r}: neither {candidates[0]} nor {candidates[1]} holds a {SPEC_FILE}; "
                        "`sweep ls` lists the sweeps")
 
