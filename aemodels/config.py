@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .models import VARIANTS, unknown_name
+from .models import VARIANTS, shown, unknown_name
 
 DATASETS = ("mnist", "fashion_mnist")
 DEVICES = ("auto", "cpu", "cuda")
@@ -60,9 +60,9 @@ class TrainConfig:
         check.choice("device", DEVICES)
         check.choice("matmul_precision", MATMUL_PRECISIONS)
         if not isinstance(self.cuda_graphs, bool):
-            raise ConfigError(f"cuda_graphs must be true or false, got {self.cuda_graphs!r}")
+            raise ConfigError(f"cuda_graphs must be true or false, got {shown(self.cuda_graphs)}")
         if self.data_dir is not None and not isinstance(self.data_dir, str):
-            raise ConfigError(f"data_dir must be a path string, got {self.data_dir!r}")
+            raise ConfigError(f"data_dir must be a path string, got {shown(self.data_dir)}")
         self._variant_knob("noise_factor", "denoising", NOISE_DEFAULT, check)
         self._variant_knob("sparsity_weight", "sparse", SPARSITY_DEFAULT, check)
 
@@ -112,15 +112,15 @@ class _Checker:
     def integer(self, name, low=None, high=None):
         value = getattr(self.config, name)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name} must be an integer, got {value!r}")
+            raise ConfigError(f"{name} must be an integer, got {shown(value)}")
         self._range(name, value, low, high, low_open=False)
 
     def number(self, name, low=None, high=None, low_open=False):
         value = getattr(self.config, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name} must be a number, got {value!r}")
+            raise ConfigError(f"{name} must be a number, got {shown(value)}")
         if not math.isfinite(value):
-            raise ConfigError(f"{name} must be finite, got {value!r}")
+            raise ConfigError(f"{name} must be finite, got {shown(value)}")
         object.__setattr__(self.config, name, float(value))
         self._range(name, value, low, high, low_open)
 
@@ -133,7 +133,7 @@ class _Checker:
     def _range(name, value, low, high, low_open):
         if low is not None and (value <= low if low_open else value < low):
             bound = f"> {low}" if low_open else f">= {low}"
-            raise ConfigError(f"{name} must be {bound}, got {value!r}")
+            raise ConfigError(f"{name} must be {bound}, got {shown(value)}")
         if high is not None and value > high:
-            raise ConfigError(f"{name} must be <= {high}, got {value!r}")
+            raise ConfigError(f"{name} must be <= {high}, got {shown(value)}")
 

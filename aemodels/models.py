@@ -6,6 +6,7 @@ Variants are chosen by name from `VARIANTS`; adding one is a class plus one regi
 from __future__ import annotations
 
 import difflib
+import reprlib
 
 import torch
 from torch import nn
@@ -122,12 +123,27 @@ VARIANTS: dict[str, type[nn.Module]] = {
 }
 
 
+SHOWN_CHARS = 60  # a value quoted in an error message, so that the message stays one short line
+
+
+def shown(value) -> str:
+    """A value's repr for an error message, cut to SHOWN_CHARS; reprlib never walks all of a large value."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 3] + "..."
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = SHOWN_CHARS
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 3, 6, 4
+
+
 def unknown_name(kind: str, name: object, known) -> str:
     """`unknown variant 'vanila' (did you mean 'vanilla'?; known: conv, denoising, ...)`."""
     known = sorted(known)
-    close = difflib.get_close_matches(str(name), known, n=1)
+    short = isinstance(name, str) and len(name) <= SHOWN_CHARS
+    close = difflib.get_close_matches(name, known, n=1) if short else []
     hint = f"did you mean {close[0]!r}?; " if close else ""
-    return f"unknown {kind} {name!r} ({hint}known: {', '.join(known)})"
+    return f"unknown {kind} {shown(name)} ({hint}known: {', '.join(known)})"
 
 
 def create_model(variant: str, latent_dim: int = 32, **kwargs) -> nn.Module:

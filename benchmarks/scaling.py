@@ -25,6 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # its local Ray on 127.0.0.1, as `sweep run`'s
 CHECKPOINT_BYTES = 13_000_000  # TrainState of vanilla latent 32: weights + Adam moments, float32
 
 

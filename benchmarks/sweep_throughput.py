@@ -32,6 +32,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO.parent / "shared" / "bench"
 sys.path.insert(0, str(REPO))
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # as `sweep run` starts its local Ray
 
 
 def reference_spec(device: str, trials: int, epochs: int, subset, storage: str, execution: str,

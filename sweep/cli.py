@@ -6,14 +6,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 EXIT_USAGE = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with its errors on one line, as every other error of the command is."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; `{self.prog} --help` explains\n")
+
+
+def _count(text: str) -> int:
+    """A count given on the command line: a whole number, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text[:60]!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sweep", description="Hyperparameter sweeps of autoencoders: Ray Tune + Optuna TPE + ASHA.",
         epilog="Results land in results/<name>/; `sweep COMMAND --help` explains each command.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -43,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
                                   description="Rebuild trials/epochs tables from Ray's folder, print the top trials "
                                               "and the best trial of each variant.")
     analyze.add_argument("sweep", help="the sweep's name or folder")
-    analyze.add_argument("--top", type=int, default=10, help="how many trials to show (default 10)")
+    analyze.add_argument("--top", type=_count, default=10, help="how many trials to show (default 10)")
 
     best = commands.add_parser("best", help="print the best trial's complete TrainConfig",
                                description="Print the best trial's complete aemodels TrainConfig, ready to pass "
@@ -55,8 +74,8 @@ def _parser() -> argparse.ArgumentParser:
                                   description="Train the best trial's config with aemodels.train and save the "
                                               "weights, config and metrics under results/<name>/retrain/.")
     retrain.add_argument("sweep", help="the sweep's name or folder")
-    retrain.add_argument("--epochs", type=int, help="train this many epochs instead of the sweep's")
-    retrain.add_argument("--threads", type=int, help="CPU threads (default: as many as the trial had, which "
+    retrain.add_argument("--epochs", type=_count, help="train this many epochs instead of the sweep's")
+    retrain.add_argument("--threads", type=_count, help="CPU threads (default: as many as the trial had, which "
                                                      "reproduces its val_loss exactly; more is faster)")
     return parser
 
@@ -65,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from aemodels import ConfigError, DataError
 
-    from .results import ResultsError
-    from .runner import SweepError
+    from .errors import Interrupted, ResultsError, SweepError
     from .spec import SpecError
 
     try:
@@ -74,21 +92,47 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, SweepError, ResultsError, ConfigError, DataError) as exc:
         print(f"sweep {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Interrupted as exc:
+        print(f"sweep {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_status
     except KeyboardInterrupt:
         print(f"sweep {args.command}: interrupted; `sweep resume NAME` continues a sweep", file=sys.stderr)
         return 130
 
 
+def local_ray_on_loopback(address: str | None) -> None:
+    """Before Ray is imported: a Ray this command starts itself listens on 127.0.0.1 only (runner.LOOPBACK_ENV
+    says why; the variable must be set before the import, which is why it is set here)."""
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def _stored_address(name_or_dir: str) -> str | None:
+    """The address a sweep was run with (its sweep.yaml), read without importing Ray; None if unreadable."""
+    import yaml
+
+    for home in (Path(name_or_dir), Path("results") / name_or_dir):
+        try:
+            return ((yaml.safe_load((home / "sweep.yaml").read_text()) or {}).get("sweep") or {}).get("address")
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+    return None
+
+
 def _run(args) -> int:
-    from . import runner, spec
+    from . import spec
 
     overrides = list(args.overrides) + ([f"name={args.name}"] if args.name else [])
     sweep = spec.load(args.config, tuple(overrides))
+    local_ray_on_loopback(args.address or sweep.address)
+    from . import runner
+
     runner.run(sweep, overwrite=args.overwrite, address=args.address, argv=["sweep", *sys.argv[1:]])
     return 0
 
 
 def _resume(args) -> int:
+    local_ray_on_loopback(args.address or _stored_address(args.sweep))
     from . import runner
 
     runner.resume(args.sweep, address=args.address)
@@ -96,24 +140,29 @@ def _resume(args) -> int:
 
 
 def _ls(args) -> int:
-    import pandas as pd
-
-    from .results import SPEC_FILE
+    from .results import SPEC_FILE, ResultsError, read_table
 
     root = Path(args.results)
-    homes = sorted(p.parent for p in root.glob(f"*/{SPEC_FILE}")) if root.is_dir() else []
+    try:
+        homes = sorted(p.parent for p in root.glob(f"*/{SPEC_FILE}")) if root.is_dir() else []
+    except OSError as exc:
+        raise ResultsError(f"{root}: cannot list it ({exc.strerror or exc}); check its permissions") from None
     if not homes:
         print(f"no sweeps in {root}/")
         return 0
     print(f"{'name':24} {'trials':>6} {'best val_loss':>14}  folder")
     for home in homes:
-        trials, best = "-", "-"
-        if (home / "trials.parquet").is_file():
-            table = pd.read_parquet(home / "trials.parquet")
-            trials = str(len(table))
-            done = table[table["status"].isin(["completed", "stopped"])]["final_val_loss"]
-            best = f"{done.min():.5f}" if done.notna().any() else "-"
-        print(f"{home.name:24} {trials:>6} {best:>14}  {home}")
+        trials, best, note = "-", "-", ""
+        if os.path.lexists(home / "trials.parquet"):
+            try:  # one damaged sweep is marked, and the others are still listed
+                table = read_table(home / "trials.parquet", f"`sweep analyze {home}` rebuilds it")
+            except ResultsError as exc:
+                trials, best, note = "?", "unreadable", f"  ({exc})"
+            else:
+                trials = str(len(table))
+                done = table[table["status"].isin(["completed", "stopped"])]["final_val_loss"]
+                best = f"{done.min():.5f}" if done.notna().any() else "-"
+        print(f"{home.name:24} {trials:>6} {best:>14}  {home}{note}")
     return 0
 
 
@@ -145,12 +194,11 @@ def _analyze(args) -> int:
 def _best(args) -> int:
     import yaml
 
-    from .results import ResultsError, load_results
+    from .results import load_results, no_best_trial
 
     found = load_results(args.sweep)
     if found.best_config is None:
-        raise ResultsError(f"sweep {found.spec.name} has no completed or stopped trial yet; "
-                           f"`sweep resume {found.spec.name}` finishes it")
+        raise no_best_trial(found, args.sweep)
     values = found.best_config.to_dict()
     print(json.dumps(values, indent=2) if args.format == "json" else yaml.safe_dump(values, sort_keys=False), end="")
     if args.format == "json":

@@ -5,13 +5,18 @@ It is a Ray Tune Callback, so it sees exactly what the Tune driver sees and noth
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 
 from ray.tune import Callback
 
+from .errors import SweepError
 from .searcher import trial_status
 from .spec import SEARCHED
+
+
+RESUMED_TRIALS_ENV = "AESWEEP_RESUMED_TRIALS"  # how many trials `sweep resume` expects Ray to restore
 
 
 class Progress(Callback):
@@ -24,6 +29,7 @@ class Progress(Callback):
         self.start = time.monotonic()
         self.last_print = 0.0
         self.best = (math.inf, None, None)
+        self.restore_checked = False
 
     def __getstate__(self):  # Ray pickles callbacks with the tuner: keep only the settings
         return {"num_samples": self.num_samples, "max_epochs": self.max_epochs, "interval_s": self.interval_s}
@@ -43,8 +49,16 @@ class Progress(Callback):
         if time.monotonic() - self.last_print >= self.interval_s:
             self._write(self.status_line(trials))
 
-    def on_experiment_end(self, trials, **info):
-        self._write(self.status_line(trials))
+    def on_step_begin(self, iteration, trials, **info):
+        # Tune logs a failed restore of its run state and carries on with a fresh experiment (ray#30861):
+        # over a sweep folder, that would rebuild the tables from one new trial.
+        if self.restore_checked:
+            return
+        self.restore_checked = True
+        expected = int(os.environ.get(RESUMED_TRIALS_ENV, "0"))
+        if len(trials) < expected:
+            raise SweepError(f"Ray restored {len(trials)} of the sweep's {expected} trials (see Ray's log above); "
+                             "the resume is stopped before it changes anything")
 
     def counts(self, trials) -> dict[str, int]:
         """Derived from Tune's own trial list, so a resumed sweep counts what it restored too."""

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +21,14 @@ from typing import Optional
 import pandas as pd
 import yaml
 
-from aemodels import TrainConfig
+from aemodels import ConfigError, TrainConfig
 
 from . import storage
+from .errors import ResultsError
 from .searcher import (LEGACY_STUDY_FILE, STUDY_FILE, finished_in_study, snapshot_name, snapshot_study,
                        storage_error, study_path, study_url, trial_status)
 from .trial import HISTORY_FILE
-from .spec import SEARCHED, SweepSpec, parse
+from .spec import SEARCHED, FileProblem, SpecError, SweepSpec, load_yaml, parse, read_text, yaml_problem
 
 EPOCH_COLUMNS = ["trial_id", "epoch", "train_loss", "val_loss", "epoch_s", "train_s", "images_per_s", "pack_size",
                  "status", "timestamp"]
@@ -35,10 +37,7 @@ TRIAL_COLUMNS = ["trial_id", *SEARCHED, "status", "epochs", "best_val_loss", "fi
 HYPER_DTYPES = {"latent_dim": "Int64", "lr": "Float64", "noise_factor": "Float64", "sparsity_weight": "Float64"}
 SPEC_FILE, EXPERIMENT_DIR = "sweep.yaml", "ray"
 TABLE_FILES = ("trials.parquet", "trials.csv", "epochs.parquet", "best_config.yaml")
-
-
-class ResultsError(RuntimeError):
-    """The sweep's folder cannot be read or written; one line with the fix."""
+FINISHED_STATUSES = ("completed", "stopped", "diverged", "error")
 
 
 @dataclass
@@ -83,7 +82,7 @@ def experiment_path(home: Path, spec: SweepSpec) -> str:
 def find_home(name_or_dir: str, storage_path: str = "results") -> Path:
     """A sweep's local folder from its name (under results/), its path, or its object-store URI."""
     if storage.is_remote(name_or_dir):
-        home = (Path("results") / name_or_dir.rstrip("/").rsplit("/", 1)[-1]).resolve()
+        home = (Path("results") / storage.basename(name_or_dir)).resolve()
         try:
             found = storage.download(storage.join(name_or_dir, SPEC_FILE), home / SPEC_FILE)
         except OSError as exc:
@@ -94,8 +93,11 @@ def find_home(name_or_dir: str, storage_path: str = "results") -> Path:
         return home
     candidates = [Path(name_or_dir), Path(storage_path) / name_or_dir]
     for candidate in candidates:
-        if (candidate / SPEC_FILE).is_file():
-            return candidate.resolve()
+        try:
+            if (candidate / SPEC_FILE).is_file():
+                return candidate.resolve()
+        except OSError as exc:  # is_file raises on a folder it may not search
+            raise ResultsError(f"{candidate}: cannot read it ({exc.strerror or exc}); check its permissions") from None
     raise ResultsError(f"no sweep {name_or_dir!r}: neither {candidates[0]} nor {candidates[1]} holds a {SPEC_FILE}; "
                        "`sweep ls` lists the sweeps")
 
@@ -133,8 +135,67 @@ def sync_up(home: Path, spec: SweepSpec, names=(SPEC_FILE,)) -> None:
 
 
 def read_spec(home: Path) -> SweepSpec:
-    raw = yaml.safe_load((home / SPEC_FILE).read_text())
-    return parse(raw["sweep"], source=str(home / SPEC_FILE))
+    path = home / SPEC_FILE
+    fix = "`sweep run` wrote it: restore it from a copy, or run the sweep again with --overwrite"
+    raw = read_yaml_file(path, fix)
+    if not isinstance(raw, dict) or not isinstance(raw.get("sweep"), dict):
+        raise ResultsError(f"{path}: holds no `sweep:` mapping; {fix}")
+    try:
+        return parse(raw["sweep"], source=str(path))
+    except SpecError as exc:
+        raise ResultsError(f"{exc}; {fix}") from None
+
+
+def no_best_trial(found: "Results", name_or_dir: str) -> ResultsError:
+    """The error for a sweep with no completed or stopped trial yet, with the one command that gets one:
+    `sweep resume` where runner.check_resumable lets it resume, else the sweep's own command again with
+    --overwrite (a sweep killed before Ray's first snapshot has nothing to resume from)."""
+    from .runner import SweepError, check_resumable
+
+    name = found.spec.name
+    try:
+        check_resumable(found.home)
+    except SweepError:
+        command = f"sweep run FILE --name {name}"
+        with contextlib.suppress(ResultsError, AttributeError):
+            command = (read_yaml_file(found.home / SPEC_FILE, "").get("meta") or {}).get("command") or command
+        again = command if "--overwrite" in command.split() else f"{command} --overwrite"
+        return ResultsError(f"sweep {name} has no completed or stopped trial, and `sweep resume` cannot continue it "
+                            f"(Ray saved no state it can resume from); start it again: `{again}`")
+    return ResultsError(f"sweep {name} has no completed or stopped trial yet; `sweep resume {name_or_dir}` "
+                        "finishes it")
+
+
+def read_yaml_file(path: Path, fix: str):
+    """A small YAML file of the sweep's folder, or a one-line ResultsError naming it and `fix`."""
+    try:
+        return load_yaml(read_text(path))
+    except FileProblem as exc:
+        raise ResultsError(f"{path}: {exc}; {fix}") from None
+    except yaml.YAMLError as exc:
+        raise ResultsError(f"{path}: {yaml_problem(exc)}; {fix}") from None
+
+
+def read_table(path: Path, fix: str, columns=("trial_id", "status", "epochs", "final_val_loss")) -> pd.DataFrame:
+    """A Parquet table of the sweep's folder, or a one-line ResultsError naming it and `fix`."""
+    import pyarrow
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the read forever
+            raise FileProblem("is not a regular file")
+        table = pd.read_parquet(path)
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: no such file; {fix}") from None
+    except FileProblem as exc:
+        raise ResultsError(f"{path}: {exc}; {fix}") from None
+    except (OSError, ValueError, pyarrow.ArrowException) as exc:
+        detail = (str(exc).splitlines() or [""])[0]
+        raise ResultsError(f"{path}: not a readable Parquet table ({type(exc).__name__}: {detail[:80]}); "
+                           f"{fix}") from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ResultsError(f"{path}: has no {', '.join(missing)} column; {fix}")
+    return table
 
 
 # ---- reading Ray's experiment folder --------------------------------------------------------------
@@ -149,11 +210,14 @@ def read_experiment(experiment: Path) -> list[dict]:
     state_file = _newest(str(experiment / "experiment_state-*.json"))
     if state_file is None:
         return []
-    with open(state_file) as fh:
-        state = json.load(fh)
+    try:
+        with open(state_file) as fh:
+            entries = [(json.loads(t), json.loads(r)) for t, r in json.load(fh)["trial_data"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ResultsError(f"{state_file}: Ray's experiment state cannot be read ({type(exc).__name__}); restore it "
+                           "from a copy (the trials' own folders beside it are intact)") from None
     records = []
-    for trial_json, runtime_json in state["trial_data"]:
-        trial, runtime = json.loads(trial_json), json.loads(runtime_json)
+    for trial, runtime in entries:
         folder = experiment / trial["relative_logdir"]
         records.append({
             "trial_id": trial["trial_id"], "config": trial["config"], "ray_status": trial["status"],
@@ -214,15 +278,42 @@ def _finished_in_study(home: Path, spec: SweepSpec) -> dict[str, str]:
         return {}
 
 
+def _trial_folder_record(experiment: Path, trial_id: str, status: str) -> Optional[dict]:
+    """A trial the study saw finish but Ray's last snapshot never listed (it started and ended between
+    two snapshots, and the driver died before the next): read from its own folder, as Ray wrote it."""
+    folders = [f for f in experiment.glob(f"*_{trial_id}_*") if f.is_dir()]
+    if not folders:
+        return None
+    folder = folders[0]
+    try:
+        config = json.loads((folder / "params.json").read_text())
+    except (OSError, ValueError):
+        return None
+    results = _result_rows(folder)
+    return {"trial_id": trial_id, "config": config, "ray_status": "TERMINATED",
+            "last_result": results[-1] if results else {}, "num_failures": 0,
+            "error": _error_line(folder, None) if status == "error" else None, "rows": _epoch_rows(folder),
+            "study_status": status}
+
+
 def build_tables(home: Path, spec: Optional[SweepSpec] = None) -> Results:
     spec = spec or read_spec(home)
     trial_rows, epoch_frames = [], []
     # The study records each trial's end as it happens; Ray's snapshot can lag (it may still say
-    # RUNNING for a trial that has since failed for good), so the study's word wins.
+    # RUNNING for a trial that has since ended, or miss a trial that started and ended between two
+    # snapshots), so the study's word on how a trial ended wins.
     told = _finished_in_study(home, spec)
-    for record in read_experiment(home / EXPERIMENT_DIR):
-        if record["trial_id"] in told and record["ray_status"] not in ("TERMINATED", "ERROR"):
-            record["ray_status"] = "ERROR" if told[record["trial_id"]] == "error" else "TERMINATED"
+    records = read_experiment(home / EXPERIMENT_DIR)
+    for record in records:
+        if record["trial_id"] in told:
+            record["study_status"] = told[record["trial_id"]]
+    known = {record["trial_id"] for record in records}
+    for trial_id, status in sorted(told.items()):
+        if trial_id not in known and status != "error":
+            orphan = _trial_folder_record(home / EXPERIMENT_DIR, trial_id, status)
+            if orphan is not None:
+                records.append(orphan)
+    for record in records:
         rows = [r for r in record["rows"] if "epoch" in r]
         # A restored trial re-reports the epochs between its checkpoint and the crash: keep the last of each.
         epochs = pd.DataFrame(rows).drop_duplicates("epoch", keep="last").sort_values("epoch") if rows else None
@@ -244,10 +335,13 @@ def build_tables(home: Path, spec: Optional[SweepSpec] = None) -> Results:
 def _trial_row(record: dict, epochs: Optional[pd.DataFrame], spec: SweepSpec) -> dict:
     last = record["last_result"]
     params = spec.trial_params(record["config"])
-    if record["ray_status"] == "TERMINATED":
-        status = trial_status(last, False, spec.epochs)
-    elif record["ray_status"] == "ERROR":
+    # Ray's ERROR carries the failure itself (error.txt), which the study never sees.
+    if record["ray_status"] == "ERROR":
         status = "error"
+    elif record.get("study_status"):
+        status = record["study_status"]
+    elif record["ray_status"] == "TERMINATED":
+        status = trial_status(last, False, spec.epochs)
     else:
         status = record["ray_status"].lower()  # running / pending / paused: the sweep did not finish
     finite = epochs["val_loss"][epochs["val_loss"].map(lambda v: v is not None and math.isfinite(v))] \
@@ -280,9 +374,25 @@ def _plain(value):
 
 # ---- writing --------------------------------------------------------------------------------------
 
+def finished_in_tables(home: Path) -> set[str]:
+    """The ids of the trials the sweep's trials.parquet lists as finished (none if it has none)."""
+    try:
+        trials = pd.read_parquet(Path(home) / "trials.parquet", columns=["trial_id", "status"])
+    except (OSError, ValueError, KeyError):  # no table yet; an unreadable one is rebuilt
+        return set()
+    return set(trials.loc[trials["status"].isin(FINISHED_STATUSES), "trial_id"])
+
+
 def write_tables(results: Results) -> None:
-    """trials.parquet/.csv, epochs.parquet and best_config.yaml, each replaced atomically."""
+    """trials.parquet/.csv, epochs.parquet and best_config.yaml, each replaced atomically; never by tables
+    that lose a finished trial the current ones list."""
     home = results.home
+    lost = finished_in_tables(home) - set(
+        results.trials.loc[results.trials["status"].isin(FINISHED_STATUSES), "trial_id"])
+    if lost:
+        raise ResultsError(f"the tables rebuilt from {home} lack {len(lost)} finished trial(s) that "
+                           f"{home / 'trials.parquet'} lists ({', '.join(sorted(lost)[:3])}); the tables are left as "
+                           "they were; Ray's folder or the study is damaged or incomplete")
     _atomic(home / "trials.parquet", lambda path: results.trials.to_parquet(path, index=False))
     _atomic(home / "trials.csv", lambda path: results.trials.to_csv(path, index=False))
     _atomic(home / "epochs.parquet", lambda path: results.epochs.to_parquet(path, index=False))
@@ -332,11 +442,16 @@ def load_results(name_or_dir: str, *, rebuild: bool = False, storage_path: str =
             with contextlib.suppress(ResultsError):  # a read-only copy of a sweep is still readable
                 write_tables(results)
         return results
-    trials = pd.read_parquet(home / "trials.parquet")
-    epochs = pd.read_parquet(home / "epochs.parquet")
+    fix = f"`sweep analyze {name_or_dir}` rebuilds it"
+    trials = read_table(home / "trials.parquet", fix)
+    epochs = read_table(home / "epochs.parquet", fix, columns=("trial_id", "epoch", "val_loss"))
     best_config, best_trial = None, None
-    if (home / "best_config.yaml").is_file():
-        best_config = TrainConfig.from_dict(yaml.safe_load((home / "best_config.yaml").read_text()))
+    if (home / "best_config.yaml").exists():
+        path = home / "best_config.yaml"
+        try:
+            best_config = TrainConfig.from_dict(read_yaml_file(path, fix))
+        except ConfigError as exc:
+            raise ResultsError(f"{path}: not a TrainConfig ({exc}); {fix}") from None
         ranked = _ranked(trials)
         best_trial = None if ranked.empty else ranked.iloc[0]["trial_id"]
     return Results(home, spec, trials, epochs, best_trial, best_config)

@@ -6,6 +6,7 @@ for aemodels.TrainState.load), config.yaml and metrics.json, each replaced atomi
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -13,7 +14,7 @@ import yaml
 
 from aemodels import ConfigError, TrainResult, resolve_device, train
 
-from .results import ResultsError, _atomic, load_results
+from .results import ResultsError, _atomic, load_results, no_best_trial
 
 
 def retrain(name_or_dir: str, epochs: Optional[int] = None, quiet: bool = False,
@@ -25,8 +26,7 @@ def retrain(name_or_dir: str, epochs: Optional[int] = None, quiet: bool = False,
 
     found = load_results(name_or_dir)
     if found.best_config is None:
-        raise ResultsError(f"sweep {found.spec.name} has no completed or stopped trial to retrain; "
-                           f"`sweep resume {found.spec.name}` finishes it")
+        raise no_best_trial(found, name_or_dir)
     if epochs is not None and epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
     if threads is not None and threads < 1:
@@ -41,6 +41,8 @@ def retrain(name_or_dir: str, epochs: Optional[int] = None, quiet: bool = False,
     say(f"retraining trial {found.best_trial} of sweep {found.spec.name} for {config.epochs} epochs "
         f"({config.variant}, latent_dim={config.latent_dim}, lr={config.lr:.4g})"
         + (f" on {threads} CPU thread{'s' if threads > 1 else ''}" if threads else ""))
+    out = found.home / "retrain"
+    _check_writable(out)  # before the training, which can take long, not after it
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -49,8 +51,6 @@ def retrain(name_or_dir: str, epochs: Optional[int] = None, quiet: bool = False,
                                                       f"val_loss {m['val_loss']:.5f}  ({m['epoch_s']:.2f} s)"))
     finally:
         torch.set_num_threads(before)
-    out = found.home / "retrain"
-    out.mkdir(exist_ok=True)
     metrics = {"sweep": found.spec.name, "trial_id": found.best_trial, "status": result.status,
                "val_loss": result.val_loss, "trial_val_loss": float(row["final_val_loss"]),
                "trial_epochs": int(row["epochs"]), "threads": threads, "history": result.history}
@@ -61,6 +61,16 @@ def retrain(name_or_dir: str, epochs: Optional[int] = None, quiet: bool = False,
     say(f"val_loss {result.val_loss:.6f} (the sweep's trial: {metrics['trial_val_loss']:.6f} after "
         f"{metrics['trial_epochs']} epochs); saved to {out}/")
     return result
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise ResultsError(f"cannot write to {out} ({exc.strerror or exc}); fix its permissions, or copy the "
+                           "sweep's folder somewhere writable and retrain the copy") from None
 
 
 def trial_threads(spec, row) -> int:

@@ -21,12 +21,13 @@ from typing import Optional
 
 import yaml
 
-from aemodels import DataError, ensure_dataset, load_dataset
+from aemodels import DataError, load_dataset
 
 from . import results as results_mod
 from . import storage
+from .errors import Interrupted, SweepError
 from .results import EXPERIMENT_DIR, SPEC_FILE, Results
-from .searcher import STUDY_URL_ENV, study_path, study_url
+from .searcher import STUDY_URL_ENV, snapshot_name, storage_error, study_path, study_url
 from .spec import SpecError, SweepSpec
 
 logger = logging.getLogger(__name__)
@@ -37,11 +38,12 @@ TRIALS_PER_GPU_MAX = 16  # "auto" GPU fraction in trial execution: at most this 
 # imports (0.7 CPU-s, 67 MB per process on a CPU), and torch through aemodels (1.2 CPU-s, 270 MB), which a
 # trial of its own imports but a packed trial's proxy never does.
 TRIAL_CODE = ("sweep.trial", "sweep.packed")
+# Ray binds its GCS, raylets, workers and agents to every interface (its agents to the machine's external
+# address) even when told to use 127.0.0.1 as the node's address; with this variable at 0, read once when
+# Ray is imported, Ray treats the machine as a single-node cluster and every listener is on 127.0.0.1. A
+# driver that joins a cluster must not have it (it would announce 127.0.0.1 as its own address).
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 TORCH = ("aemodels",)
-
-
-class SweepError(RuntimeError):
-    """A sweep that cannot start or resume; one line with the fix."""
 
 
 @dataclass(frozen=True)
@@ -80,26 +82,75 @@ def check_writable(folder: Path) -> None:
                          "fix its permissions or set storage_path to a writable folder") from None
 
 
-def prepare(spec: SweepSpec, overwrite: bool = False) -> Path:
-    """Every check that needs no Ray: the name is free, the folder writable, the data there."""
-    home = sweep_home(spec)
+def _taken(spec: SweepSpec, home: Path) -> Optional[str]:
+    """Where a sweep of this name already lives (its folder or its object-store copy), if anywhere."""
+    if home.exists():
+        return str(home)
     remote = results_mod.remote_home(spec)
-    taken = home if home.exists() else None
     if remote:
         try:
-            taken = taken or (remote if storage.exists(remote) else None)
+            return remote if storage.exists(remote) else None
         except OSError as exc:
             raise SweepError(f"storage_path {spec.storage_path} cannot be reached ({str(exc).splitlines()[0]}); "
                              "check the URI and the credentials") from None
-    if taken and not overwrite:
+    return None
+
+
+def _refuse_taken(spec: SweepSpec, home: Path) -> None:
+    taken = _taken(spec, home)
+    if taken:
         raise SweepError(f"sweep {spec.name!r} already exists in {taken}; `sweep resume {spec.name}` continues it, "
                          "--name picks another name, --overwrite replaces it")
+
+
+def prepare(spec: SweepSpec, overwrite: bool = False):
+    """Every check that needs no Ray, before anything is written or deleted: the name is free (or
+    --overwrite), the folder writable, and the dataset readable to its last byte (a truncated file
+    found only after --overwrite deleted the old sweep would lose it). Returns (home, dataset)."""
+    home = sweep_home(spec)
+    if not overwrite:
+        _refuse_taken(spec, home)
     check_writable(home)
     try:
-        ensure_dataset(spec.dataset, spec.data_dir)
+        dataset = load_dataset(spec.dataset, spec.data_dir)
     except DataError as exc:
         raise SweepError(str(exc)) from None
-    return home
+    return home, dataset
+
+
+@contextlib.contextmanager
+def claim(home: Path):
+    """Hold the sweep's name for as long as this driver runs: an exclusive lock on `.<name>.lock` beside
+    the sweep's folder. Two drivers of one name would share a folder and a journal and lose trials.
+
+    The lock lives beside the folder, not in it, so that --overwrite can delete the folder while holding
+    it; the kernel releases it when the driver dies, however it dies. It guards one machine's (or one
+    shared file system's) results folder, which is where the sweep's folder lives.
+    """
+    from filelock import FileLock, Timeout
+
+    made = [p for p in (home.parent, *home.parent.parents) if not p.exists()]
+    home.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(home.parent / f".{home.name}.lock"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise SweepError(f"sweep {home.name!r} is in use by another `sweep` command right now (it holds "
+                         f"{lock.lock_file}); wait for it to end, or pick another name with --name") from None
+    except OSError as exc:
+        raise SweepError(f"cannot lock {lock.lock_file} ({exc.strerror or exc}); fix the results folder's "
+                         "permissions") from None
+    try:
+        yield
+    finally:
+        # A command refused before it wrote the sweep's folder leaves no trace: no lock file, and no
+        # results folder it made for it. Unlinked while still held, so no other driver can hold it then.
+        if not home.exists():
+            Path(lock.lock_file).unlink(missing_ok=True)
+            for folder in made:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        lock.release()
 
 
 # ---- Ray --------------------------------------------------------------------------------------
@@ -129,6 +180,10 @@ def connect(address: Optional[str], dashboard: bool, spec: Optional[SweepSpec] =
                              f"{str(exc).splitlines()[0] if str(exc) else ''}); check the address and that "
                              "`ray status` works there") from None
         return True
+    if os.environ.get(LOOPBACK_ENV) != "0":
+        raise SweepError(f"a local Ray started from this process would listen on every network interface; set "
+                         f"{LOOPBACK_ENV}=0 in the environment before Ray is imported (the `sweep` command does), "
+                         "or start Ray yourself and pass its address")
     preload = preload_modules(spec) if spec is not None else TRIAL_CODE
     # enable_worker_prestart: those workers start with the raylet, not when this driver joins, so their
     # imports (~2 s of a 2-core machine) overlap the rest of Ray's start-up (BENCHMARKS.md, worker prestart).
@@ -286,24 +341,65 @@ def _git_commit() -> Optional[str]:
 def run(spec: SweepSpec, *, overwrite: bool = False, address: Optional[str] = None,
         argv: Optional[list[str]] = None) -> Results:
     """Run a new sweep to the end and write its tables."""
-    home = prepare(spec, overwrite)
-    started = connect(address or spec.address, spec.dashboard, spec)
+    home, dataset = prepare(spec, overwrite)
+    with claim(home):
+        if not overwrite:  # another driver may have taken the name since prepare()
+            _refuse_taken(spec, home)
+        started = connect(address or spec.address, spec.dashboard, spec)
+        try:
+            sweep_plan = plan(spec)
+            if home.exists():  # --overwrite: only now that every check has passed
+                shutil.rmtree(home)
+            if results_mod.remote_home(spec):
+                storage.delete(results_mod.remote_home(spec))
+            home.mkdir(parents=True)
+            write_spec(spec, home, sweep_plan, argv or sys.argv)
+            results_mod.sync_up(home, spec, (SPEC_FILE,))
+            _describe(spec, sweep_plan, home)
+            with _sweep_services(spec, sweep_plan, home, dataset), idle_workers_for_trials(), \
+                    stop_cleanly_on_signals() as received:
+                make_tuner(spec, sweep_plan, home, dataset).fit()
+            return finish(home, spec, received)
+        finally:
+            _disconnect(started)
+
+
+@contextlib.contextmanager
+def stop_cleanly_on_signals():
+    """SIGINT (Ctrl-C) or SIGTERM: stop the sweep as Tune stops on SIGUSR1 (trials checkpointed, the
+    experiment saved), then write the tables; a second signal stops at once. Yields a list that holds
+    the signal's number once one came, so `finish` can report how the sweep ended.
+
+    Tune's own SIGINT handler would end fit() as if the sweep were done (exit 0, "done"), and SIGTERM
+    has none: Python's default kills the driver mid-write.
+    """
+    import signal
+
+    received: list[int] = []
+
+    def stop(signum, frame):
+        if received:
+            raise Interrupted(signum, f"stopped at once by a second {signal.Signals(signum).name}; the study and "
+                                      "Ray's last snapshot are kept")
+        received.append(signum)
+        print(f"\n{signal.Signals(signum).name}: stopping the sweep (trials are checkpointed, then the tables "
+              "written); send it again to stop at once", file=sys.stderr, flush=True)
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if callable(tune_stop):
+            tune_stop(signal.SIGUSR1, frame)
+
+    saved_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    saved = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        sweep_plan = plan(spec)
-        if home.exists():  # --overwrite: only now that every check has passed
-            shutil.rmtree(home)
-        if results_mod.remote_home(spec):
-            storage.delete(results_mod.remote_home(spec))
-        home.mkdir(parents=True)
-        write_spec(spec, home, sweep_plan, argv or sys.argv)
-        results_mod.sync_up(home, spec, (SPEC_FILE,))
-        _describe(spec, sweep_plan, home)
-        dataset = load_dataset(spec.dataset, spec.data_dir)
-        with _sweep_services(spec, sweep_plan, home, dataset), idle_workers_for_trials():
-            make_tuner(spec, sweep_plan, home, dataset).fit()
-        return finish(home, spec)
+        yield received
     finally:
-        _disconnect(started)
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        if saved_env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = saved_env
 
 
 def check_resumable(home: Path) -> None:
@@ -371,30 +467,65 @@ def reconcile(home: Path, spec: SweepSpec) -> None:
             storage.upload(Path(state_file), storage.join(remote, EXPERIMENT_DIR, Path(state_file).name))
 
 
+def check_consistent(home: Path, spec: SweepSpec) -> int:
+    """Refuse a resume that would lose finished trials: every trial that Ray's snapshot or the tables
+    list as finished must be in the study, which is written as each trial ends and so is never behind
+    them unless it was damaged. (Ray would otherwise fail to restore its searcher and silently start a
+    fresh experiment over the sweep, ray#30861.) Changes nothing. Returns how many trials Ray's
+    snapshot holds, which the resumed run must restore."""
+    from .searcher import finished_in_study
+
+    path = study_path(home)
+    try:
+        in_study = finished_in_study(study_url(path), spec.name)
+    except Exception as exc:  # a journal that cannot be replayed: ValueError, KeyError, OSError, ...
+        raise SweepError(f"the study {path} cannot be read ({storage_error(exc)}); resuming would lose its trials, "
+                         f"so it is refused; restore the file from a copy (Ray's, as of its last snapshot: "
+                         f"{home / EXPERIMENT_DIR / snapshot_name(study_url(path))}) or rerun with --overwrite") from None
+    records = results_mod.read_experiment(home / EXPERIMENT_DIR)
+    listed = {r["trial_id"]: "Ray's snapshot" for r in records if r["ray_status"] in ("TERMINATED", "ERROR")}
+    listed.update({trial_id: "the tables" for trial_id in results_mod.finished_in_tables(home)})
+    missing = sorted(set(listed) - set(in_study))
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise SweepError(f"the study {path} lacks {len(missing)} finished trial(s) that {listed[missing[0]]} "
+                         f"lists ({shown}): it is damaged or older than them, and resuming would lose them, so it "
+                         "is refused; restore the study from a copy or rerun with --overwrite")
+    return len(records)
+
+
 def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
     """Finish an interrupted sweep: finished trials kept, unfinished ones continued from their checkpoints."""
     from ray import tune
 
+    from .progress import RESUMED_TRIALS_ENV
+
     home = results_mod.find_home(name_or_dir)
     spec = results_mod.read_spec(home)
-    results_mod.sync_down(home, spec)
-    check_resumable(home)
-    reconcile(home, spec)
-    os.environ[STUDY_URL_ENV] = study_url(study_path(home))  # the study is here now, wherever it was
-    started = connect(address or spec.address, spec.dashboard, spec)
-    try:
-        sweep_plan = plan(spec)
-        print(f"resuming sweep {spec.name} in {home}", flush=True)
-        dataset = load_dataset(spec.dataset, spec.data_dir)
-        with _sweep_services(spec, sweep_plan, home, dataset), idle_workers_for_trials():
-            tuner = tune.Tuner.restore(results_mod.experiment_path(home, spec),
-                                       trainable=trainable(spec, sweep_plan, dataset),
-                                       resume_unfinished=True, resume_errored=False)
-            tuner.fit()
-        return finish(home, spec)
-    finally:
-        os.environ.pop(STUDY_URL_ENV, None)
-        _disconnect(started)
+    check_writable(home)
+    with claim(home):
+        results_mod.sync_down(home, spec)
+        check_resumable(home)
+        restored = check_consistent(home, spec)
+        reconcile(home, spec)
+        os.environ[STUDY_URL_ENV] = study_url(study_path(home))  # the study is here now, wherever it was
+        os.environ[RESUMED_TRIALS_ENV] = str(restored)
+        started = connect(address or spec.address, spec.dashboard, spec)
+        try:
+            sweep_plan = plan(spec)
+            print(f"resuming sweep {spec.name} in {home}", flush=True)
+            dataset = load_dataset(spec.dataset, spec.data_dir)
+            with _sweep_services(spec, sweep_plan, home, dataset), idle_workers_for_trials(), \
+                    stop_cleanly_on_signals() as received:
+                tuner = tune.Tuner.restore(results_mod.experiment_path(home, spec),
+                                           trainable=trainable(spec, sweep_plan, dataset),
+                                           resume_unfinished=True, resume_errored=False)
+                tuner.fit()
+            return finish(home, spec, received)
+        finally:
+            os.environ.pop(STUDY_URL_ENV, None)
+            os.environ.pop(RESUMED_TRIALS_ENV, None)
+            _disconnect(started)
 
 
 def _sweep_services(spec: SweepSpec, sweep_plan: Plan, home: Path, dataset):
@@ -406,10 +537,18 @@ def _sweep_services(spec: SweepSpec, sweep_plan: Plan, home: Path, dataset):
     return contextlib.nullcontext()
 
 
-def finish(home: Path, spec: SweepSpec) -> Results:
+def finish(home: Path, spec: SweepSpec, received: Optional[list] = None) -> Results:
+    """Write the tables; after a stop signal, raise Interrupted with the command that continues."""
     results_mod.sync_down(home, spec)
     found = results_mod.build_tables(home, spec)
     results_mod.write_tables(found)
+    if received:
+        import signal
+
+        counts = found.trials["status"].value_counts().to_dict()
+        raise Interrupted(received[0], f"stopped by {signal.Signals(received[0]).name}: "
+                                       f"{', '.join(f'{n} {s}' for s, n in sorted(counts.items())) or 'no trials'}; "
+                                       f"tables written; `sweep resume {home}` continues it")
     _summary(found)
     return found
 

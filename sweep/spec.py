@@ -5,9 +5,10 @@ Nothing here starts Ray or touches the results folder: a spec is checked whole b
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -15,13 +16,16 @@ from typing import Any, Optional
 import yaml
 
 from aemodels import ConfigError, TrainConfig
-from aemodels.models import VARIANTS
+from aemodels.models import VARIANTS, shown, unknown_name
 
 SEARCHED = ("variant", "latent_dim", "lr", "noise_factor", "sparsity_weight")
 DISTRIBUTIONS = ("choice", "int", "logint", "uniform", "loguniform")
 EXECUTIONS = ("auto", "trial", "packed")
 FIXED_TRAIN_KEYS = ("epochs", "batch_size", "train_subset", "seed", "device", "cuda_graphs", "matmul_precision")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# An image has 784 pixels: a code wider than that compresses nothing, and 10^9 would fail only in the trial.
+MAX_LATENT_DIM = 4096
+MAX_NAME_CHARS = 100  # a sweep's name is a folder name, and file systems allow 255 bytes
 # Which variant uses a conditional hyperparameter: it is sampled only for trials of that variant.
 CONDITIONAL = {"noise_factor": "denoising", "sparsity_weight": "sparse"}
 
@@ -158,25 +162,136 @@ def load(path, overrides: tuple[str, ...] = ()) -> SweepSpec:
     return parse(raw, source=str(path))
 
 
+MAX_FILE_BYTES = 1 << 20  # a sweep file, sweep.yaml or best_config.yaml is a few KB
+MAX_YAML_VALUES = 10_000  # values after aliases are expanded; a sweep file has about a hundred
+
+
+class FileProblem(ValueError):
+    """Why a file cannot be read, in a few words (`is a folder`); the caller adds the path and the fix."""
+
+
+def read_text(path, limit: int = MAX_FILE_BYTES) -> str:
+    """The text of a small regular file.
+
+    The file is opened without blocking and checked on the open descriptor before anything is read:
+    a FIFO would block the open forever, and /dev/zero never ends.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise FileProblem("no such file") from None
+    except OSError as exc:
+        raise FileProblem(f"cannot read it ({exc.strerror or exc}); check its permissions") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise FileProblem("is a folder")
+        if not stat.S_ISREG(info.st_mode):
+            raise FileProblem("is not a regular file (a device, pipe or socket)")
+        if info.st_size > limit:
+            raise FileProblem(f"is {info.st_size:,} bytes, more than the {limit:,} such a file can be")
+        data = os.read(fd, limit + 1)
+    except OSError as exc:
+        raise FileProblem(f"cannot read it ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FileProblem("is not a text file") from None
+
+
+class YamlRefused(yaml.YAMLError):
+    """Well-formed YAML that is still refused (a key given twice, aliases that expand too far)."""
+
+
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one
+    silently) and aliases that expand past MAX_YAML_VALUES values: a "billion laughs" file is a few
+    lines whose aliases expand to 10^9 values, which anything that walks it (a repr) never finishes."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        _check_expansion(node)
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` then overriding keys is no duplicate
+                continue
+            key = self.construct_object(key_node)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base constructor says so with its position
+                break
+            if first is not None:
+                raise YamlRefused(f"line {key_node.start_mark.line + 1}: key {shown(key)} is given twice (first at "
+                                  f"line {first + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def _check_expansion(root) -> None:
+    """Count the values of the document with every alias expanded, without expanding it."""
+    sizes: dict[int, Optional[int]] = {}
+
+    def size(node) -> int:
+        if id(node) in sizes:
+            if sizes[id(node)] is None:
+                raise YamlRefused(f"line {node.start_mark.line + 1}: an alias refers to the value that holds it; "
+                                  "write the value out")
+            return sizes[id(node)]
+        sizes[id(node)] = None
+        children = node.value if isinstance(node, yaml.SequenceNode) else \
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_YAML_VALUES:
+                raise YamlRefused(f"line {node.start_mark.line + 1}: its aliases (*name) expand to more than "
+                                  f"{MAX_YAML_VALUES:,} values; write the values out instead of aliasing them")
+        sizes[id(node)] = total
+        return total
+
+    if root is not None:
+        size(root)
+
+
+def load_yaml(text: str):
+    """YAML text -> Python values, with StrictLoader; raises yaml.YAMLError (YamlRefused among them)."""
+    try:
+        return yaml.load(text, Loader=StrictLoader)
+    except RecursionError:  # PyYAML composes nested values recursively
+        raise YamlRefused("values nested too deeply; flatten them") from None
+    except ValueError as exc:  # a constructor's own: a 5,000-digit integer, a date like 2024-13-45
+        raise YamlRefused(f"a value cannot be read ({shown(str(exc))}); fix it") from None
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error as one line: where and what."""
+    if isinstance(exc, YamlRefused):
+        return str(exc)
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"malformed YAML{where}: {problem}"
+
+
 def read_yaml(path) -> dict:
     path = Path(path)
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such file; pass the path of a sweep YAML (see configs/)") from None
-    except IsADirectoryError:
-        raise SpecError(f"{path}: is a folder; pass the path of a sweep YAML file inside it") from None
-    except (PermissionError, OSError) as exc:
-        raise SpecError(f"{path}: cannot read it ({exc.strerror or exc}); check its permissions") from None
-    except UnicodeDecodeError:
-        raise SpecError(f"{path}: is not a text file; pass a sweep YAML") from None
+        text = read_text(path)
+    except FileProblem as exc:
+        fix = "pass the path of a sweep YAML file inside it" if str(exc) == "is a folder" else \
+            "pass the path of a sweep YAML (see configs/)"
+        raise SpecError(f"{path}: {exc}; {fix}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
+    except YamlRefused as exc:
+        raise SpecError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(f"{path}: malformed YAML{where}: {problem}; fix the syntax there") from None
+        raise SpecError(f"{path}: {yaml_problem(exc)}; fix the syntax there") from None
     if raw is None:
         raise SpecError(f"{path}: the file is empty; a sweep needs at least `name` and `space` (see configs/quick.yaml)")
     if not isinstance(raw, dict):
@@ -188,12 +303,12 @@ def read_yaml(path) -> dict:
 def apply_override(raw: dict, item: str) -> None:
     """`train.epochs=2`: the value is read as YAML, so numbers, lists and mappings work; `key=null` removes key."""
     if "=" not in item:
-        raise SpecError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=2")
+        raise SpecError(f"--set {shown(item)}: expected key=value, e.g. --set train.epochs=2")
     key, text = item.split("=", 1)
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text)
     except yaml.YAMLError:
-        raise SpecError(f"--set {item!r}: the value is not valid YAML; quote it or fix it") from None
+        raise SpecError(f"--set {shown(item)}: the value is not valid YAML; quote it or fix it") from None
     parts = key.strip().split(".")
     node = raw
     for depth, part in enumerate(parts[:-1]):
@@ -201,7 +316,7 @@ def apply_override(raw: dict, item: str) -> None:
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise SpecError(f"--set {item!r}: {'.'.join(parts[:depth + 1])} is a value, not a section")
+            raise SpecError(f"--set {shown(item)}: {'.'.join(parts[:depth + 1])} is a value, not a section")
         node = child
     if value is None:
         node.pop(parts[-1], None)
@@ -225,11 +340,16 @@ def parse(raw: dict, source: str = "sweep") -> SweepSpec:
             raise SpecError(f"{source}: missing `{required}`; add it (see configs/quick.yaml)")
     name = check.string(raw["name"], "name")
     if not NAME_PATTERN.match(name):
-        raise SpecError(f"{source}: name {name!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
+        raise SpecError(f"{source}: name {shown(name)} must be letters, digits, '.', '_' or '-' (it names a folder)")
+    if len(name) > MAX_NAME_CHARS:
+        raise SpecError(f"{source}: name {shown(name)} is {len(name)} characters; it names a folder, so keep it to "
+                        f"{MAX_NAME_CHARS} or fewer")
 
     train = check.mapping(raw.get("train", {}), "train")
     check.keys(train, FIXED_TRAIN_KEYS, "train.")
     train = {"epochs": 10, "batch_size": 128, "train_subset": None, "seed": 0, "device": "auto", **train}
+    # TrainConfig allows 0 epochs (an untrained model); a sweep needs ASHA's max_t >= 1, so that rule speaks first.
+    check.integer(train["epochs"], "train.epochs", low=1)
     dataset = raw.get("dataset", "mnist")
     data_dir = raw.get("data_dir")
     if data_dir is not None:
@@ -240,8 +360,6 @@ def parse(raw: dict, source: str = "sweep") -> SweepSpec:
         raise SpecError(f"{source}: train: {exc}") from None
     except TypeError as exc:
         raise SpecError(f"{source}: train: {exc}") from None
-    if train["epochs"] < 1:
-        raise SpecError(f"{source}: train.epochs must be >= 1 (it is ASHA's max_t), got {train['epochs']}")
 
     space = _parse_space(check.mapping(raw["space"], "space"), check)
 
@@ -264,7 +382,7 @@ def parse(raw: dict, source: str = "sweep") -> SweepSpec:
 
     resources = ResourceSpec(**check.section(raw.get("resources", {}), "resources", ResourceSpec))
     if resources.execution not in EXECUTIONS:
-        raise SpecError(f"{source}: {_unknown('resources.execution', resources.execution, EXECUTIONS)}")
+        raise SpecError(f"{source}: {unknown_name('resources.execution', resources.execution, EXECUTIONS)}")
     cpu = check.number(resources.cpu, "resources.cpu")
     if cpu <= 0:
         raise SpecError(f"{source}: resources.cpu must be > 0, got {cpu}")
@@ -324,15 +442,15 @@ def _parse_points(raw, space: dict[str, Param], check: "_Check") -> tuple:
             needed = name not in CONDITIONAL or CONDITIONAL[name] == variant
             if param.kind == "fixed" or not needed:
                 if name in point and param.kind == "fixed" and _check_value(name, point[name], check, where) != param.values[0]:
-                    raise SpecError(f"{check.source}: {where}.{name}={point[name]!r} but the space fixes {name} to "
-                                    f"{param.values[0]!r}")
+                    raise SpecError(f"{check.source}: {where}.{name}={shown(point[name])} but the space fixes {name} to "
+                                    f"{shown(param.values[0])}")
                 continue
             if name not in point:
                 raise SpecError(f"{check.source}: {where} does not set {name}; give every searched parameter a value")
             value = _check_value(name, point[name], check, f"{where}.{name}")
             inside = value in param.values if param.kind == "choice" else param.low <= value <= param.high
             if not inside:
-                raise SpecError(f"{check.source}: {where}.{name}={value!r} is outside space.{name}; widen the space")
+                raise SpecError(f"{check.source}: {where}.{name}={shown(value)} is outside space.{name}; widen the space")
         points.append({k: _check_value(k, v, check, f"{where}.{k}") for k, v in point.items()
                        if k in space and space[k].kind != "fixed"})
     return tuple(points)
@@ -359,14 +477,14 @@ def _parse_param(name: str, value, check: "_Check") -> Param:
             return Param(name, "choice", options)
         return _parse_range(name, kind, value, check, where)
     if isinstance(value, list):
-        raise SpecError(f"{check.source}: {where} is a bare list; write {{choice: {value}}} to search over it")
+        raise SpecError(f"{check.source}: {where} is a bare list; write {{choice: {shown(value)}}} to search over it")
     return Param(name, "fixed", (_check_value(name, value, check, where),))
 
 
 def _parse_range(name, kind, value, check, where) -> Param:
     bounds = value[kind]
     if not isinstance(bounds, list) or len(bounds) != 2:
-        raise SpecError(f"{check.source}: {where}.{kind} must be [low, high], got {bounds!r}")
+        raise SpecError(f"{check.source}: {where}.{kind} must be [low, high], got {shown(bounds)}")
     if name == "variant":
         raise SpecError(f"{check.source}: {where} is a name; search it with {{choice: [...]}}")
     integer = kind in ("int", "logint")
@@ -397,12 +515,13 @@ def _check_value(name, value, check, where):
     """A single value of a searched hyperparameter, as TrainConfig would accept it."""
     if name == "variant":
         if value not in VARIANTS:
-            raise SpecError(f"{check.source}: {where}: {_unknown('variant', value, VARIANTS)}")
+            raise SpecError(f"{check.source}: {where}: {unknown_name('variant', value, VARIANTS)}")
         return value
     if name == "latent_dim":
         value = check.integer(value, where)
-        if value < 1:
-            raise SpecError(f"{check.source}: {where}: latent_dim must be >= 1, got {value}")
+        if not 1 <= value <= MAX_LATENT_DIM:
+            raise SpecError(f"{check.source}: {where}: latent_dim must be between 1 and {MAX_LATENT_DIM}, got "
+                            f"{shown(value)}")
         return value
     value = check.number(value, where)
     if name == "lr" and value <= 0:
@@ -412,15 +531,16 @@ def _check_value(name, value, check, where):
     return value
 
 
-def _unknown(kind, value, known) -> str:
-    close = difflib.get_close_matches(str(value), list(known), n=1)
-    hint = f"did you mean {close[0]!r}?; " if close else ""
-    return f"unknown {kind} {value!r} ({hint}known: {', '.join(sorted(known))})"
-
-
 def _yaml_type(value) -> str:
     return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(value),
                                                                                           type(value).__name__)
+
+
+def _section_keys() -> dict[str, tuple]:
+    """Each section's prefix and keys: the top level (""), train., space., searcher., scheduler., resources."""
+    return {"": TOP_KEYS, "train.": FIXED_TRAIN_KEYS, "space.": SEARCHED,
+            **{f"{name}.": tuple(f.name for f in dataclasses.fields(cls))
+               for name, cls in (("searcher", SearcherSpec), ("scheduler", SchedulerSpec), ("resources", ResourceSpec))}}
 
 
 @dataclass
@@ -428,9 +548,17 @@ class _Check:
     source: str
 
     def keys(self, mapping: dict, known, prefix: str) -> None:
+        sections = _section_keys()
         for key in mapping:
-            if key not in known:
-                raise SpecError(f"{self.source}: {_unknown('key', f'{prefix}{key}', [prefix + k for k in known])}")
+            if key in known:
+                continue
+            # `train.lr` for `space.lr`: the key exists, in another section, and that is the hint to give.
+            elsewhere = [where + key for where, keys in sections.items()
+                         if prefix in sections and where != prefix and key in keys]
+            if elsewhere:
+                raise SpecError(f"{self.source}: unknown key {shown(prefix + key)} (did you mean "
+                                f"{' or '.join(map(repr, elsewhere))}?; {key} is a key of another section)")
+            raise SpecError(f"{self.source}: {unknown_name('key', f'{prefix}{key}', [prefix + k for k in known])}")
 
     def mapping(self, value, where) -> dict:
         if not isinstance(value, dict):
@@ -444,12 +572,12 @@ class _Check:
 
     def string(self, value, where) -> str:
         if not isinstance(value, str) or not value.strip():
-            raise SpecError(f"{self.source}: {where} must be a non-empty string, got {value!r}")
+            raise SpecError(f"{self.source}: {where} must be a non-empty string, got {shown(value)}")
         return value
 
     def boolean(self, value, where) -> bool:
         if not isinstance(value, bool):
-            raise SpecError(f"{self.source}: {where} must be true or false, got {value!r}")
+            raise SpecError(f"{self.source}: {where} must be true or false, got {shown(value)}")
         return value
 
     def number(self, value, where) -> float:
@@ -458,16 +586,16 @@ class _Check:
             try:
                 value = float(value)
             except ValueError:
-                raise SpecError(f"{self.source}: {where} must be a number, got {value!r}") from None
+                raise SpecError(f"{self.source}: {where} must be a number, got {shown(value)}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SpecError(f"{self.source}: {where} must be a number, got {value!r}")
+            raise SpecError(f"{self.source}: {where} must be a number, got {shown(value)}")
         if not math.isfinite(value):
-            raise SpecError(f"{self.source}: {where} must be finite, got {value!r}")
+            raise SpecError(f"{self.source}: {where} must be finite, got {shown(value)}")
         return float(value)
 
     def integer(self, value, where, low=None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(f"{self.source}: {where} must be an integer, got {value!r}")
+            raise SpecError(f"{self.source}: {where} must be an integer, got {shown(value)}")
         if low is not None and value < low:
             raise SpecError(f"{self.source}: {where} must be >= {low}, got {value}")
         return value

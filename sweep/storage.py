@@ -9,6 +9,7 @@ driver on any machine can `sweep resume` or `sweep analyze` from the URI alone.
 from __future__ import annotations
 
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Iterable
 
@@ -22,7 +23,16 @@ def is_remote(path: str) -> bool:
 
 
 def join(uri: str, *parts: str) -> str:
-    return "/".join([uri.rstrip("/"), *parts])
+    """The parts appended to the URI's path, before its query: pyarrow reads a query such as
+    `s3://bucket/sweeps?region=us-east-1` as the file system's options, so it stays at the end."""
+    split = urllib.parse.urlsplit(uri)
+    return urllib.parse.urlunsplit(split._replace(path="/".join([split.path.rstrip("/"), *parts])))
+
+
+def basename(uri: str) -> str:
+    """The last part of the URI's path (its bucket when it has no path), without the query."""
+    split = urllib.parse.urlsplit(uri)
+    return split.path.rstrip("/").rsplit("/", 1)[-1] or split.netloc
 
 
 def _fs(uri: str):

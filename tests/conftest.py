@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# Before anything imports Ray: a local Ray a test starts listens on 127.0.0.1 only (sweep.runner.LOOPBACK_ENV).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 RAW = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

@@ -345,3 +345,81 @@ def test_packed_sweep_survives_killed_proxies_and_a_killed_trainer(tmp_path, dat
         # packed requirement's tolerance (1e-3 relative) applies rather than exact equality.
         curve = epochs[epochs["trial_id"] == row["trial_id"]]["val_loss"]
         assert list(curve) == pytest.approx(solo_history(home, row), rel=1e-3)
+
+
+def test_resume_refuses_a_damaged_study_and_changes_nothing(tmp_path, data_dir):
+    """A study.journal cut in the middle loses finished trials that Ray's snapshot and the tables list:
+    resume must refuse rather than let Ray start a fresh experiment over the sweep (ray#30861)."""
+    finish(start(tmp_path, "--set", "num_samples=3", "--set", "train.epochs=1"))
+    home = tmp_path / "quick"
+    journal = home / "study.journal"
+    whole = journal.read_bytes()
+    journal.write_bytes(whole[: len(whole) // 2])
+    before = {p.name: p.read_bytes() for p in home.iterdir() if p.is_file()}
+    proc = subprocess.run([sys.executable, "-m", "sweep.cli", "resume", str(home)], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "lacks" in proc.stderr, proc.stderr
+    assert {p.name: p.read_bytes() for p in home.iterdir() if p.is_file()} == before
+    assert len(pd.read_parquet(home / "trials.parquet")) == 3
+    journal.write_bytes(b"{garbage\n" + whole)  # damaged at its start: cannot be replayed at all
+    proc = subprocess.run([sys.executable, "-m", "sweep.cli", "resume", str(home)], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "cannot be read" in proc.stderr, proc.stderr
+    assert len(pd.read_parquet(home / "trials.parquet")) == 3
+
+
+def test_trials_that_ended_between_two_ray_snapshots_are_kept(tmp_path, data_dir):
+    """Ray's snapshot lags the study: a trial that started and ended after the last snapshot is not in it,
+    another that ASHA stopped is still RUNNING or ERROR there. Tables and a resume keep both, by the study."""
+    finish(start(tmp_path, "--set", "num_samples=5", "--set", "train.epochs=2", "--set", "searcher.n_startup_trials=5"))
+    home = tmp_path / "quick"
+    expected = pd.read_parquet(home / "trials.parquet").set_index("trial_id")
+    epochs_before = len(pd.read_parquet(home / "epochs.parquet"))
+    state_file = sorted(glob.glob(str(home / "ray" / "experiment_state-*.json")))[-1]
+    state = json.loads(Path(state_file).read_text())
+    entries = state["trial_data"]
+    trials = [json.loads(entry[0]) for entry in entries]
+    stopped = [i for i, t in enumerate(trials) if expected.loc[t["trial_id"], "status"] == "stopped"]
+    assert len(stopped) >= 2, expected
+    dropped, lagging, errored = stopped[0], stopped[1], [i for i in range(len(trials)) if i not in stopped[:2]][0]
+    for index, status in ((lagging, "RUNNING"), (errored, "ERROR")):
+        trials[index]["status"] = status
+        entries[index][0] = json.dumps(trials[index])
+    del entries[dropped]
+    Path(state_file).write_text(json.dumps(state))
+    for name in ("trials.parquet", "trials.csv", "epochs.parquet", "best_config.yaml"):
+        (home / name).unlink()
+
+    rebuilt = load_results(str(home), rebuild=True).trials.set_index("trial_id")
+    assert len(rebuilt) == 5 and (rebuilt["status"] == expected.loc[rebuilt.index, "status"]).all()
+    assert rebuilt["error"].isna().all()
+
+    out = finish(start(tmp_path, command="resume"))
+    found = load_results(str(home))
+    assert len(found.trials) == 5, out[-2000:]
+    statuses = found.trials.set_index("trial_id")["status"]
+    assert (statuses == expected.loc[statuses.index, "status"]).all()
+    assert len(found.epochs) == epochs_before
+
+
+def test_sigterm_and_ctrl_c_stop_cleanly_and_resume_loses_nothing(tmp_path, data_dir):
+    """SIGTERM to the driver, then Ctrl-C (SIGINT to the whole group) during the resume: each ends with
+    the tables written, exit 143 / 130 and the command that continues; the last resume finishes exactly."""
+    sets = ["--set", "num_samples=6", "--set", "train.epochs=3"]
+    home = tmp_path / "quick"
+    tick = time.perf_counter()
+    proc = start(tmp_path, *sets)
+    for signum, send, code, command in ((signal.SIGTERM, os.kill, 143, "run"),
+                                        (signal.SIGINT, os.killpg, 130, "resume")):
+        if command == "resume":
+            proc = start(tmp_path, command="resume")
+        seen = sum(len(r) for r in result_rows(home).values())
+        while proc.poll() is None and sum(len(r) for r in result_rows(home).values()) < seen + 3:
+            time.sleep(0.1)
+        send(proc.pid, signum)
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == code, out[-3000:]
+        assert f"stopped by {signum.name}" in out and f"sweep resume {home}" in out and "Traceback" not in out
+        assert (home / "trials.parquet").is_file()
+    before = {t: rows for t, rows in result_rows(home).items() if rows[-1]["status"] != "running"}
+    finish(start(tmp_path, command="resume"))
+    check_sweep(home, 6, "SIGTERM to the driver, Ctrl-C during `sweep resume`, then `sweep resume`", 2,
+                time.perf_counter() - tick, before)

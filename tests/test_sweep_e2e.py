@@ -1,5 +1,11 @@
 """A real sweep through the CLI on a local Ray (CPU): tables, statuses, the study, best config, retrain."""
+import ipaddress
 import math
+import os
+import socket
+import threading
+import time
+from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -15,15 +21,85 @@ pytestmark = pytest.mark.slow
 TRIALS, EPOCHS = 8, 3
 
 
+LISTENERS: set[tuple[str, str]] = set()  # (process, address) of every socket Ray's processes listened on
+
+
+def descendants(root: int) -> set[int]:
+    """`root` and every process under it: the local Ray it started and that Ray's workers (not the Ray
+    of another sweep on the same machine)."""
+    parents = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parents[int(pid)] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found, grown = {root}, True
+    while grown:
+        grown = False
+        for pid, parent in parents.items():
+            if parent in found and pid not in found:
+                found.add(pid)
+                grown = True
+    return found
+
+
+def listening_sockets() -> set[tuple[str, str]]:
+    """(process, address) of the TCP sockets that this process and its Ray's processes listen on, from /proc."""
+    addresses = {}
+    for proto, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        with open(f"/proc/net/{proto}") as fh:
+            for line in list(fh)[1:]:
+                fields = line.split()
+                if fields[3] == "0A":  # LISTEN
+                    host = bytes.fromhex(fields[1].split(":")[0])
+                    # /proc prints each 32-bit word of the address in the machine's byte order
+                    host = b"".join(host[i:i + 4][::-1] for i in range(0, len(host), 4))
+                    addresses[fields[9]] = socket.inet_ntop(family, host)
+    found = set()
+    for pid in descendants(os.getpid()):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:[") and link[8:-1] in addresses:
+                    found.add((command.rsplit("/", 1)[-1], addresses[link[8:-1]]))
+        except OSError:  # a process that ended meanwhile
+            continue
+    return found
+
+
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory, data_dir):
-    """configs/quick.yaml, made smaller through --set, run once for the whole module."""
+    """configs/quick.yaml, made smaller through --set, run once for the whole module; meanwhile, every
+    socket Ray's processes listen on is recorded (LISTENERS)."""
     root = tmp_path_factory.mktemp("sweeps")
-    code = main(["run", "configs/quick.yaml", "--set", f"storage_path={root}", "--set", f"num_samples={TRIALS}",
-                 "--set", f"train.epochs={EPOCHS}", "--set", "train.train_subset=1000",
-                 "--set", "scheduler.reduction_factor=2", "--set", "searcher.n_startup_trials=4"])
+    running = threading.Event()
+    running.set()
+
+    def watch():
+        while running.is_set():
+            LISTENERS.update(listening_sockets())
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        code = main(["run", "configs/quick.yaml", "--set", f"storage_path={root}", "--set", f"num_samples={TRIALS}",
+                     "--set", f"train.epochs={EPOCHS}", "--set", "train.train_subset=1000",
+                     "--set", "scheduler.reduction_factor=2", "--set", "searcher.n_startup_trials=4"])
+    finally:
+        running.clear()
+        watcher.join()
     assert code == 0
     return load_results(str(root / "quick"))
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="reads the listening sockets from Linux's /proc")
+def test_the_local_ray_listens_on_loopback_only(quick):
+    processes = {process for process, _ in LISTENERS}
+    assert {"gcs_server", "raylet"} <= processes, LISTENERS  # the watch saw Ray's daemons
+    assert all(ipaddress.ip_address(address.removeprefix("::ffff:")).is_loopback for _, address in LISTENERS), \
+        LISTENERS
 
 
 def test_tables_have_one_row_per_trial_and_per_epoch(quick):

@@ -1,0 +1,131 @@
+"""What `sweep run` checks before it writes or deletes anything, the lock on a sweep's name, and tables
+that are never replaced by ones holding fewer finished trials. None of these start Ray."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sweep.cli import main
+from sweep.errors import ResultsError, SweepError
+from sweep.results import build_tables, write_tables
+from sweep.runner import claim, connect
+
+RAW = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+@pytest.fixture
+def truncated_mnist(tmp_path, data_dir) -> Path:
+    """A copy of MNIST whose training images stop halfway, as a download cut short leaves them."""
+    raw = tmp_path / "bad-data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in RAW:
+        data = (Path(data_dir) / "MNIST" / "raw" / name).read_bytes()
+        (raw / name).write_bytes(data[: len(data) // 2] if name == "train-images-idx3-ubyte" else data)
+    return tmp_path / "bad-data"
+
+
+def finished_sweep(root: Path, name: str = "quick") -> Path:
+    """A sweep folder as a finished sweep leaves it: its spec and tables (no Ray needed)."""
+    home = root / name
+    home.mkdir(parents=True)
+    (home / "sweep.yaml").write_text(textwrap.dedent(f"""\
+        sweep:
+          name: {name}
+          dataset: mnist
+          train: {{epochs: 2}}
+          space: {{latent_dim: {{choice: [2, 8]}}, lr: 0.001}}
+          num_samples: 2
+          storage_path: {root}
+        """))
+    trials = pd.DataFrame({"trial_id": ["a_00000", "a_00001"], "variant": "vanilla", "latent_dim": [2, 8],
+                           "lr": 0.001, "status": ["completed", "stopped"], "epochs": [2, 1],
+                           "final_val_loss": [0.05, 0.07]})
+    trials.to_parquet(home / "trials.parquet")
+    return home
+
+
+def run(*args) -> int:
+    return main(["run", "configs/quick.yaml", *args])
+
+
+def test_overwrite_with_unreadable_data_keeps_the_old_sweep(tmp_path, truncated_mnist, capsys):
+    home = finished_sweep(tmp_path)
+    before = {p.name: p.read_bytes() for p in home.iterdir()}
+    code = run("--set", f"storage_path={tmp_path}", "--set", f"data_dir={truncated_mnist}", "--overwrite")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "train-images" in err
+    assert {p.name: p.read_bytes() for p in home.iterdir()} == before
+
+
+def test_unreadable_data_leaves_no_folder_behind(tmp_path, truncated_mnist, capsys):
+    code = run("--set", f"storage_path={tmp_path}", "--set", f"data_dir={truncated_mnist}")
+    assert code == 2 and capsys.readouterr().err.count("\n") == 1
+    assert not (tmp_path / "quick").exists()
+
+
+def test_a_sweep_name_in_use_is_refused_before_anything_is_written(tmp_path, data_dir, capsys):
+    with claim(tmp_path / "quick"):
+        code = run("--set", f"storage_path={tmp_path}")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "in use by another" in err
+    assert not (tmp_path / "quick").exists()
+    with claim(tmp_path / "quick"):  # released: the name can be taken again
+        pass
+
+
+def test_the_lock_dies_with_its_driver(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""\
+        import sys, time
+        from pathlib import Path
+        from sweep.runner import claim
+        with claim(Path({str(tmp_path / 'quick')!r})):
+            print("held", flush=True)
+            time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SweepError, match="in use by another"):
+            with claim(tmp_path / "quick"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with claim(tmp_path / "quick"):
+        pass
+
+
+def test_tables_are_never_replaced_by_ones_that_lose_a_finished_trial(tmp_path):
+    home = finished_sweep(tmp_path)
+    before = (home / "trials.parquet").read_bytes()
+    found = build_tables(home)  # no Ray folder: a table of no trials
+    assert found.trials.empty
+    with pytest.raises(ResultsError, match="lack 2 finished trial"):
+        write_tables(found)
+    assert (home / "trials.parquet").read_bytes() == before and not (home / "trials.csv").exists()
+
+
+def test_a_local_ray_is_refused_unless_it_will_listen_on_loopback_only(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")
+    with pytest.raises(SweepError, match="every network interface"):
+        connect(None, dashboard=False)
+
+
+def test_the_command_starts_its_local_ray_on_loopback_only(tmp_path):
+    """The variable must be set before Ray is imported: the command does it before importing the runner."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
+    probe = textwrap.dedent("""\
+        import os, sys
+        from sweep import cli
+        cli.local_ray_on_loopback(sys.argv[1] if len(sys.argv) > 1 else None)
+        print(os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"), "ray" in sys.modules)
+        """)
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["0", "False"]
+    out = subprocess.run([sys.executable, "-c", probe, "10.0.0.1:6379"], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split() == ["None", "False"]  # a driver joining a cluster announces its real address
