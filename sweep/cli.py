@@ -114,8 +114,8 @@ def _stored_address(name_or_dir: str) -> str | None:
     for home in (Path(name_or_dir), Path("results") / name_or_dir):
         try:
             return ((yaml.safe_load((home / "sweep.yaml").read_text()) or {}).get("sweep") or {}).get("address")
-        except (OSError, yaml.YAMLError, AttributeError):
-            continue
+        except (OSError, ValueError, yaml.YAMLError, AttributeError):  # ValueError: not UTF-8
+            continue  # `sweep resume` itself then names what is wrong with the file
     return None
 
 
