@@ -1,4 +1,5 @@
-"""SweepSpec -> Ray Tune `Tuner(...).fit()` with OptunaSearch (TPE) and ASHA; and `resume` after a crash.
+"""SweepSpec -> Ray Tune `Tuner(...).fit()` with StudySearch (TPE, an Optuna study) and ASHA; and `resume`
+after a crash.
 
 The sweep's folder holds the resolved spec (sweep.yaml), the Optuna study (study.journal), Ray's experiment
 folder (ray/) and the tables built from it. Ray starts locally, bound to 127.0.0.1 with its dashboard
