@@ -335,13 +335,12 @@ def build_tables(home: Path, spec: Optional[SweepSpec] = None) -> Results:
 def _trial_row(record: dict, epochs: Optional[pd.DataFrame], spec: SweepSpec) -> dict:
     last = record["last_result"]
     params = spec.trial_params(record["config"])
-    # Ray's ERROR carries the failure itself (error.txt), which the study never sees.
-    if record["ray_status"] == "ERROR":
-        status = "error"
-    elif record.get("study_status"):
+    if record.get("study_status"):
         status = record["study_status"]
     elif record["ray_status"] == "TERMINATED":
         status = trial_status(last, False, spec.epochs)
+    elif record["ray_status"] == "ERROR":
+        status = "error"
     else:
         status = record["ray_status"].lower()  # running / pending / paused: the sweep did not finish
     finite = epochs["val_loss"][epochs["val_loss"].map(lambda v: v is not None and math.isfinite(v))] \

@@ -65,6 +65,17 @@ def _fake_error(home, trial_id):
             (folder / "error.txt").write_text("Traceback ...\nRuntimeError: a fake failure for the report test\n")
     with open(state_file, "w") as fh:
         json.dump(state, fh)
+    # The study, whose word on a trial's end wins, recorded it as FAIL with no values (Optuna's journal:
+    # one line per trial, written whole when it ended).
+    journal = home / "study.journal"
+    lines = []
+    for line in journal.read_text().splitlines():
+        op = json.loads(line)
+        if op.get("user_attrs", {}).get("tune_trial_id") == trial_id:
+            op.update(state=3, value=None, intermediate_values={})
+            op["user_attrs"].update(status="error", epochs=0)
+        lines.append(json.dumps(op))
+    journal.write_text("\n".join(lines) + "\n")
 
 
 def _analyze(home):

@@ -166,8 +166,12 @@ def test_retrain_reproduces_the_best_trials_val_loss(quick, capsys):
     assert torch.get_num_threads() == threads
     assert main(["retrain", str(quick.home), "--epochs", "1", "--threads", "2"]) == 0
     assert yaml.safe_load((quick.home / "retrain" / "metrics.json").read_text())["threads"] == 2
-    assert main(["retrain", str(quick.home), "--threads", "0"]) == 2
-    assert capsys.readouterr().err.strip() == "sweep retrain: error: --threads must be >= 1, got 0"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(["retrain", str(quick.home), "--threads", "0"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip() == ("sweep retrain: error: argument --threads: must be >= 1, got 0; "
+                                               "`sweep retrain --help` explains")
 
 
 def test_best_and_analyze_commands(quick, capsys):
