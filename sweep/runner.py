@@ -190,8 +190,9 @@ def connect(address: Optional[str], dashboard: bool, spec: Optional[SweepSpec] =
     # imports (~2 s of a 2-core machine) overlap the rest of Ray's start-up (BENCHMARKS.md, worker prestart).
     wanted = {"preload_python_modules": list(preload), "enable_worker_prestart": True}
     config = {name: value for name, value in wanted.items() if f"RAY_{name}" not in os.environ}  # Ray's own wins
-    ray.init(include_dashboard=dashboard, _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False,
-             _system_config=config)
+    # "local", not None: None would join whatever cluster `ray start` last left on this machine.
+    ray.init(address="local", include_dashboard=dashboard, _node_ip_address="127.0.0.1", log_to_driver=False,
+             configure_logging=False, _system_config=config)
     return True
 
 
@@ -346,9 +347,11 @@ def run(spec: SweepSpec, *, overwrite: bool = False, address: Optional[str] = No
     with claim(home):
         if not overwrite:  # another driver may have taken the name since prepare()
             _refuse_taken(spec, home)
-        started = connect(address or spec.address, spec.dashboard, spec)
-        try:
+        with ray_for_sweep(address or spec.address, spec) as received:
             sweep_plan = plan(spec)
+            if received:
+                raise Interrupted(received[0], f"stopped by {signal_name(received)} before the sweep started; "
+                                               "nothing was written")
             if home.exists():  # --overwrite: only now that every check has passed
                 shutil.rmtree(home)
             if results_mod.remote_home(spec):
@@ -357,12 +360,33 @@ def run(spec: SweepSpec, *, overwrite: bool = False, address: Optional[str] = No
             write_spec(spec, home, sweep_plan, argv or sys.argv)
             results_mod.sync_up(home, spec, (SPEC_FILE,))
             _describe(spec, sweep_plan, home)
-            with _sweep_services(spec, sweep_plan, home, dataset), idle_workers_for_trials(), \
-                    stop_cleanly_on_signals() as received:
-                make_tuner(spec, sweep_plan, home, dataset).fit()
+            with _sweep_services(spec, sweep_plan, home, dataset), idle_workers_for_trials():
+                if not received:
+                    make_tuner(spec, sweep_plan, home, dataset).fit()
             return finish(home, spec, received)
-        finally:
-            _disconnect(started)
+
+
+@contextlib.contextmanager
+def ray_for_sweep(address: Optional[str], spec: SweepSpec):
+    """Ray for one sweep command, with SIGINT and SIGTERM stopping the sweep cleanly from the moment Ray
+    is up until it is shut down, the tables included: a signal that lands as fit() returns still gets
+    the tables written and the exit that names it. The handlers go in after ray.init, which installs
+    a SIGTERM handler of its own."""
+    started = connect(address, spec.dashboard, spec)
+    try:
+        with stop_cleanly_on_signals() as received:
+            try:
+                yield received
+            finally:
+                started = _disconnect(started)
+    finally:
+        _disconnect(started)  # when the handlers could not go in (not the main thread)
+
+
+def signal_name(received: list[int]) -> str:
+    import signal
+
+    return signal.Signals(received[0]).name
 
 
 @contextlib.contextmanager
@@ -511,22 +535,21 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
         reconcile(home, spec)
         os.environ[STUDY_URL_ENV] = study_url(study_path(home))  # the study is here now, wherever it was
         os.environ[RESUMED_TRIALS_ENV] = str(restored)
-        started = connect(address or spec.address, spec.dashboard, spec)
         try:
-            sweep_plan = plan(spec)
-            print(f"resuming sweep {spec.name} in {home}", flush=True)
-            dataset = load_dataset(spec.dataset, spec.data_dir)
-            with _sweep_services(spec, sweep_plan, home, dataset), idle_workers_for_trials(), \
-                    stop_cleanly_on_signals() as received:
-                tuner = tune.Tuner.restore(results_mod.experiment_path(home, spec),
-                                           trainable=trainable(spec, sweep_plan, dataset),
-                                           resume_unfinished=True, resume_errored=False)
-                tuner.fit()
-            return finish(home, spec, received)
+            with ray_for_sweep(address or spec.address, spec) as received:
+                sweep_plan = plan(spec)
+                print(f"resuming sweep {spec.name} in {home}", flush=True)
+                dataset = load_dataset(spec.dataset, spec.data_dir)
+                with _sweep_services(spec, sweep_plan, home, dataset), idle_workers_for_trials():
+                    if not received:
+                        tuner = tune.Tuner.restore(results_mod.experiment_path(home, spec),
+                                                   trainable=trainable(spec, sweep_plan, dataset),
+                                                   resume_unfinished=True, resume_errored=False)
+                        tuner.fit()
+                return finish(home, spec, received)
         finally:
             os.environ.pop(STUDY_URL_ENV, None)
             os.environ.pop(RESUMED_TRIALS_ENV, None)
-            _disconnect(started)
 
 
 def _sweep_services(spec: SweepSpec, sweep_plan: Plan, home: Path, dataset):
@@ -544,21 +567,21 @@ def finish(home: Path, spec: SweepSpec, received: Optional[list] = None) -> Resu
     found = results_mod.build_tables(home, spec)
     results_mod.write_tables(found)
     if received:
-        import signal
-
         counts = found.trials["status"].value_counts().to_dict()
-        raise Interrupted(received[0], f"stopped by {signal.Signals(received[0]).name}: "
+        raise Interrupted(received[0], f"stopped by {signal_name(received)}: "
                                        f"{', '.join(f'{n} {s}' for s, n in sorted(counts.items())) or 'no trials'}; "
                                        f"tables written; `sweep resume {home}` continues it")
     _summary(found)
     return found
 
 
-def _disconnect(started: bool) -> None:
+def _disconnect(started: bool) -> bool:
+    """Shut down the Ray this command started; False, as there is none left to shut down."""
     if started:
         import ray
 
         ray.shutdown()
+    return False
 
 
 def _describe(spec: SweepSpec, p: Plan, home: Path) -> None:

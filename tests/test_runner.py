@@ -129,3 +129,34 @@ def test_the_command_starts_its_local_ray_on_loopback_only(tmp_path):
     out = subprocess.run([sys.executable, "-c", probe, "10.0.0.1:6379"], env=env, capture_output=True, text=True,
                          check=True).stdout
     assert out.split() == ["None", "False"]  # a driver joining a cluster announces its real address
+
+
+def test_a_signal_as_the_trials_end_still_writes_the_tables_and_names_the_stop(monkeypatch):
+    """Ctrl-C or SIGTERM that lands after fit() returned, while the tables are written or Ray shuts down,
+    is a clean stop like one during the trials: recorded for the exit status, never a KeyboardInterrupt
+    half-way through."""
+    import signal
+
+    from sweep import runner
+
+    signal_at_shutdown = []
+
+    def shutdown(started):
+        if started and signal_at_shutdown:
+            os.kill(os.getpid(), signal_at_shutdown.pop())
+        return False
+
+    monkeypatch.setattr(runner, "connect", lambda *args, **kwargs: True)
+    monkeypatch.setattr(runner, "_disconnect", shutdown)
+    spec = type("Spec", (), {"dashboard": False})()
+    with runner.ray_for_sweep(None, spec) as received:
+        os.kill(os.getpid(), signal.SIGINT)  # as the tables are written
+        tables_written = True
+    assert tables_written and received == [signal.SIGINT]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    signal_at_shutdown.append(signal.SIGTERM)
+    with runner.ray_for_sweep(None, spec) as received:
+        pass
+    assert received == [signal.SIGTERM] and not signal_at_shutdown
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
