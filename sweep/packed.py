@@ -68,6 +68,8 @@ class PackTrainer:
         self.cond = threading.Condition()
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.last_round_s = 1.0
+        context = ray.get_runtime_context()  # where this trainer runs: in its report and each member's rows
+        self.name, self.node_id, self.gpu_ids = context.get_actor_name(), context.get_node_id(), ray.get_gpu_ids()
         self.stats = {"rounds": 0, "member_epochs": 0, "train_s": 0.0, "serialize_s": 0.0, "wait_s": 0.0,
                       "restack_s": 0.0, "started": time.time()}
         threading.Thread(target=self._train_forever, name="pack-trainer", daemon=True).start()
@@ -116,7 +118,8 @@ class PackTrainer:
 
     def report(self) -> dict:
         """Where the trainer's time went, for benchmarks."""
-        return {**self.stats, "wall_s": time.time() - self.stats["started"], "members": len(self.members)}
+        return {**self.stats, "wall_s": time.time() - self.stats["started"], "members": len(self.members),
+                "name": self.name, "node_id": self.node_id, "gpu_ids": self.gpu_ids}
 
     # -- the training thread --
 
@@ -172,7 +175,7 @@ class PackTrainer:
             self.stats["member_epochs"] += len(rows)
             tick = time.monotonic()
             for slot in batch:
-                row = {**rows[slot.trial_id], "device": str(pack.device)}
+                row = {**rows[slot.trial_id], "device": str(pack.device), "trainer": self.name}
                 payload = None if row["status"] == "diverged" else self._serialize(pack.snapshot(slot.trial_id))
                 self._resolve(slot, (row, payload))
             self.stats["serialize_s"] += time.monotonic() - tick
