@@ -33,7 +33,7 @@ OUT_DIR="$REPO/results/gpu_check"
 SMOKE=0
 ONLY=""
 STEPS=(train_speed pack_speed gpu_memory sweep_trial sweep_packed)
-declare -A BUDGET=([setup]=60 [train_speed]=110 [pack_speed]=90 [gpu_memory]=30 [sweep_trial]=120 [sweep_packed]=90)
+declare -A BUDGET=([train_speed]=100 [pack_speed]=110 [gpu_memory]=30 [sweep_trial]=110 [sweep_packed]=80)  # 430 s, + ~30 s set-up
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --out) OUT_DIR="$2"; shift 2 ;;

@@ -66,7 +66,7 @@ def figures(step: str, folder: Path) -> str:
             if "gpu_util_pct" in mode:
                 text += (f"; GPU {mode['gpu_util_pct']:.0f}% busy (nvidia-smi, mean), peak {mode['gpu_mem_peak_mib']:.0f} MiB"
                          f" = {mode['gpu_mem_per_trial_mib']:.0f} MiB per concurrent trial ({mode['concurrent']})")
-            elif mode.get("mode") and "gpu" not in str(mode):
+            else:
                 text += "; GPU: not sampled (no nvidia-smi or no GPU)"
             return text
     except (OSError, ValueError, KeyError, IndexError) as exc:

@@ -16,6 +16,7 @@ import json
 import logging
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -249,8 +250,13 @@ class PackTrainer:
 _handles: dict[str, object] = {}
 
 
-def _trainer(names: list[str]):
-    """The least loaded trainer, preferring one on this trial's node."""
+def _trainer(names: list[str], trial_id: str = ""):
+    """The least loaded trainer; among equally loaded ones, the trial's number picks (round robin).
+
+    Tune starts a sweep's first wave of trials at once, and each proxy reads the loads before any of
+    them has joined: always taking the first of the least loaded would send that whole wave to one
+    trainer (GPU) and leave the others idle until the next trials start.
+    """
     for name in names:
         if name not in _handles:
             _handles[name] = ray.get_actor(name, namespace=NAMESPACE)
@@ -258,13 +264,20 @@ def _trainer(names: list[str]):
     if len(handles) == 1:
         return handles[0]
     loads = ray.get([h.load.remote() for h in handles])
-    return handles[loads.index(min(loads))]
+    least = [h for h, load in zip(handles, loads) if load == min(loads)]
+    return least[_trial_number(trial_id) % len(least)]
+
+
+def _trial_number(trial_id: str) -> int:
+    """Tune numbers a sweep's trials in its ids ('3f9a2_00007'); any other id still gets a stable number."""
+    tail = trial_id.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else zlib.crc32(trial_id.encode())
 
 
 def run_packed_trial(config: dict, *, base: dict, trainers: list[str]) -> None:
     """The Tune function trainable of packed execution (imports no torch)."""
-    trainer = _trainer(trainers)
     trial_id = tune.get_context().get_trial_id()
+    trainer = _trainer(trainers, trial_id)
     settings = {**base, **config}
     where = {"execution": "packed", "node_id": ray.get_runtime_context().get_node_id()}
     record = TrialRecord()
