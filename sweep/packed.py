@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import threading
 import time
 import zlib
@@ -71,6 +72,7 @@ class PackTrainer:
         self.last_round_s = 1.0
         context = ray.get_runtime_context()  # where this trainer runs: in its report and each member's rows
         self.name, self.node_id, self.gpu_ids = context.get_actor_name(), context.get_node_id(), ray.get_gpu_ids()
+        self.pid = os.getpid()
         self.stats = {"rounds": 0, "member_epochs": 0, "train_s": 0.0, "serialize_s": 0.0, "wait_s": 0.0,
                       "restack_s": 0.0, "started": time.time()}
         threading.Thread(target=self._train_forever, name="pack-trainer", daemon=True).start()
@@ -176,7 +178,8 @@ class PackTrainer:
             self.stats["member_epochs"] += len(rows)
             tick = time.monotonic()
             for slot in batch:
-                row = {**rows[slot.trial_id], "device": str(pack.device), "trainer": self.name}
+                row = {**rows[slot.trial_id], "device": str(pack.device), "trainer": self.name,
+                       "trainer_pid": self.pid}
                 payload = None if row["status"] == "diverged" else self._serialize(pack.snapshot(slot.trial_id))
                 self._resolve(slot, (row, payload))
             self.stats["serialize_s"] += time.monotonic() - tick

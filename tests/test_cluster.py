@@ -39,15 +39,18 @@ def test_packed_sweep_on_declared_gpus_spreads_members_over_a_trainer_per_gpu_an
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     home = tmp_path / "quick"
     killed, deadline = None, time.time() + 300
-    # Kill a trainer that holds members mid-sweep: after every trial's first epoch (grace 2: none stopped
-    # yet) while trials are still running. Only this test's cluster's processes are candidates.
+    # Kill the trainer of a trial surely mid-epoch: a fresh report (younger than 0.8 epochs) of epoch 1,
+    # where ASHA (grace 2) cannot stop it, read from the checkpoints' history.json (written inside the
+    # report; Ray's result.json comes later). Only this test's cluster's processes are candidates.
     while killed is None and time.time() < deadline and proc.poll() is None:
-        rows = [r for rs in _result_rows(home).values() for r in rs]
-        pids = _descendants_titled(os.getpid(), "PackTrainer")
-        if len(rows) >= 8 and any(r["status"] == "running" for r in rows) and pids:
-            os.kill(pids[0], signal.SIGKILL)  # every trainer holds members (checked below), so this one does
-            killed = pids[0]
-        time.sleep(0.1)
+        ours = _descendants_titled(os.getpid(), "PackTrainer")
+        for r in _newest_reports(home):
+            if r["status"] == "running" and r["epoch"] == 1 and time.time() - r["timestamp"] < 0.8 * r["epoch_s"] \
+                    and r["trainer_pid"] in ours:
+                os.kill(r["trainer_pid"], signal.SIGKILL)
+                killed = r["trainer"]
+                break
+        time.sleep(0.05)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     assert killed, "the sweep ended before a trainer could be killed mid-sweep"
