@@ -18,8 +18,10 @@
 #   once, here:
 #     ../shared/tools/device-wheels .whl        # ray 2.60 + optuna wheels (~52 MiB; .whl/ is git-ignored)
 #     mkdir -p .data/MNIST/raw && cp ../shared/data/mnist/*.gz .data/MNIST/raw/   # 11 MB; .data/ is ignored
-#   then one call, which leaves time to rerun within the 15 device minutes:
+#   then one call (~8 of the session's 15 device minutes, plus the machine's start; a step that failed
+#   can be rerun alone in what is left, e.g. --only pack_speed):
 #     run(command="bash benchmarks/gpu_check.sh --out $OUT", carry=[".whl", ".data"], timeout_s=540)
+#   $OUT then holds gpu_check.md, gpu_check.log and sweep_*.json (within the tool's 8 files back).
 #   The wheels, MNIST and the tree must stay under the tool's 64 MiB (du -shc .whl .data). The machine
 #   reaches no registry: missing ray/optuna are installed from .whl/ with pip --no-index into a temp
 #   folder; MNIST is read from $AEMODELS_DATA_DIR, else .data/, else ../shared/data/mnist (gz, unpacked).
@@ -71,17 +73,23 @@ setup() {
         export PYTHONPATH="$PYTHONPATH:$site" PATH="$site/bin:$PATH"
         "$PY" -c "import ray.tune, optuna" >>"$LOG" 2>&1 || return 1
     fi
-    local root
+    local root found=""
     for root in "${AEMODELS_DATA_DIR:-}" "$REPO/.data"; do
         if [[ -n "$root" ]] && ls "$root"/MNIST/raw/train-images-idx3-ubyte* >/dev/null 2>&1; then
-            export AEMODELS_DATA_DIR="$root"
+            found="$root"
             break
         fi
     done
-    if [[ -z "${AEMODELS_DATA_DIR:-}" || ! -d "$AEMODELS_DATA_DIR/MNIST/raw" ]]; then
+    if [[ -z "$found" ]]; then
         [[ -d "$REPO/../shared/data/mnist" ]] || { say "MNIST not found (see the top of this script)"; return 1; }
-        export AEMODELS_DATA_DIR="$WORK/data"
-        mkdir -p "$AEMODELS_DATA_DIR/MNIST/raw" && cp "$REPO"/../shared/data/mnist/*.gz "$AEMODELS_DATA_DIR/MNIST/raw/"
+        found="$WORK/data"
+        mkdir -p "$found/MNIST/raw" && cp "$REPO"/../shared/data/mnist/*.gz "$found/MNIST/raw/"
+    fi
+    export AEMODELS_DATA_DIR="$found"
+    say "MNIST from $found"
+    if [[ $SMOKE == 0 ]] && ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" >>"$LOG" 2>&1; then
+        say "torch sees no CUDA device: the figures need one (--cpu-smoke checks the script on a CPU)"
+        return 1
     fi
     # aemodels unpacks .gz copies in place; this also checks every file reads to its last byte
     "$PY" -c "from aemodels import load_dataset; load_dataset('mnist')" >>"$LOG" 2>&1
