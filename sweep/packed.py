@@ -257,7 +257,7 @@ def _trainer(names: list[str], trial_id: str = ""):
     """The least loaded trainer; among equally loaded ones, the trial's number picks (round robin).
 
     Tune starts a sweep's first wave of trials at once, and each proxy reads the loads before any of
-    them has joined: always taking the first of the least loaded would send that whole wave to one
+    them has joined: always taking the first of the least loaded could send that whole wave to one
     trainer (GPU) and leave the others idle until the next trials start.
     """
     for name in names:
