@@ -175,6 +175,7 @@ def _mlp_forward(p: dict, x: torch.Tensor):
 
 
 def _conv_forward(p: dict, x: torch.Tensor):
+    """The conv family's default: per-member convolutions on a CPU, grouped ones elsewhere."""
     return (_conv_forward_per_member if x.device.type == "cpu" else _conv_forward_grouped)(p, x)
 
 
@@ -225,6 +226,9 @@ def _conv_forward_per_member(p: dict, x: torch.Tensor):
 
 
 FORWARD = {"mlp": _mlp_forward, "conv": _conv_forward}
+# Pack(conv_path=...): which convolutions a conv pack runs. "auto" is FORWARD["conv"]'s choice by
+# device; naming one lets a test run the GPU's grouped path on a CPU against the per-member path.
+CONV_PATHS = {"auto": _conv_forward, "grouped": _conv_forward_grouped, "per_member": _conv_forward_per_member}
 
 
 @contextlib.contextmanager
@@ -252,8 +256,11 @@ class Pack:
     """The members of one family, batch size and training-set size, on one device, trained in lockstep."""
 
     def __init__(self, dataset: Dataset, family: str, batch_size: int, train_size: int,
-                 cuda_graphs: bool = True, matmul_precision: str = "highest"):
+                 cuda_graphs: bool = True, matmul_precision: str = "highest", conv_path: str = "auto"):
+        if conv_path not in CONV_PATHS:
+            raise ValueError(f"unknown conv_path {conv_path!r} (known: {', '.join(CONV_PATHS)})")
         self.dataset, self.family, self.batch_size, self.train_size = dataset, family, batch_size, train_size
+        self.forward = CONV_PATHS[conv_path] if family == "conv" else FORWARD[family]
         self.device = dataset.device
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         self.matmul_precision = matmul_precision
@@ -271,9 +278,10 @@ class Pack:
         return (FAMILY[config.variant], config.batch_size, config.train_subset, config.dataset)
 
     @classmethod
-    def for_config(cls, config: TrainConfig, dataset: Dataset) -> "Pack":
+    def for_config(cls, config: TrainConfig, dataset: Dataset, conv_path: str = "auto") -> "Pack":
         return cls(dataset, FAMILY[config.variant], config.batch_size,
-                   config.train_subset or len(dataset.train_images), config.cuda_graphs, config.matmul_precision)
+                   config.train_subset or len(dataset.train_images), config.cuda_graphs, config.matmul_precision,
+                   conv_path)
 
     def __len__(self) -> int:
         return len(self.members)
@@ -386,7 +394,7 @@ class Pack:
             noise = self.noise[self.noise_row, :size]
             x_in = torch.clamp(x + self.noise_factor.view(-1, 1, 1) * noise, 0.0, 1.0)
         with torch.enable_grad():
-            x_hat, z = FORWARD[self.family](self.params, x_in)
+            x_hat, z = self.forward(self.params, x_in)
             objective = (x_hat - x).pow(2).mean(dim=(1, 2))
             if self.has_sparsity:
                 mean_abs_z = z.abs().sum(dim=(1, 2)) * self.inv_latent / size
@@ -511,6 +519,6 @@ class Pack:
         total = torch.zeros(k, dtype=torch.float64, device=self.device)
         for chunk in images.split(max(1, EVAL_ROWS // k)):
             x = chunk.float().div_(255).expand(k, -1, -1)
-            x_hat, _ = FORWARD[self.family](self.params, x)
+            x_hat, _ = self.forward(self.params, x)
             total += (x_hat - x).pow(2).sum(dim=(1, 2)).double()
         return total / images.numel()

@@ -14,8 +14,10 @@ import contextlib
 import io
 import json
 import logging
+import os
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -68,6 +70,9 @@ class PackTrainer:
         self.cond = threading.Condition()
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.last_round_s = 1.0
+        context = ray.get_runtime_context()  # where this trainer runs: in its report and each member's rows
+        self.name, self.node_id, self.gpu_ids = context.get_actor_name(), context.get_node_id(), ray.get_gpu_ids()
+        self.pid = os.getpid()
         self.stats = {"rounds": 0, "member_epochs": 0, "train_s": 0.0, "serialize_s": 0.0, "wait_s": 0.0,
                       "restack_s": 0.0, "started": time.time()}
         threading.Thread(target=self._train_forever, name="pack-trainer", daemon=True).start()
@@ -116,7 +121,8 @@ class PackTrainer:
 
     def report(self) -> dict:
         """Where the trainer's time went, for benchmarks."""
-        return {**self.stats, "wall_s": time.time() - self.stats["started"], "members": len(self.members)}
+        return {**self.stats, "wall_s": time.time() - self.stats["started"], "members": len(self.members),
+                "name": self.name, "node_id": self.node_id, "gpu_ids": self.gpu_ids}
 
     # -- the training thread --
 
@@ -172,7 +178,8 @@ class PackTrainer:
             self.stats["member_epochs"] += len(rows)
             tick = time.monotonic()
             for slot in batch:
-                row = {**rows[slot.trial_id], "device": str(pack.device)}
+                row = {**rows[slot.trial_id], "device": str(pack.device), "trainer": self.name,
+                       "trainer_pid": self.pid}
                 payload = None if row["status"] == "diverged" else self._serialize(pack.snapshot(slot.trial_id))
                 self._resolve(slot, (row, payload))
             self.stats["serialize_s"] += time.monotonic() - tick
@@ -246,8 +253,13 @@ class PackTrainer:
 _handles: dict[str, object] = {}
 
 
-def _trainer(names: list[str]):
-    """The least loaded trainer, preferring one on this trial's node."""
+def _trainer(names: list[str], trial_id: str = ""):
+    """The least loaded trainer; among equally loaded ones, the trial's number picks (round robin).
+
+    Tune starts a sweep's first wave of trials at once, and each proxy reads the loads before any of
+    them has joined: always taking the first of the least loaded could send that whole wave to one
+    trainer (GPU) and leave the others idle until the next trials start.
+    """
     for name in names:
         if name not in _handles:
             _handles[name] = ray.get_actor(name, namespace=NAMESPACE)
@@ -255,13 +267,20 @@ def _trainer(names: list[str]):
     if len(handles) == 1:
         return handles[0]
     loads = ray.get([h.load.remote() for h in handles])
-    return handles[loads.index(min(loads))]
+    least = [h for h, load in zip(handles, loads) if load == min(loads)]
+    return least[_trial_number(trial_id) % len(least)]
+
+
+def _trial_number(trial_id: str) -> int:
+    """Tune numbers a sweep's trials in its ids ('3f9a2_00007'); any other id still gets a stable number."""
+    tail = trial_id.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else zlib.crc32(trial_id.encode())
 
 
 def run_packed_trial(config: dict, *, base: dict, trainers: list[str]) -> None:
     """The Tune function trainable of packed execution (imports no torch)."""
-    trainer = _trainer(trainers)
     trial_id = tune.get_context().get_trial_id()
+    trainer = _trainer(trainers, trial_id)
     settings = {**base, **config}
     where = {"execution": "packed", "node_id": ray.get_runtime_context().get_node_id()}
     record = TrialRecord()

@@ -132,3 +132,62 @@ def test_searcher_scale_writes_the_cost_table_and_the_quality_comparison(tmp_pat
         row = next(line for line in text.splitlines() if line.startswith(f"| {label}"))
         assert all(float(cell) > 0 for cell in row.strip("|").split("|")[1:]), row
     assert "| new at or below old, seeds | " in text and "over 2 seeds" in text
+
+
+def _gpu_check(tmp_path, *args: str):
+    """benchmarks/gpu_check.sh --cpu-smoke with `args`; returns (exit status, {step: summary cells}, the markdown)."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    out = tmp_path / "out"
+    env = {**os.environ, "GPU_CHECK_PYTHON": sys.executable, "TMPDIR": str(tmp_path),
+           "RAY_TMPDIR": tempfile.gettempdir()}  # Ray's sockets want short paths
+    proc = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), "--cpu-smoke", "--out", str(out), *args],
+                          env=env, capture_output=True, text=True, timeout=600)
+    text = (out / "gpu_check.md").read_text()
+    assert proc.stdout.endswith(text), "the table is printed"
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 6 and cells[0] in ("train_speed", "pack_speed", "gpu_memory", "sweep_trial", "sweep_packed"):
+            rows[cells[0]] = dict(zip(("step", "what", "status", "wall", "figures", "reference"), cells))
+    assert list(rows) == ["train_speed", "pack_speed", "gpu_memory", "sweep_trial", "sweep_packed"], text
+    assert (out / "gpu_check.log").read_text().strip()
+    return proc.returncode, rows, text
+
+
+def test_gpu_check_smoke_writes_a_row_per_step_and_goes_on_past_a_step_out_of_time(data_dir, tmp_path):
+    code, rows, text = _gpu_check(tmp_path, "--only", "train_speed,pack_speed,gpu_memory", "--budget", "pack_speed=1")
+
+    assert code == 1, "a step that ran out of time fails the command, after the table is written"
+    assert text.startswith("# GPU check") and "CPU smoke run" in text
+    assert rows["train_speed"]["status"] == "ok"
+    seed_s, ours_s = map(float, re.search(r"vanilla: seed ([\d.]+) s, aesweep ([\d.]+) s \(", rows["train_speed"]["figures"]).groups())
+    assert seed_s > 0 and ours_s > 0
+    assert rows["pack_speed"]["status"] == "timed out after 1 s" and rows["pack_speed"]["wall"].endswith("(1)")
+    assert rows["gpu_memory"]["status"] == "ok", "the step after the one that ran out of time still ran"
+    assert rows["gpu_memory"]["figures"] == "vanilla: alone - MiB, per pack member - MiB"  # no CUDA counter on a CPU
+    assert rows["sweep_trial"]["status"] == rows["sweep_packed"]["status"] == "skipped"
+    assert "## train_speed" in text and "## gpu_memory" in text and "## pack_speed" not in text
+
+
+def test_gpu_check_refuses_an_unknown_step(tmp_path):
+    import subprocess
+
+    proc = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), "--only", "train_sped", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown step train_sped (known: train_speed, pack_speed" in proc.stderr
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_the_reference_sweep_packed_and_tables_its_throughput(data_dir, tmp_path):
+    code, rows, text = _gpu_check(tmp_path, "--only", "sweep_packed")
+
+    assert code == 0, text
+    assert rows["sweep_packed"]["status"] == "ok"
+    found = re.match(r"2 trials, (\d+) trial-epochs in [\d.]+ s: ([\d.]+) trial-epochs/min", rows["sweep_packed"]["figures"])
+    assert found and int(found.group(1)) == 2 and float(found.group(2)) > 0, rows["sweep_packed"]
+    assert (tmp_path / "out" / "sweep_packed.json").is_file()
+    assert all(rows[s]["status"] == "skipped" for s in ("train_speed", "pack_speed", "gpu_memory", "sweep_trial"))

@@ -1,5 +1,7 @@
 """Sweeps on a real multi-node Ray cluster started on this machine (ray.cluster_utils.Cluster)."""
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,28 +13,69 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def two_nodes():
+def two_gpu_nodes():
+    """Two nodes of one CPU each that declare two GPUs each: no CUDA behind them, so training runs on the CPU,
+    while Ray schedules the sweep exactly as on a cluster of four GPUs (the packed plan, trainers by GPU)."""
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 2})
+    cluster.add_node(num_cpus=1, num_gpus=2)
     yield cluster
     cluster.shutdown()
 
 
-def test_sweep_with_address_runs_trials_on_both_nodes(two_nodes, tmp_path, data_dir):
-    proc = subprocess.run(
-        [sys.executable, "-m", "sweep.cli", "run", "configs/quick.yaml", "--address", two_nodes.address,
-         "--set", f"storage_path={tmp_path}", "--set", "num_samples=6", "--set", "train.epochs=2",
-         "--set", "train.train_subset=2000"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    trials = pd.read_parquet(tmp_path / "quick" / "trials.parquet")
-    assert len(trials) == 6 and trials["trial_id"].is_unique
-    assert set(trials["status"]) <= {"completed", "stopped"}
-    nodes = {node.node_id for node in two_nodes.list_all_nodes()}
-    assert set(trials["node_id"]) == nodes, "every node ran trials"
-    epochs = pd.read_parquet(tmp_path / "quick" / "epochs.parquet")
-    assert len(epochs) == trials["epochs"].sum()
+def test_packed_sweep_on_declared_gpus_spreads_members_over_a_trainer_per_gpu_and_survives_losing_one(
+        two_gpu_nodes, tmp_path, data_dir):
+    """The GPU orchestration of issue 19, through the CLI on CPU training: `execution: auto` packs because
+    the cluster has GPUs, one trainer per GPU (two per node, each on its own GPU), members spread over all
+    four, and a trainer SIGKILLed mid-sweep loses nothing (its members rejoin the restarted trainer, or
+    another, from their checkpoints)."""
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweep.cli", "run", "configs/quick.yaml", "--address", two_gpu_nodes.address,
+         "--set", f"storage_path={tmp_path}", "--set", "num_samples=8", "--set", "train.epochs=3",
+         "--set", "train.train_subset=2000", "--set", "scheduler.grace_period=2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    home = tmp_path / "quick"
+    killed, deadline = None, time.time() + 300
+    # Kill the trainer of a trial surely mid-epoch: a fresh report (younger than 0.8 epochs) of epoch 1,
+    # where ASHA (grace 2) cannot stop it, read from the checkpoints' history.json (written inside the
+    # report; Ray's result.json comes later). Only this test's cluster's processes are candidates.
+    while killed is None and time.time() < deadline and proc.poll() is None:
+        ours = _descendants_titled(os.getpid(), "PackTrainer")
+        for r in _newest_reports(home):
+            if r["status"] == "running" and r["epoch"] == 1 and time.time() - r["timestamp"] < 0.8 * r["epoch_s"] \
+                    and r["trainer_pid"] in ours:
+                os.kill(r["trainer_pid"], signal.SIGKILL)
+                killed = r["trainer"]
+                break
+        time.sleep(0.05)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    assert killed, "the sweep ended before a trainer could be killed mid-sweep"
+    assert "packed execution: 4 trainer(s)" in out and "Ray: 2 CPUs, 4 GPUs" in out
+
+    trials = pd.read_parquet(home / "trials.parquet")
+    assert len(trials) == 8 and trials["trial_id"].is_unique
+    assert set(trials["status"]) <= {"completed", "stopped"}, trials[["trial_id", "status", "error"]]
+    assert set(trials["execution"]) == {"packed"} and set(trials["device"]) == {"cpu"}, "no CUDA: CPU training"
+    nodes = {node.node_id for node in two_gpu_nodes.list_all_nodes()}
+    assert set(trials["node_id"]) == nodes, "trial proxies ran on both nodes"
+    assert trials["num_failures"].sum() >= 1, "the killed trainer's members were retried"
+    epochs = pd.read_parquet(home / "epochs.parquet")
+    assert len(epochs) == trials["epochs"].sum() and not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert set(epochs.groupby("trial_id")["epoch"].max()) <= {2, 3}
+
+    trainers = json.loads((home / "trainers.json").read_text())
+    assert len(trainers) == 4, "one trainer per declared GPU"
+    by_node = {}
+    for t in trainers:
+        by_node.setdefault(t["node_id"], []).append(tuple(t["gpu_ids"]))
+    assert set(by_node) == nodes and all(len(set(g)) == 2 and all(len(i) == 1 for i in g) for g in by_node.values()), \
+        f"two trainers per node, each on its own GPU: {by_node}"
+    used = {r["trainer"] for rs in _result_rows(home).values() for r in rs}
+    assert used == {t["name"] for t in trainers}, f"members spread over every trainer: {used}"
 
 
 @pytest.fixture
@@ -162,3 +205,40 @@ def _newest_reports(home: Path) -> list[dict]:
         except (IndexError, OSError, ValueError):
             continue
     return rows
+
+
+def _result_rows(home: Path) -> dict[str, list[dict]]:
+    """Every trial's rows as the driver has them (Ray's result.json), by trial."""
+    rows = {}
+    for path in (home / "ray").glob("*/result.json"):
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip().endswith("}")]
+        if lines:
+            rows[lines[0]["trial_id"]] = lines
+    return rows
+
+
+def _descendants_titled(root: int, fragment: str) -> list[int]:
+    """Processes below `root` whose command line holds `fragment`: this test's own, never another's."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+
+    def below(pid):
+        while pid in parents and pid != root:
+            pid = parents[pid]
+        return pid == root
+
+    found = []
+    for pid in parents:
+        try:
+            cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if fragment in cmdline and pid != root and below(pid):
+            found.append(pid)
+    return found
+

@@ -126,3 +126,31 @@ def test_tunes_own_runtime_env_would_start_a_fresh_worker_and_is_restored(local_
     with runner.idle_workers_for_trials():
         assert "PL_DISABLE_FORK" not in DEFAULT_ENV_VARS
     assert DEFAULT_ENV_VARS == before
+
+
+def test_declared_gpus_pack_one_trainer_per_gpu_and_device_cpu_opts_out():
+    # A cluster that declares GPUs (`ray start --num-gpus`), whatever is behind them: execution auto packs.
+    sweep = reference(train={"device": "auto"}, num_samples=8)
+    packed = runner.plan(sweep, {"CPU": 2.0, "GPU": 4.0})
+    assert (packed.execution, packed.trainers, packed.max_concurrent) == ("packed", 4, 8)
+    assert packed.cpu_per_trial == 0.25 and packed.gpu_per_trial == 0.0  # trainers hold the GPUs, proxies share CPUs
+    assert runner.plan(reference(train={"device": "cpu"}), {"CPU": 2.0, "GPU": 4.0}).execution == "trial"
+
+
+def test_a_wave_of_trials_that_all_see_equal_loads_is_spread_over_every_trainer(monkeypatch):
+    from sweep import packed
+
+    class Trainer:
+        def __init__(self, load):
+            self.load = type("Method", (), {"remote": staticmethod(lambda: load)})
+
+    names = [f"t{i}" for i in range(4)]
+    monkeypatch.setattr(packed, "_handles", {n: Trainer(0) for n in names})
+    monkeypatch.setattr(packed.ray, "get", lambda refs: refs)  # the fake handles answer at once
+    chosen = [packed._trainer(names, f"5c1e2_{i:05d}") for i in range(8)]
+    assert [packed._handles[n] for n in names] * 2 == chosen, "round robin over equally loaded trainers"
+
+    packed._handles.update({"t0": Trainer(3), "t1": Trainer(1), "t2": Trainer(1), "t3": Trainer(2)})
+    assert {id(packed._trainer(names, f"x_{i:05d}")) for i in range(4)} == {id(packed._handles["t1"]),
+                                                                            id(packed._handles["t2"])}
+    assert packed._trial_number("not-numbered") == packed._trial_number("not-numbered")
