@@ -14,6 +14,7 @@ from ray.tune import Callback
 from .errors import SweepError
 from .searcher import trial_status
 from .spec import SEARCHED
+from .trial import epoch_rows
 
 
 RESUMED_TRIALS_ENV = "AESWEEP_RESUMED_TRIALS"  # how many trials `sweep resume` expects Ray to restore
@@ -43,9 +44,10 @@ class Progress(Callback):
         print(line, file=self.stream or sys.stdout, flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        value = result.get("val_loss")
-        if value is not None and math.isfinite(value) and value < self.best[0]:
-            self.best = (value, trial.trial_id, dict(trial.config))
+        for row in epoch_rows(result):  # the best epoch may be one a result carries
+            value = row.get("val_loss")
+            if value is not None and math.isfinite(value) and value < self.best[0]:
+                self.best = (value, trial.trial_id, dict(trial.config))
         if time.monotonic() - self.last_print >= self.interval_s:
             self._write(self.status_line(trials))
 
