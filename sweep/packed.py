@@ -4,7 +4,7 @@ One `PackTrainer` actor per GPU (one per node without GPUs) holds an `aemodels.P
 model and trains, epoch by epoch in lockstep, every member whose trial has asked for its next epoch.
 Each Tune trial stays an ordinary trial (Optuna samples it, ASHA stops it, it has its own checkpoints
 and table rows): it runs `run_packed_trial`, a proxy that joins a trainer, asks for one epoch at a
-time and reports it. Proxies never import torch, so hundreds of them cost little; trials join and
+time and reports to Tune as `TrialRecord` decides (at ASHA's rungs by default). Proxies never import torch, so hundreds of them cost little; trials join and
 leave between epochs. This module imports no torch at the top: the trainer imports it inside.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Optional
 import ray
 from ray import tune
 
-from .trial import TrialRecord
+from .trial import Reporting, TrialRecord
 
 logger = logging.getLogger(__name__)
 NAMESPACE = "aesweep"
@@ -45,6 +45,7 @@ class _Slot:
     ready: bool = False
     future: Optional[asyncio.Future] = None
     last_seen: float = field(default_factory=time.monotonic)
+    with_state: bool = True  # whether its proxy wants the state after this epoch
 
 
 class PackTrainer:
@@ -98,14 +99,17 @@ class PackTrainer:
             self.members[trial_id] = _Slot(trial_id, config, state)
         return state.epoch
 
-    async def next_epoch(self, trial_id: str):
-        """Wait for this member's next epoch: (metrics row, serialized state or None)."""
+    async def next_epoch(self, trial_id: str, with_state: bool = True):
+        """Wait for this member's next epoch: (metrics row, serialized state or None). The state comes
+        when asked for and at the member's last epoch: a proxy reports only at rungs, and serializing
+        every member's state each round is work on the trainer's one training thread."""
         future = asyncio.get_running_loop().create_future()
         with self.cond:
             slot = self.members.get(trial_id)
             if slot is None:
                 raise KeyError(f"trial {trial_id} is not a member of this trainer (it was dropped); rejoin")
             slot.ready, slot.future, slot.last_seen = True, future, time.monotonic()
+            slot.with_state = with_state
             self.cond.notify_all()
         return await future
 
@@ -180,7 +184,8 @@ class PackTrainer:
             for slot in batch:
                 row = {**rows[slot.trial_id], "device": str(pack.device), "trainer": self.name,
                        "trainer_pid": self.pid}
-                payload = None if row["status"] == "diverged" else self._serialize(pack.snapshot(slot.trial_id))
+                wanted = slot.with_state or row["status"] == "completed"
+                payload = self._serialize(pack.snapshot(slot.trial_id)) if wanted and row["status"] != "diverged" else None
                 self._resolve(slot, (row, payload))
             self.stats["serialize_s"] += time.monotonic() - tick
             done = {s.trial_id for s in batch if rows[s.trial_id]["status"] in ("completed", "diverged")}
@@ -277,22 +282,28 @@ def _trial_number(trial_id: str) -> int:
     return int(tail) if tail.isdigit() else zlib.crc32(trial_id.encode())
 
 
-def run_packed_trial(config: dict, *, base: dict, trainers: list[str]) -> None:
-    """The Tune function trainable of packed execution (imports no torch)."""
+def run_packed_trial(config: dict, *, base: dict, trainers: list[str], reporting: Reporting = Reporting()) -> None:
+    """The Tune function trainable of packed execution (imports no torch).
+
+    It asks for one epoch at a time, so members still join and leave the pack between any two epochs,
+    and the trainer sends the state only for an epoch the proxy will report (`TrialRecord.due`).
+    """
     trial_id = tune.get_context().get_trial_id()
     trainer = _trainer(trainers, trial_id)
     settings = {**base, **config}
     where = {"execution": "packed", "node_id": ray.get_runtime_context().get_node_id()}
-    record = TrialRecord()
+    record = TrialRecord(reporting=reporting)
     # The trainer decodes the state: a checkpoint it cannot read falls back to the one before.
     joined = record.restore(lambda path: ray.get(trainer.join.remote(trial_id, settings, path.read_bytes())))
     if joined is None:
         ray.get(trainer.join.remote(trial_id, settings, None))
     try:
         while True:
-            row, payload = ray.get(trainer.next_epoch.remote(trial_id))
+            # Decided before the epoch, so that the state comes exactly with the epochs that are reported.
+            due = record.due((record.history[-1]["epoch"] if record.history else 0) + 1)
+            row, payload = ray.get(trainer.next_epoch.remote(trial_id, due))
             write = (lambda path: path.write_bytes(payload)) if payload is not None else None
-            record.report({**row, **where}, write)
+            record.report({**row, **where}, write, due=due)
             if row["status"] in ("completed", "diverged"):
                 return
     finally:  # also when ASHA stops the trial: Tune ends the trial's thread inside tune.report
@@ -355,5 +366,6 @@ def trainers(spec, plan, home: Path, dataset=None):
 
 
 def make_packed_trainable(spec, plan, base: dict):
-    fn = tune.with_parameters(run_packed_trial, base=base, trainers=trainer_names(spec, plan))
+    fn = tune.with_parameters(run_packed_trial, base=base, trainers=trainer_names(spec, plan),
+                              reporting=Reporting.of(spec))
     return tune.with_resources(fn, {"cpu": plan.cpu_per_trial})

@@ -14,6 +14,7 @@ from ray.tune import Callback
 from .errors import SweepError
 from .searcher import trial_status
 from .spec import SEARCHED
+from .trial import epoch_rows
 
 
 RESUMED_TRIALS_ENV = "AESWEEP_RESUMED_TRIALS"  # how many trials `sweep resume` expects Ray to restore
@@ -30,6 +31,9 @@ class Progress(Callback):
         self.last_print = 0.0
         self.best = (math.inf, None, None)
         self.restore_checked = False
+        # Tune updates trial.last_result after its callbacks: the result in hand is newer, by a whole
+        # rung's epochs when trials report only at rungs.
+        self.newest_epoch: dict[str, int] = {}
 
     def __getstate__(self):  # Ray pickles callbacks with the tuner: keep only the settings
         return {"num_samples": self.num_samples, "max_epochs": self.max_epochs, "interval_s": self.interval_s}
@@ -43,9 +47,11 @@ class Progress(Callback):
         print(line, file=self.stream or sys.stdout, flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        value = result.get("val_loss")
-        if value is not None and math.isfinite(value) and value < self.best[0]:
-            self.best = (value, trial.trial_id, dict(trial.config))
+        self.newest_epoch[trial.trial_id] = int(result.get("epoch", 0))
+        for row in epoch_rows(result):  # the best epoch may be one a result carries
+            value = row.get("val_loss")
+            if value is not None and math.isfinite(value) and value < self.best[0]:
+                self.best = (value, trial.trial_id, dict(trial.config))
         if time.monotonic() - self.last_print >= self.interval_s:
             self._write(self.status_line(trials))
 
@@ -76,7 +82,8 @@ class Progress(Callback):
         self.last_print = time.monotonic()
         counts = self.counts(trials)
         done = sum(n for s, n in counts.items() if s != "running")
-        epochs = sum(int(t.last_result.get("epoch", 0)) for t in trials if t.last_result)
+        epochs = sum(max(int((t.last_result or {}).get("epoch", 0)), self.newest_epoch.get(t.trial_id, 0))
+                     for t in trials)
         parts = [f"{counts['running']} running"] + [f"{n} {s}" for s, n in counts.items() if n and s != "running"]
         return (f"[{time.monotonic() - self.start:6.0f}s] {done}/{self.num_samples} trials done | "
                 f"{', '.join(parts)} | {epochs} epochs | best val_loss {self._best_text()}")

@@ -27,7 +27,7 @@ from . import storage
 from .errors import ResultsError
 from .searcher import (LEGACY_STUDY_FILE, STUDY_FILE, finished_in_study, snapshot_name, snapshot_study,
                        storage_error, study_path, study_url, trial_status)
-from .trial import HISTORY_FILE
+from .trial import HISTORY_FILE, epoch_rows
 from .spec import SEARCHED, FileProblem, SpecError, SweepSpec, load_yaml, parse, read_text, yaml_problem
 
 EPOCH_COLUMNS = ["trial_id", "epoch", "train_loss", "val_loss", "epoch_s", "train_s", "images_per_s", "pack_size",
@@ -244,7 +244,7 @@ def _result_rows(folder: Path) -> list[dict]:
         with open(folder / "result.json") as fh:
             for line in fh:
                 with contextlib.suppress(json.JSONDecodeError):  # a line cut short by a crash
-                    rows.append(json.loads(line))
+                    rows.extend(epoch_rows(json.loads(line)))
     return rows
 
 

@@ -286,9 +286,10 @@ def trainable(spec: SweepSpec, plan: Plan, dataset):
         from .packed import make_packed_trainable
 
         return make_packed_trainable(spec, plan, base)
-    from .trial import SharedDataset, run_trial
+    from .trial import Reporting, SharedDataset, run_trial
 
-    fn = tune.with_parameters(run_trial, base=base, threads=plan.threads_per_trial, dataset=SharedDataset(dataset))
+    fn = tune.with_parameters(run_trial, base=base, threads=plan.threads_per_trial, dataset=SharedDataset(dataset),
+                              reporting=Reporting.of(spec))
     return tune.with_resources(fn, {"cpu": plan.cpu_per_trial, "gpu": plan.gpu_per_trial})
 
 

@@ -33,6 +33,7 @@ from aemodels.pack import derived_seed
 from .space import SearchSpace
 from .spec import SearcherSpec
 from .tpe import TPE
+from .trial import epoch_rows
 
 logger = logging.getLogger(__name__)
 MAX_REDRAWS = 20
@@ -342,11 +343,14 @@ class StudySearch(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict):
         record = self._running.get(trial_id)
-        value = result.get(self.metric)
-        if record is None or value is None or not math.isfinite(value):
+        if record is None:
             return
-        # a restored trial re-reports epochs it had reported: keep the first, as Optuna's report does
-        record["values"].setdefault(int(result.get("epoch", result.get("training_iteration"))), float(value))
+        for row in epoch_rows(result):  # a result carries the epochs since the trial's previous one
+            value = row.get(self.metric)
+            if value is None or not math.isfinite(value):
+                continue
+            # a restored trial re-reports epochs it had reported: keep the first, as Optuna's report does
+            record["values"].setdefault(int(row.get("epoch", result.get("training_iteration"))), float(value))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if trial_id not in self._running:

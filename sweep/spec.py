@@ -77,6 +77,25 @@ class SchedulerSpec:
     grace_period: int = 1
     reduction_factor: float = 3
     brackets: int = 1
+    report: str = "rungs"  # rungs: report to Tune where ASHA decides, carrying the epochs between; epoch: every epoch
+    checkpoint_every_s: float = 60.0  # between reports, a checkpoint (with a report) at most this often
+
+
+REPORTS = ("rungs", "epoch")
+
+
+def rung_epochs(grace_period: int, reduction_factor: float, max_t: int, brackets: int = 1) -> tuple[int, ...]:
+    """The epochs at which ASHA decides (its rungs in every bracket, and max_t), ascending.
+
+    Mirrors ray.tune.schedulers.AsyncHyperBandScheduler: bracket s has rungs grace * rf**(k + s) for
+    k < log(max_t / grace) / log(rf) - s + 1, and a trial is judged at a rung by its first result at or
+    past it, so a fractional rung is decided at the next whole epoch.
+    """
+    epochs = {max_t}
+    for s in range(brackets):
+        count = int(math.log(max_t / grace_period) / math.log(reduction_factor) - s + 1)
+        epochs.update(math.ceil(grace_period * reduction_factor ** (k + s)) for k in range(count))
+    return tuple(sorted(e for e in epochs if 1 <= e <= max_t))
 
 
 @dataclass(frozen=True)
@@ -115,6 +134,14 @@ class SweepSpec:
     def epochs(self) -> int:
         """Epochs of a trial that ASHA never stops: ASHA's max_t."""
         return self.train["epochs"]
+
+    @property
+    def report_epochs(self) -> Optional[tuple[int, ...]]:
+        """The epochs a trial reports to Tune at (besides checkpoints and its end); None: every epoch."""
+        sched = self.scheduler
+        if sched.report == "epoch":
+            return None
+        return rung_epochs(sched.grace_period, sched.reduction_factor, self.epochs, sched.brackets)
 
     def train_config(self, params: dict) -> TrainConfig:
         """The complete TrainConfig of a trial with the given searched values."""
@@ -378,7 +405,12 @@ def parse(raw: dict, source: str = "sweep") -> SweepSpec:
     if reduction <= 1:
         raise SpecError(f"{source}: scheduler.reduction_factor must be > 1, got {reduction}")
     check.integer(scheduler.brackets, "scheduler.brackets", low=1)
-    scheduler = dataclasses.replace(scheduler, reduction_factor=reduction)
+    if scheduler.report not in REPORTS:
+        raise SpecError(f"{source}: {unknown_name('scheduler.report', scheduler.report, REPORTS)}")
+    every = check.number(scheduler.checkpoint_every_s, "scheduler.checkpoint_every_s")
+    if not every > 0 or math.isinf(every):
+        raise SpecError(f"{source}: scheduler.checkpoint_every_s must be a positive number of seconds, got {every}")
+    scheduler = dataclasses.replace(scheduler, reduction_factor=reduction, checkpoint_every_s=every)
 
     resources = ResourceSpec(**check.section(raw.get("resources", {}), "resources", ResourceSpec))
     if resources.execution not in EXECUTIONS:

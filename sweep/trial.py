@@ -1,8 +1,9 @@
 """What runs inside one Ray Tune trial ("trial" execution): aemodels.train wired to tune.report.
 
-The trial's TrainConfig is the sweep's fixed settings plus the sampled hyperparameters. After every
-epoch the training state goes into a Tune checkpoint with the epoch's metrics; a retried or restored
-trial continues from its newest readable checkpoint (an unreadable one falls back to the one before).
+The trial's TrainConfig is the sweep's fixed settings plus the sampled hyperparameters. A trial
+reports to Tune where ASHA decides (`Reporting`), each result carrying the epochs since the one
+before (`CARRIED`), with the training state as a Tune checkpoint; a retried or restored trial
+continues from its newest readable checkpoint (an unreadable one falls back to the one before).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -27,7 +29,31 @@ HISTORY_FILE = "history.json"
 RAM_FOLDER = "/dev/shm"
 STAGING_PREFIX = "aesweep-epoch-"  # then the writing process's id
 RAM_HEADROOM = 1 << 30  # bytes free in RAM_FOLDER for a trial to stage its checkpoints there
+CARRIED = "carried_epochs"  # a result's earlier epochs since the trial's previous result: a list of rows
 logger = logging.getLogger(__name__)
+
+
+def epoch_rows(result: dict) -> list[dict]:
+    """Every epoch a Tune result stands for, oldest first: its carried rows, then itself."""
+    carried = result.get(CARRIED) or []
+    own = {k: v for k, v in result.items() if k != CARRIED}
+    return [*carried, own]
+
+
+@dataclass(frozen=True)
+class Reporting:
+    """When a trial reports to Tune: at `epochs` (None: every epoch), when it ends, and when a checkpoint
+    is due. Ray Tune saves a checkpoint only inside `tune.report`, so a checkpoint between rungs is a
+    report of its own; keeping it for the next rung instead would bound nothing a lost worker redoes."""
+    epochs: Optional[tuple[int, ...]] = None
+    checkpoint_every_s: float = 60.0
+
+    @classmethod
+    def of(cls, spec) -> "Reporting":
+        return cls(spec.report_epochs, spec.scheduler.checkpoint_every_s)
+
+    def due(self, epoch: int, since_checkpoint_s: float) -> bool:
+        return self.epochs is None or epoch in self.epochs or since_checkpoint_s >= self.checkpoint_every_s
 
 
 def checkpoint_candidates() -> list[Checkpoint]:
@@ -51,9 +77,12 @@ class TrialRecord:
     trial's complete history up to it, and the tables are built from that first.
     """
 
-    def __init__(self, scratch: Optional[str] = None):
+    def __init__(self, scratch: Optional[str] = None, reporting: Reporting = Reporting()):
         self.scratch = scratch  # where each epoch's checkpoint folder is written; None: `staging_folder()`
+        self.reporting = reporting
         self.history: list[dict] = []
+        self.unreported: list[dict] = []  # epochs since the last result, sent with the next one
+        self.checkpointed = time.monotonic()
         if scratch is None:
             remove_orphans()
 
@@ -73,17 +102,30 @@ class TrialRecord:
         self.history = []
         return None
 
-    def report(self, row: dict, write_state: Optional[Callable[[Path], None]]) -> None:
-        """Report one epoch to Tune, with a checkpoint when `write_state` writes the state file."""
+    def due(self, epoch: int) -> bool:
+        """Whether epoch `epoch`, if it does not end the trial, goes to Tune (and wants the state)."""
+        return self.reporting.due(epoch, time.monotonic() - self.checkpointed)
+
+    def report(self, row: dict, write_state: Optional[Callable[[Path], None]], due: Optional[bool] = None) -> None:
+        """Record one epoch; send it to Tune, with the epochs held since the last result and a checkpoint
+        when `write_state` writes the state file, if it is `due` (None: `self.due(epoch)`) or ends the
+        trial (completed, diverged)."""
         row = {**row, "timestamp": time.time()}
         self.history = [r for r in self.history if r["epoch"] < row["epoch"]] + [row]
+        self.unreported = [r for r in self.unreported if r["epoch"] < row["epoch"]]
+        due = self.due(row["epoch"]) if due is None else due
+        if row.get("status") not in ("completed", "diverged") and not due:
+            self.unreported.append(row)
+            return
+        carried, self.unreported = self.unreported, []
         checkpoint, folder = None, None
         if write_state is not None:
             folder = self._stage(write_state)
             checkpoint = Checkpoint.from_directory(str(folder))
+            self.checkpointed = time.monotonic()
         try:
             # When the result leaves the trial, to the microsecond (Ray rounds `timestamp` to whole seconds).
-            tune.report({**row, "reported_at": time.time()}, checkpoint=checkpoint)
+            tune.report({**row, CARRIED: carried, "reported_at": time.time()}, checkpoint=checkpoint)
         finally:  # Ray has copied the checkpoint to the trial's storage inside tune.report
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -173,7 +215,8 @@ class SharedDataset:
             provide(ray.get(self.ref), data_dir)
 
 
-def run_trial(config: dict, *, base: dict, threads: int = 1, dataset: Optional[SharedDataset] = None) -> None:
+def run_trial(config: dict, *, base: dict, threads: int = 1, dataset: Optional[SharedDataset] = None,
+              reporting: Reporting = Reporting()) -> None:
     """The Tune function trainable of "trial" execution; `dataset` saves each worker reading the files."""
     import torch
 
@@ -185,7 +228,7 @@ def run_trial(config: dict, *, base: dict, threads: int = 1, dataset: Optional[S
     train_config = TrainConfig.from_dict({**base, **config})
     device = "cuda" if train_config.device != "cpu" and torch.cuda.is_available() else "cpu"
     where = {"device": device, "execution": "trial", "node_id": ray.get_runtime_context().get_node_id()}
-    record = TrialRecord()
+    record = TrialRecord(reporting=reporting)
     resume = record.restore(TrainState.load)
     latest = []
 

@@ -135,8 +135,9 @@ def test_killed_trial_workers_are_retried_from_their_checkpoints(tmp_path, data_
     tick = time.perf_counter()
     # 16 trials of 5,000 images: enough reports, and epochs long enough (~1.5 s), that five of them reach
     # result.json fresh enough to act on, even when the driver writes them late
+    # report: epoch, so that result.json shows the epochs between rungs at which a kill is safe (see kill_workers)
     proc = start(tmp_path, "--set", "num_samples=16", "--set", "train.epochs=6", "--set", "scheduler.grace_period=2",
-                 "--set", "train.train_subset=5000")
+                 "--set", "train.train_subset=5000", "--set", "scheduler.report=epoch")
     killed = kill_workers(proc, tmp_path / "quick", count=5, per_trial=2, safe_epochs={1, 3, 5})  # rungs: 2, 4
     finish(proc)
     wall = time.perf_counter() - tick
@@ -214,7 +215,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path, data_d
 
 def test_corrupt_checkpoint_in_a_live_sweep(tmp_path, data_dir):
     tick = time.perf_counter()
-    proc = start(tmp_path, "--set", "num_samples=4", "--set", "train.epochs=4", "--set", "scheduler.grace_period=4")
+    proc = start(tmp_path, "--set", "num_samples=4", "--set", "train.epochs=4", "--set", "scheduler.grace_period=4",
+                 "--set", "scheduler.report=epoch")  # a checkpoint every epoch: two before the kill
     home, target = tmp_path / "quick", None
     while proc.poll() is None and target is None:
         for trial_id, rows in result_rows(home).items():
@@ -242,6 +244,7 @@ def test_a_trial_that_exhausts_its_retries_ends_as_error_and_the_rest_finish(tmp
     # 8 epochs of 8,000 images, none a rung: seven reports after which the victim can be killed, so that two
     # fresh ones come even when the driver writes results late (with five epochs, a CI run got only one)
     proc = start(tmp_path, "--set", "num_samples=4", "--set", "train.epochs=8", "--set", "scheduler.grace_period=8",
+                 "--set", "scheduler.report=epoch",  # results at every epoch, where kill_workers finds its moments
                  "--set", "max_failures=1", "--set", "train.train_subset=8000")
     home, victim = tmp_path / "quick", None
     while proc.poll() is None and victim is None:
@@ -324,7 +327,8 @@ def _pids_titled(fragment: str) -> list[int]:
 def test_packed_sweep_survives_killed_proxies_and_a_killed_trainer(tmp_path, data_dir):
     tick = time.perf_counter()
     proc = start(tmp_path, "--set", "num_samples=8", "--set", "train.epochs=4", "--set", "scheduler.grace_period=2",
-                 "--set", "resources.execution=packed", "--set", "resources.pack_size=4")
+                 "--set", "resources.execution=packed", "--set", "resources.pack_size=4",
+                 "--set", "scheduler.report=epoch")  # as in the worker-kill test: kills between rungs
     home = tmp_path / "quick"
     killed = kill_workers(proc, home, count=2, per_trial=1, safe_epochs={1, 3})  # two trials' proxy processes
     trainer_kills = 0

@@ -20,7 +20,8 @@ def packed(tmp_path_factory, data_dir):
     code = main(["run", "configs/quick.yaml", "--set", f"storage_path={root}", "--set", f"num_samples={TRIALS}",
                  "--set", f"train.epochs={EPOCHS}", "--set", "train.train_subset=1000",
                  "--set", "resources.execution=packed", "--set", "resources.pack_size=6",
-                 "--set", "scheduler.reduction_factor=2", "--set", "searcher.n_startup_trials=4"])
+                 "--set", "scheduler.reduction_factor=2", "--set", "searcher.n_startup_trials=4",
+                 "--set", "scheduler.report=epoch"])
     assert code == 0
     return load_results(str(root / "quick"))
 
@@ -32,6 +33,14 @@ def test_every_trial_has_its_rows_and_ran_packed(packed):
     assert len(epochs) == trials["epochs"].sum() and not epochs.duplicated(["trial_id", "epoch"]).any()
     assert epochs["pack_size"].max() > 1, "trials trained together"
     assert epochs["pack_size"].max() <= 6
+
+
+def test_report_epoch_sends_tune_one_result_per_epoch(packed):
+    """scheduler.report: epoch restores per-epoch reporting (the trial-execution sweeps report at rungs)."""
+    for row in packed.trials.itertuples():
+        (folder,) = [f for f in (packed.home / "ray").iterdir() if f.is_dir() and row.trial_id in f.name]
+        results = [json.loads(line) for line in (folder / "result.json").read_text().splitlines()]
+        assert [r["epoch"] for r in results] == list(range(1, row.epochs + 1))
 
 
 def test_each_packed_trial_has_its_own_checkpoints(packed):

@@ -1,11 +1,12 @@
 """Sweep files: what a valid one resolves to, and a one-line error naming the fix for every bad one."""
 import copy
+import math
 
 import pytest
 import yaml
 
 from sweep.space import SearchSpace
-from sweep.spec import SpecError, apply_override, load, parse
+from sweep.spec import SpecError, apply_override, load, parse, rung_epochs
 
 QUICK = "configs/quick.yaml"
 BASE = {"name": "t", "train": {"epochs": 3, "train_subset": 1000},
@@ -117,6 +118,9 @@ ERRORS = [
     ("unknown dataset", with_("dataset", "cifar10"), "unknown dataset 'cifar10'"),
     ("grace beyond epochs", with_("scheduler.grace_period", 9), "grace_period=9 exceeds train.epochs=3"),
     ("reduction factor 1", with_("scheduler.reduction_factor", 1), "reduction_factor must be > 1"),
+    ("unknown report", with_("scheduler.report", "rung"), "unknown scheduler.report 'rung'"),
+    ("checkpoint interval zero", with_("scheduler.checkpoint_every_s", 0), "checkpoint_every_s must be a positive"),
+    ("checkpoint interval text", with_("scheduler.checkpoint_every_s", "often"), "must be a number, got 'often'"),
     ("num_samples zero", with_("num_samples", 0), "num_samples must be >= 1"),
     ("num_samples text", with_("num_samples", "many"), "num_samples must be an integer"),
     ("section not a mapping", with_("searcher", 3), "searcher must be a mapping of keys, not a number"),
@@ -184,3 +188,33 @@ def test_points_must_set_every_sampled_parameter_inside_the_space():
         parse(with_("points", [{"variant": "sparse", "latent_dim": 8, "lr": 1e-3}]))
     with pytest.raises(SpecError, match=r"points\[0\].lr=1.0 is outside space.lr"):
         parse(with_("points", [{"variant": "vanilla", "latent_dim": 8, "lr": 1.0}]))
+
+
+@pytest.mark.parametrize("grace,rf,max_t,brackets,expected", [
+    (1, 2, 8, 1, (1, 2, 4, 8)),
+    (2, 2, 8, 1, (2, 4, 8)),
+    (1, 3, 30, 1, (1, 3, 9, 27, 30)),  # configs/mnist.yaml: max_t is no rung but ends every survivor
+    (2, 3, 10, 1, (2, 6, 10)),
+    (1, 1.5, 8, 1, (1, 2, 3, 4, 6, 8)),  # a fractional rung is judged at the first epoch past it
+    (1, 2, 8, 2, (1, 2, 4, 8)),  # bracket 1's rungs 2, 4, 8 are bracket 0's too
+    (3, 2, 13, 2, (3, 6, 12, 13)),
+    (30, 3, 30, 1, (30,)),  # configs/seed.yaml: grace = epochs, no early stopping
+])
+def test_rung_epochs_are_where_asha_decides(grace, rf, max_t, brackets, expected):
+    assert rung_epochs(grace, rf, max_t, brackets) == expected
+
+
+def test_rung_epochs_match_rays_brackets():
+    from ray.tune.schedulers.async_hyperband import _Bracket
+
+    for grace, rf, max_t in [(1, 2, 8), (1, 3, 30), (2, 1.7, 40), (4, 4, 100)]:
+        for brackets in (1, 2, 3):
+            rungs = {math.ceil(m) for s in range(brackets) for m, _ in _Bracket(grace, max_t, rf, s)._rungs}
+            assert rung_epochs(grace, rf, max_t, brackets) == tuple(sorted({e for e in rungs if e <= max_t} | {max_t}))
+
+
+def test_report_defaults_to_rungs_and_epoch_reports_every_epoch():
+    spec = parse(with_("train.epochs", 8))
+    assert spec.scheduler.report == "rungs" and spec.scheduler.checkpoint_every_s == 60
+    assert spec.report_epochs == (1, 3, 8)
+    assert parse(with_("scheduler.report", "epoch")).report_epochs is None

@@ -282,3 +282,18 @@ def test_resume_refuses_the_searcher_state_of_an_older_aesweep(tmp_path):
     search = searcher(str(tmp_path / STUDY_FILE))
     search.save(str(experiment / "searcher-state-x.pkl"))
     check_resumable(tmp_path)
+
+
+def test_a_result_carrying_earlier_epochs_gives_the_study_every_intermediate_value(tmp_path):
+    """Trials report at ASHA's rungs only; each result carries the epochs since the one before."""
+    from sweep.trial import CARRIED
+
+    path = tmp_path / STUDY_FILE
+    search = searcher(str(path))
+    config = search.suggest("t0")
+    curve = {epoch: config["lr"] + 1 / epoch for epoch in (1, 2, 3)}
+    search.on_trial_result("t0", {"val_loss": curve[1], "epoch": 1, CARRIED: []})
+    search.on_trial_complete("t0", {"val_loss": curve[3], "epoch": 3,
+                                    CARRIED: [{"val_loss": curve[2], "epoch": 2}]})
+    (trial,) = read(path).trials
+    assert trial.state == TrialState.COMPLETE and trial.intermediate_values == pytest.approx(curve)

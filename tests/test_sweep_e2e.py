@@ -18,7 +18,7 @@ from sweep.results import EPOCH_COLUMNS, TRIAL_COLUMNS
 from sweep.searcher import open_storage
 
 pytestmark = pytest.mark.slow
-TRIALS, EPOCHS = 8, 3
+TRIALS, EPOCHS = 8, 8
 
 
 LISTENERS: set[tuple[str, str]] = set()  # (process, address) of every socket Ray's processes listened on
@@ -86,7 +86,8 @@ def quick(tmp_path_factory, data_dir):
     try:
         code = main(["run", "configs/quick.yaml", "--set", f"storage_path={root}", "--set", f"num_samples={TRIALS}",
                      "--set", f"train.epochs={EPOCHS}", "--set", "train.train_subset=1000",
-                     "--set", "scheduler.reduction_factor=2", "--set", "searcher.n_startup_trials=4"])
+                     "--set", "scheduler.grace_period=2", "--set", "scheduler.reduction_factor=2",
+                     "--set", "searcher.n_startup_trials=4"])
     finally:
         running.clear()
         watcher.join()
@@ -113,6 +114,23 @@ def test_tables_have_one_row_per_trial_and_per_epoch(quick):
     assert set(trials["status"]) <= {"completed", "stopped"}
     assert (trials.loc[trials["status"] == "completed", "epochs"] == EPOCHS).all()
     assert (trials["final_val_loss"] >= trials["best_val_loss"]).all()
+
+
+def tune_results(home) -> dict[str, int]:
+    """Results Tune received per trial: the lines of each trial's result.json."""
+    return {folder.name: len((folder / "result.json").read_text().splitlines())
+            for folder in (home / "ray").iterdir() if (folder / "result.json").is_file()}
+
+
+def test_trials_report_to_tune_only_where_asha_decides(quick):
+    """scheduler.report: rungs (the default): grace 2, rf 2, 8 epochs report at epochs 2, 4 and 8 only,
+    each result carrying the epochs before it, so the tables and the study still see every epoch."""
+    results = tune_results(quick.home)
+    assert len(results) == TRIALS
+    assert sum(results.values()) / len(quick.epochs) <= 0.5
+    for folder, count in results.items():
+        (row,) = [r for r in quick.trials.itertuples() if r.trial_id in folder]
+        assert count == {2: 1, 4: 2, 8: 3}[row.epochs]
 
 
 def test_asha_stops_some_trials_early(quick):

@@ -130,3 +130,46 @@ def test_a_new_trial_removes_checkpoints_left_in_ram_by_processes_that_died(ram_
     trial_mod.TrialRecord()
     assert sorted(p.name for p in ram.iterdir()) == sorted([f"aesweep-epoch-{os.getpid()}-abc", "aesweep-epoch-x-abc",
                                                              "ray-objects"])
+
+
+def _state_writer(path):
+    path.write_bytes(b"state")
+
+
+def test_rung_reporting_sends_rung_epochs_carrying_the_ones_between(persisted):
+    record = trial_mod.TrialRecord(reporting=trial_mod.Reporting((2, 4, 8), checkpoint_every_s=3600))
+    for epoch in range(1, 9):
+        status = "completed" if epoch == 8 else "running"
+        record.report({"epoch": epoch, "val_loss": 1 / epoch, "status": status}, _state_writer)
+    assert [m["epoch"] for m, _, _ in persisted] == [2, 4, 8]
+    assert [[r["epoch"] for r in m[trial_mod.CARRIED]] for m, _, _ in persisted] == [[1], [3], [5, 6, 7]]
+    assert all(copy is not None for _, copy, _ in persisted)  # every report carries the state
+    expanded = [row["epoch"] for m, _, _ in persisted for row in trial_mod.epoch_rows(m)]
+    assert expanded == list(range(1, 9))
+    history = json.loads((persisted[-1][1] / trial_mod.HISTORY_FILE).read_text())
+    assert [row["epoch"] for row in history] == list(range(1, 9))
+
+
+def test_a_diverged_epoch_is_reported_at_once_between_rungs(persisted):
+    record = trial_mod.TrialRecord(reporting=trial_mod.Reporting((4, 8), checkpoint_every_s=3600))
+    record.report({"epoch": 1, "val_loss": 1.0, "status": "running"}, _state_writer)
+    record.report({"epoch": 2, "val_loss": float("nan"), "status": "diverged"}, None)
+    assert [(m["epoch"], [r["epoch"] for r in m[trial_mod.CARRIED]]) for m, _, _ in persisted] == [(2, [1])]
+
+
+def test_a_checkpoint_falls_due_between_rungs_after_checkpoint_every_s(persisted, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(trial_mod.time, "monotonic", lambda: clock[0])
+    record = trial_mod.TrialRecord(reporting=trial_mod.Reporting((8,), checkpoint_every_s=10))
+    for epoch in range(1, 8):
+        clock[0] += 4  # an epoch takes 4 s: a checkpoint every third epoch (12 s >= 10 s)
+        record.report({"epoch": epoch, "val_loss": 1.0, "status": "running"}, _state_writer)
+    assert [m["epoch"] for m, _, _ in persisted] == [3, 6]
+    assert all(copy is not None for _, copy, _ in persisted)
+
+
+def test_epoch_reporting_sends_every_epoch(persisted):
+    record = trial_mod.TrialRecord(reporting=trial_mod.Reporting(None))
+    for epoch in range(1, 4):
+        record.report({"epoch": epoch, "val_loss": 1.0, "status": "running"}, _state_writer)
+    assert [(m["epoch"], m[trial_mod.CARRIED]) for m, _, _ in persisted] == [(1, []), (2, []), (3, [])]
