@@ -132,3 +132,19 @@ def test_searcher_scale_writes_the_cost_table_and_the_quality_comparison(tmp_pat
         row = next(line for line in text.splitlines() if line.startswith(f"| {label}"))
         assert all(float(cell) > 0 for cell in row.strip("|").split("|")[1:]), row
     assert "| new at or below old, seeds | " in text and "over 2 seeds" in text
+
+
+def test_scale_protocols_split_sweep_keys_from_environment_variables():
+    scale = _load("scale")
+    assert scale.parse_protocol("today") == ("today", [], {})
+    assert scale.parse_protocol("new:scheduler.report=rungs,TUNE_GLOBAL_CHECKPOINT_S=auto") == \
+        ("new", ["scheduler.report=rungs"], {"TUNE_GLOBAL_CHECKPOINT_S": "auto"})
+
+
+@pytest.mark.slow
+def test_scale_quick_runs_a_simulated_sweep_on_declared_gpus_and_writes_its_row(tmp_path):
+    out = tmp_path / "scale.md"
+    assert _load("scale").main(["--quick", "--out", str(out)]) == 0
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| today | 40 | 2 | 1 |"))
+    assert float(row.split("|")[12]) == pytest.approx(1.0)  # today's protocol: one Tune result per trial-epoch
+    assert "2 trainers (torch imported in one: False)" in out.read_text()
