@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -52,18 +53,21 @@ class PackTrainer:
     """Trains every member that is ready, one epoch per round; see the module docstring."""
 
     def __init__(self, threads: Optional[int] = None, gather_s: Optional[float] = None, dataset=None,
-                 data_dir: Optional[str] = None):
-        import torch
+                 data_dir: Optional[str] = None, simulate: Optional[dict] = None):
+        # simulate (the spec's `simulate:` section): sweep.simulate.SimPack stands in for aemodels.Pack, and
+        # this process never imports torch, so a trainer on a GPU declared to Ray but absent never tries CUDA.
+        self.simulate = simulate
+        if simulate is None:
+            import torch
 
-        from aemodels.data import provide
+            from aemodels.data import provide
 
-        if dataset is not None:  # read once by the driver: no files or torchvision needed here
-            provide(dataset, data_dir)
-
-        if threads:
-            torch.set_num_threads(threads)
-        # This process only trains packs: let cuDNN pick the fastest grouped-convolution kernels.
-        torch.backends.cudnn.benchmark = True
+            if dataset is not None:  # read once by the driver: no files or torchvision needed here
+                provide(dataset, data_dir)
+            if threads:
+                torch.set_num_threads(threads)
+            # This process only trains packs: let cuDNN pick the fastest grouped-convolution kernels.
+            torch.backends.cudnn.benchmark = True
         self.fixed_gather_s = gather_s
         self.members: dict[str, _Slot] = {}
         self.packs: dict[tuple, object] = {}
@@ -82,22 +86,32 @@ class PackTrainer:
 
     async def join(self, trial_id: str, config: dict, state_bytes: Optional[bytes]) -> int:
         """Add (or replace) a member from its config and checkpoint; return the epoch it starts from."""
-        from aemodels import TrainConfig, TrainState
-
         self.loop = asyncio.get_running_loop()
-        config = TrainConfig.from_dict(config)
-        if state_bytes is None:
-            state = TrainState.initial(config)
-        else:
-            import torch
+        if self.simulate is not None:
+            from .simulate import SimState
 
-            state = TrainState.from_dict(torch.load(io.BytesIO(state_bytes), map_location="cpu", weights_only=True))
+            state = SimState.initial(config) if state_bytes is None else SimState.from_bytes(state_bytes)
+        else:
+            from aemodels import TrainConfig
+
+            config = TrainConfig.from_dict(config)
+            state = self._decode(config, state_bytes)
         with self.cond:
             old = self.members.pop(trial_id, None)
             if old is not None and old.future is not None and not old.future.done():
                 old.future.cancel()
             self.members[trial_id] = _Slot(trial_id, config, state)
         return state.epoch
+
+    @staticmethod
+    def _decode(config, state_bytes: Optional[bytes]):
+        from aemodels import TrainState
+
+        if state_bytes is None:
+            return TrainState.initial(config)
+        import torch
+
+        return TrainState.from_dict(torch.load(io.BytesIO(state_bytes), map_location="cpu", weights_only=True))
 
     async def next_epoch(self, trial_id: str, with_state: bool = True):
         """Wait for this member's next epoch: (metrics row, serialized state or None). The state comes
@@ -124,9 +138,11 @@ class PackTrainer:
         return len(self.members)
 
     def report(self) -> dict:
-        """Where the trainer's time went, for benchmarks."""
+        """Where the trainer's time went, for benchmarks (and whether this process imported torch)."""
+        import sys
+
         return {**self.stats, "wall_s": time.time() - self.stats["started"], "members": len(self.members),
-                "name": self.name, "node_id": self.node_id, "gpu_ids": self.gpu_ids}
+                "name": self.name, "node_id": self.node_id, "gpu_ids": self.gpu_ids, "torch_imported": "torch" in sys.modules}
 
     # -- the training thread --
 
@@ -167,6 +183,8 @@ class PackTrainer:
 
     @staticmethod
     def _pack_key(slot: _Slot) -> tuple:
+        if isinstance(slot.config, dict):  # simulated: one pack holds every member
+            return ("simulated",)
         from aemodels import Pack
 
         return Pack.key_of(slot.config) + (slot.config.device, slot.config.cuda_graphs, slot.config.matmul_precision)
@@ -202,11 +220,16 @@ class PackTrainer:
 
     def _restack(self, key: tuple, batch: list[_Slot]):
         """Make the pack hold exactly this round's members: park the others, add the newcomers."""
-        from aemodels import Pack, load_dataset, resolve_device
-
         tick = time.monotonic()
         pack = self.packs.get(key)
+        if pack is None and batch and self.simulate is not None:
+            from .simulate import SimPack
+
+            pack = self.packs[key] = SimPack(self.simulate.get("seconds_per_epoch", 0.0))
+            self.in_pack[key] = {}
         if pack is None and batch:
+            from aemodels import Pack, load_dataset, resolve_device
+
             config = batch[0].config
             dataset = load_dataset(config.dataset, config.data_dir, resolve_device(config.device))
             pack = self.packs[key] = Pack.for_config(config, dataset)
@@ -233,6 +256,8 @@ class PackTrainer:
 
     @staticmethod
     def _serialize(state) -> bytes:
+        if hasattr(state, "to_bytes"):  # a simulated state
+            return state.to_bytes()
         import torch
 
         buffer = io.BytesIO()
@@ -350,7 +375,8 @@ def trainers(spec, plan, home: Path, dataset=None):
         actor.options(name=name, namespace=NAMESPACE, num_cpus=0, num_gpus=1 if gpu else 0,
                       scheduling_strategy="DEFAULT" if gpu else "SPREAD", max_restarts=-1,
                       max_concurrency=4 * plan.pack_size + 16, get_if_exists=False)
-        .remote(None if gpu else CPU_TRAINER_THREADS, dataset=dataset, data_dir=spec.data_dir)
+        .remote(None if gpu else CPU_TRAINER_THREADS, dataset=dataset, data_dir=spec.data_dir,
+                simulate=None if spec.simulate is None else dataclasses.asdict(spec.simulate))
         for name in trainer_names(spec, plan)
     ]
     ray.get([h.load.remote() for h in handles])

@@ -8,6 +8,7 @@ off, unless an address joins an existing cluster.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import logging
@@ -112,6 +113,8 @@ def prepare(spec: SweepSpec, overwrite: bool = False):
     if not overwrite:
         _refuse_taken(spec, home)
     check_writable(home)
+    if spec.simulate is not None:  # simulated training reads no images
+        return home, None
     try:
         dataset = load_dataset(spec.dataset, spec.data_dir)
     except DataError as exc:
@@ -210,7 +213,7 @@ def preload_modules(spec: SweepSpec) -> tuple[str, ...]:
         local = plan(spec, {"CPU": float(cpus), "GPU": float(torch.cuda.device_count())})
     except SweepError:  # plan() says why once Ray is up
         return TRIAL_CODE
-    every_worker_trains = local.execution == "trial" and local.max_concurrent >= cpus
+    every_worker_trains = local.execution == "trial" and local.max_concurrent >= cpus and spec.simulate is None
     return TRIAL_CODE + TORCH if every_worker_trains else TRIAL_CODE
 
 
@@ -288,6 +291,10 @@ def trainable(spec: SweepSpec, plan: Plan, dataset):
         return make_packed_trainable(spec, plan, base)
     from .trial import Reporting, SharedDataset, run_trial
 
+    if spec.simulate is not None:
+        fn = tune.with_parameters(run_trial, base=base, simulate=dataclasses.asdict(spec.simulate),
+                                  reporting=Reporting.of(spec))
+        return tune.with_resources(fn, {"cpu": plan.cpu_per_trial, "gpu": plan.gpu_per_trial})
     fn = tune.with_parameters(run_trial, base=base, threads=plan.threads_per_trial, dataset=SharedDataset(dataset),
                               reporting=Reporting.of(spec))
     return tune.with_resources(fn, {"cpu": plan.cpu_per_trial, "gpu": plan.gpu_per_trial})
@@ -540,7 +547,7 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
             with ray_for_sweep(address or spec.address, spec) as received:
                 sweep_plan = plan(spec)
                 print(f"resuming sweep {spec.name} in {home}", flush=True)
-                dataset = load_dataset(spec.dataset, spec.data_dir)
+                dataset = None if spec.simulate is not None else load_dataset(spec.dataset, spec.data_dir)
                 with _sweep_services(spec, sweep_plan, home, dataset), idle_workers_for_trials():
                     if not received:
                         tuner = tune.Tuner.restore(results_mod.experiment_path(home, spec),

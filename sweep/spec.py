@@ -112,6 +112,13 @@ class ResourceSpec:
 
 
 @dataclass(frozen=True)
+class SimulateSpec:
+    """Simulated training (sweep/simulate.py): recorded learning curves replayed instead of training."""
+
+    seconds_per_epoch: float = 0.0  # simulated time per member-epoch (a packed round takes this per member)
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     name: str
     space: dict[str, Param]
@@ -129,6 +136,7 @@ class SweepSpec:
     dashboard: bool = False
     description: str = ""
     points: tuple = ()  # configurations to evaluate first, as {name: value} mappings (Optuna enqueue_trial)
+    simulate: Optional[SimulateSpec] = None  # None: real training
 
     @property
     def epochs(self) -> int:
@@ -176,6 +184,7 @@ class SweepSpec:
             "max_concurrent_trials": self.max_concurrent_trials, "max_failures": self.max_failures,
             "storage_path": self.storage_path, "address": self.address, "dashboard": self.dashboard,
             "points": [dict(p) for p in self.points],
+            "simulate": None if self.simulate is None else dataclasses.asdict(self.simulate),
         }
 
 
@@ -354,7 +363,8 @@ def apply_override(raw: dict, item: str) -> None:
 # ---- validation ---------------------------------------------------------------------------------
 
 TOP_KEYS = ("name", "description", "dataset", "data_dir", "train", "space", "searcher", "scheduler", "num_samples",
-            "resources", "max_concurrent_trials", "max_failures", "storage_path", "address", "dashboard", "points")
+            "resources", "max_concurrent_trials", "max_failures", "storage_path", "address", "dashboard", "points",
+            "simulate")
 
 
 def parse(raw: dict, source: str = "sweep") -> SweepSpec:
@@ -440,7 +450,14 @@ def parse(raw: dict, source: str = "sweep") -> SweepSpec:
     dashboard = check.boolean(raw.get("dashboard", False), "dashboard")
     description = raw.get("description") or ""
     points = _parse_points(raw.get("points") or [], space, check)
-    return SweepSpec(points=points, name=name, space=space, train=train, dataset=dataset, data_dir=data_dir, num_samples=num_samples,
+    simulate = raw.get("simulate")
+    if simulate is not None:
+        simulate = SimulateSpec(**check.section(simulate, "simulate", SimulateSpec))
+        seconds = check.number(simulate.seconds_per_epoch, "simulate.seconds_per_epoch")
+        if seconds < 0:
+            raise SpecError(f"{source}: simulate.seconds_per_epoch must be >= 0, got {seconds:g}")
+        simulate = SimulateSpec(seconds_per_epoch=seconds)
+    return SweepSpec(points=points, simulate=simulate, name=name, space=space, train=train, dataset=dataset, data_dir=data_dir, num_samples=num_samples,
                      searcher=searcher, scheduler=scheduler, resources=resources, max_concurrent_trials=max_concurrent,
                      max_failures=max_failures, storage_path=storage_path, address=address, dashboard=dashboard,
                      description=str(description))
@@ -572,7 +589,8 @@ def _section_keys() -> dict[str, tuple]:
     """Each section's prefix and keys: the top level (""), train., space., searcher., scheduler., resources."""
     return {"": TOP_KEYS, "train.": FIXED_TRAIN_KEYS, "space.": SEARCHED,
             **{f"{name}.": tuple(f.name for f in dataclasses.fields(cls))
-               for name, cls in (("searcher", SearcherSpec), ("scheduler", SchedulerSpec), ("resources", ResourceSpec))}}
+               for name, cls in (("searcher", SearcherSpec), ("scheduler", SchedulerSpec), ("resources", ResourceSpec),
+                                    ("simulate", SimulateSpec))}}
 
 
 @dataclass

@@ -216,20 +216,29 @@ class SharedDataset:
 
 
 def run_trial(config: dict, *, base: dict, threads: int = 1, dataset: Optional[SharedDataset] = None,
-              reporting: Reporting = Reporting()) -> None:
-    """The Tune function trainable of "trial" execution; `dataset` saves each worker reading the files."""
-    import torch
+              simulate: Optional[dict] = None, reporting: Reporting = Reporting()) -> None:
+    """The Tune function trainable of "trial" execution; `dataset` saves each worker reading the files.
+    With `simulate` (the spec's `simulate:` section) sweep.simulate's curves stand in for aemodels.train."""
+    if simulate is not None:  # no torch in this process: the same record, callbacks and checkpoints
+        import functools
 
-    from aemodels import TrainConfig, TrainState, train
+        from .simulate import SimState, train as simulated
 
-    torch.set_num_threads(threads)
-    if dataset is not None:
-        dataset.provide(base.get("data_dir"))
-    train_config = TrainConfig.from_dict({**base, **config})
-    device = "cuda" if train_config.device != "cpu" and torch.cuda.is_available() else "cpu"
+        train_config, device, load = {**base, **config}, "simulated", SimState.load
+        train = functools.partial(simulated, seconds_per_epoch=simulate.get("seconds_per_epoch", 0.0))
+    else:
+        import torch
+
+        from aemodels import TrainConfig, TrainState, train
+
+        torch.set_num_threads(threads)
+        if dataset is not None:
+            dataset.provide(base.get("data_dir"))
+        train_config, load = TrainConfig.from_dict({**base, **config}), TrainState.load
+        device = "cuda" if train_config.device != "cpu" and torch.cuda.is_available() else "cpu"
     where = {"device": device, "execution": "trial", "node_id": ray.get_runtime_context().get_node_id()}
     record = TrialRecord(reporting=reporting)
-    resume = record.restore(TrainState.load)
+    resume = record.restore(load)
     latest = []
 
     def checkpoint(state):

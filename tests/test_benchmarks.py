@@ -191,3 +191,19 @@ def test_gpu_check_smoke_runs_the_reference_sweep_packed_and_tables_its_throughp
     assert found and int(found.group(1)) == 2 and float(found.group(2)) > 0, rows["sweep_packed"]
     assert (tmp_path / "out" / "sweep_packed.json").is_file()
     assert all(rows[s]["status"] == "skipped" for s in ("train_speed", "pack_speed", "gpu_memory", "sweep_trial"))
+
+
+def test_scale_protocols_split_sweep_keys_from_environment_variables():
+    scale = _load("scale")
+    assert scale.parse_protocol("today") == ("today", [], {})
+    assert scale.parse_protocol("new:scheduler.report=rungs,TUNE_GLOBAL_CHECKPOINT_S=auto") == \
+        ("new", ["scheduler.report=rungs"], {"TUNE_GLOBAL_CHECKPOINT_S": "auto"})
+
+
+@pytest.mark.slow
+def test_scale_quick_runs_a_simulated_sweep_on_declared_gpus_and_writes_its_row(tmp_path):
+    out = tmp_path / "scale.md"
+    assert _load("scale").main(["--quick", "--out", str(out)]) == 0
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| today | 40 | 2 | 1 |"))
+    assert float(row.split("|")[12]) == pytest.approx(1.0)  # today's protocol: one Tune result per trial-epoch
+    assert "2 trainers (torch imported in one: False)" in out.read_text()

@@ -41,6 +41,14 @@ def test_shipped_configs_parse():
 def test_defaults_are_filled_and_round_trip():
     spec = parse(copy.deepcopy(BASE))
     assert spec.searcher.seed == 0 and spec.scheduler.grace_period == 1 and spec.storage_path == "results"
+    assert spec.simulate is None  # real training unless the file asks for simulation
+
+
+def test_simulate_section_is_read_and_round_trips():
+    spec = parse(with_("simulate", {}))
+    assert spec.simulate is not None and spec.simulate.seconds_per_epoch == 0
+    spec = parse(with_("simulate.seconds_per_epoch", 0.02))
+    assert spec.simulate.seconds_per_epoch == 0.02 and parse(spec.to_dict()) == spec
     assert spec.space["sparsity_weight"].low == 1e-5  # YAML 1.1 reads 1e-5 as a string; it is still a number
     assert parse(spec.to_dict()) == spec
 
@@ -128,6 +136,10 @@ ERRORS = [
     ("missing name", without("name"), "missing `name`"),
     ("bad name", with_("name", "my sweep/1"), "must be letters, digits"),
     ("boolean as number", with_("max_failures", True), "max_failures must be an integer"),
+    ("simulate not a mapping", with_("simulate", True), "simulate must be a mapping of keys, not a boolean"),
+    ("simulate negative time", with_("simulate.seconds_per_epoch", -1), "simulate.seconds_per_epoch must be >= 0"),
+    ("simulate text time", with_("simulate.seconds_per_epoch", "fast"), "seconds_per_epoch must be a number"),
+    ("simulate unknown key", with_("simulate.seconds", 1), "unknown key 'simulate.seconds'"),
 ]
 
 

@@ -1,0 +1,61 @@
+"""A simulated sweep on GPUs declared to Ray (none present): configs/mnist.yaml's shape through the packed
+plan (one trainer per declared GPU, proxies, ASHA, checkpoints, study, tables), and through trial execution."""
+import json
+
+import optuna
+import pytest
+
+from sweep import runner
+from sweep.searcher import open_storage
+from sweep.spec import load
+
+DECLARED_GPUS, EPOCHS = 2, 9
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+
+    # As `sweep run` starts its local Ray (runner.connect), plus the declared GPUs.
+    ray.init(num_cpus=2, num_gpus=DECLARED_GPUS, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False, configure_logging=False,
+             _system_config={"preload_python_modules": list(runner.TRIAL_CODE), "enable_worker_prestart": True})
+    yield
+    ray.shutdown()
+
+
+def simulated(tmp_path, trials: int, *extra: str):
+    overrides = (f"storage_path={tmp_path}", f"num_samples={trials}", f"train.epochs={EPOCHS}",
+                 "simulate.seconds_per_epoch=0", "searcher.n_startup_trials=4", *extra)
+    return load("configs/mnist.yaml", overrides)
+
+
+def complete(found, trials: int):
+    assert len(found.trials) == trials and found.trials["trial_id"].is_unique
+    assert set(found.trials["status"]) <= {"completed", "stopped"} and (found.trials["status"] == "stopped").any()
+    epochs = found.epochs
+    assert len(epochs) == found.trials["epochs"].sum() and not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert epochs["val_loss"].notna().all() and set(found.trials["device"]) == {"simulated"}
+    study = optuna.load_study(study_name=found.spec.name,
+                              storage=open_storage(f"{found.home}/study.journal", writer=False))
+    assert sum(len(t.intermediate_values) for t in study.trials) == len(epochs)
+
+
+def test_packed_sweep_runs_one_trainer_per_declared_gpu_without_cuda(cluster, tmp_path):
+    spec = simulated(tmp_path, 12, "max_concurrent_trials=6", "resources.pack_size=3")
+    plan = runner.plan(spec)
+    assert (plan.execution, plan.trainers, plan.max_concurrent) == ("packed", DECLARED_GPUS, 6)
+    found = runner.run(spec, argv=["test"])
+    complete(found, 12)
+    assert set(found.trials["execution"]) == {"packed"} and found.epochs["pack_size"].max() > 1
+    trainers = json.loads((found.home / "trainers.json").read_text())
+    assert len(trainers) == DECLARED_GPUS and all(t["member_epochs"] > 0 for t in trainers)
+    assert not any(t["torch_imported"] for t in trainers), "a simulated trainer must not touch torch or CUDA"
+    checkpoints = list((found.home / "ray").glob("*/checkpoint_*/state.pt"))
+    assert checkpoints and max(p.stat().st_size for p in checkpoints) < 16_384
+
+
+def test_trial_execution_replays_the_same_way(cluster, tmp_path):
+    found = runner.run(simulated(tmp_path, 6, "resources.execution=trial", "resources.gpu=0.5"), argv=["test"])
+    complete(found, 6)
+    assert set(found.trials["execution"]) == {"trial"}
