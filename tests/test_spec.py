@@ -216,13 +216,32 @@ def test_rung_epochs_are_where_asha_decides(grace, rf, max_t, brackets, expected
     assert rung_epochs(grace, rf, max_t, brackets) == expected
 
 
-def test_rung_epochs_match_rays_brackets():
-    from ray.tune.schedulers.async_hyperband import _Bracket
+def _epochs_asha_decides(grace: int, rf: float, max_t: int) -> tuple[int, ...]:
+    """Ask Ray's ASHA, through its public scheduler API, at which epochs it stops a trial that turns
+    worse than every other from a given epoch on: those are the epochs where it decides."""
+    import types
 
-    for grace, rf, max_t in [(1, 2, 8), (1, 3, 30), (2, 1.7, 40), (4, 4, 100)]:
-        for brackets in (1, 2, 3):
-            rungs = {math.ceil(m) for s in range(brackets) for m, _ in _Bracket(grace, max_t, rf, s)._rungs}
-            assert rung_epochs(grace, rf, max_t, brackets) == tuple(sorted({e for e in rungs if e <= max_t} | {max_t}))
+    from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+
+    asha = AsyncHyperBandScheduler(time_attr="epoch", metric="val_loss", mode="min", grace_period=grace,
+                                   reduction_factor=rf, max_t=max_t, brackets=1)
+
+    def stopped_at(trial_id: str, worse_from: int) -> int:
+        trial = types.SimpleNamespace(trial_id=trial_id)
+        asha.on_trial_add(None, trial)
+        for epoch in range(1, max_t + 1):
+            result = {"epoch": epoch, "val_loss": float(epoch >= worse_from)}
+            if asha.on_trial_result(None, trial, result) == TrialScheduler.STOP:
+                return epoch
+        return max_t
+
+    stopped_at("reference", max_t + 1)
+    return tuple(sorted({stopped_at(f"probe-{e}", e) for e in range(1, max_t + 1)}))
+
+
+@pytest.mark.parametrize("grace,rf,max_t", [(1, 2, 8), (1, 3, 30), (2, 1.7, 40), (3, 2, 13), (4, 4, 100)])
+def test_rung_epochs_are_the_epochs_where_rays_asha_stops_trials(grace, rf, max_t):
+    assert rung_epochs(grace, rf, max_t) == _epochs_asha_decides(grace, rf, max_t)
 
 
 def test_report_defaults_to_rungs_and_epoch_reports_every_epoch():
