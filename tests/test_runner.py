@@ -149,14 +149,16 @@ def test_a_signal_as_the_trials_end_still_writes_the_tables_and_names_the_stop(m
     monkeypatch.setattr(runner, "connect", lambda *args, **kwargs: True)
     monkeypatch.setattr(runner, "_disconnect", shutdown)
     spec = type("Spec", (), {"dashboard": False})()
+    before = signal.getsignal(signal.SIGINT)
     with runner.ray_for_sweep(None, spec) as received:
         os.kill(os.getpid(), signal.SIGINT)  # as the tables are written
         tables_written = True
     assert tables_written and received == [signal.SIGINT]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
 
+    before = signal.getsignal(signal.SIGTERM)
     signal_at_shutdown.append(signal.SIGTERM)
     with runner.ray_for_sweep(None, spec) as received:
         pass
     assert received == [signal.SIGTERM] and not signal_at_shutdown
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is before, "the handlers of before the sweep are back"
