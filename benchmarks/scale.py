@@ -3,7 +3,7 @@
     python benchmarks/scale.py                          # 1,000 and 5,000 trials x 1 and 8 declared GPUs
     python benchmarks/scale.py --trials 1000 --gpus 8   # one row per protocol
     python benchmarks/scale.py --quick                  # 40 trials, 2 GPUs: a smoke run (the test runs this)
-    python benchmarks/scale.py --protocol today --protocol "rungs:scheduler.report=rungs"
+    python benchmarks/scale.py --protocol before:scheduler.report=epoch --protocol "now"   # the default pair
     python benchmarks/scale.py --profile                # also a cProfile of each driver (benchmarks/out/)
 
 configs/mnist.yaml's shape (four variants, conditional space, 30 epochs, ASHA grace 1 / rf 3) with
@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 OUT = REPO / "benchmarks" / "out"
 # Tune's own defaults: what a protocol sets to measure "before" the sweep's own settings (item 2).
 TUNE_DEFAULTS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0,TUNE_GLOBAL_CHECKPOINT_S=auto"
+DEFAULT_PROTOCOLS = ["before:scheduler.report=epoch", "now"]
 
 
 def parse_protocol(text: str) -> tuple[str, list[str], dict[str, str]]:
@@ -214,7 +215,8 @@ def main(argv=None) -> int:
     parser.add_argument("--gpus", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--concurrent", type=int, default=16, help="trials at once (proxies), over all GPUs")
     parser.add_argument("--protocol", action="append", default=None,
-                        help="LABEL[:KEY=VALUE,...]; repeat to compare (default: one protocol, 'today')")
+                        help="LABEL[:KEY=VALUE,...]; repeat to compare (default: per-epoch reporting as "
+                             "before issue 19, and the sweep's defaults now)")
     parser.add_argument("--quick", action="store_true", help="40 trials on 2 declared GPUs")
     parser.add_argument("--profile", action="store_true", help="cProfile each driver into benchmarks/out/")
     parser.add_argument("--out", type=Path, default=OUT / "scale.md")
@@ -225,7 +227,7 @@ def main(argv=None) -> int:
         return 0
     if args.quick:
         args.trials, args.gpus, args.concurrent = [40], [2], 4
-    protocols = [parse_protocol(p) for p in (args.protocol or ["today"])]
+    protocols = [parse_protocol(p) for p in (args.protocol or DEFAULT_PROTOCOLS)]
     rows = []
     storage = tempfile.mkdtemp(prefix="aesweep-scale-")
     args.out.parent.mkdir(parents=True, exist_ok=True)
