@@ -35,7 +35,8 @@ def test_packed_sweep_on_declared_gpus_spreads_members_over_a_trainer_per_gpu_an
     proc = subprocess.Popen(
         [sys.executable, "-m", "sweep.cli", "run", "configs/quick.yaml", "--address", two_gpu_nodes.address,
          "--set", f"storage_path={tmp_path}", "--set", "num_samples=8", "--set", "train.epochs=3",
-         "--set", "train.train_subset=2000", "--set", "scheduler.grace_period=2"],
+         "--set", "train.train_subset=2000", "--set", "scheduler.grace_period=2",
+         "--set", "scheduler.report=epoch"],  # a report every epoch tells when a trial is mid-epoch 2
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     home = tmp_path / "quick"
     killed, deadline = None, time.time() + 300
@@ -95,7 +96,8 @@ def test_losing_a_worker_node_mid_sweep_loses_no_trial(three_nodes, tmp_path, da
     proc = subprocess.Popen(
         [sys.executable, "-m", "sweep.cli", "run", "configs/quick.yaml", "--address", cluster.address,
          "--set", f"storage_path={tmp_path}", "--set", "num_samples=8", "--set", "train.epochs=4",
-         "--set", "train.train_subset=3000", "--set", "scheduler.grace_period=2"],
+         "--set", "train.train_subset=3000", "--set", "scheduler.grace_period=2",
+         "--set", "scheduler.report=epoch"],  # the reports of epochs 1 and 3 tell when a trial is mid-epoch
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     victim = workers[0]
     deadline = time.time() + 300
