@@ -171,10 +171,14 @@ def run_mode(execution: str, args, storage: str) -> dict:
 
 
 def _iterations(home: Path) -> pd.DataFrame:
-    """Every reported result of every trial (Ray's result.json), for the time accounting."""
+    """Every reported result of every trial (Ray's result.json), for the time accounting. A result at a
+    rung stands for the epochs it carries too: its epoch_s is theirs summed, as time_this_iter_s spans them."""
+    from sweep.trial import epoch_rows
+
     frames = []
     for path in (home / "ray").glob("*/result.json"):  # not pd.read_json: it makes `reported_at` a datetime
-        frame = pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+        results = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        frame = pd.DataFrame([{**r, "epoch_s": sum(row["epoch_s"] for row in epoch_rows(r))} for r in results])
         frames.append(frame[["trial_id", "epoch", "epoch_s", "time_this_iter_s", "reported_at"]])
     return pd.concat(frames, ignore_index=True)
 

@@ -209,3 +209,18 @@ def test_scale_quick_runs_a_simulated_sweep_on_declared_gpus_and_writes_its_row(
     assert float(before.split("|")[12]) == pytest.approx(1.0)  # per-epoch reporting: a Tune result per trial-epoch
     assert float(now.split("|")[12]) < 0.9  # reports at ASHA's rungs only
     assert "2 trainers (torch imported in one: False)" in out.read_text()
+
+
+def test_sweep_throughput_counts_a_rung_results_carried_epochs_as_epoch_time(tmp_path):
+    """A result at a rung spans the epochs it carries (Tune's time_this_iter_s does): their epoch_s is
+    training time, not report time."""
+    import json
+
+    folder = tmp_path / "ray" / "trial_0"
+    folder.mkdir(parents=True)
+    carried = [{"epoch": 1, "epoch_s": 2.0}, {"epoch": 2, "epoch_s": 2.5}]
+    results = [{"trial_id": "t0", "epoch": 3, "epoch_s": 3.0, "time_this_iter_s": 7.75, "reported_at": 10.0,
+                "carried_epochs": carried}]
+    (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in results))
+    rows = _load("sweep_throughput")._iterations(tmp_path)
+    assert rows["epoch_s"].tolist() == [7.5] and rows["epoch"].tolist() == [3]
