@@ -32,6 +32,5 @@ class TensorBoardLogs(TBXLoggerCallback):
             return super().log_trial_result(iteration, trial, result)
         rows = epoch_rows(result)
         # Ray steps by training_iteration, which counts results, not epochs: step each row by its epoch.
-        for row in rows[:-1]:
+        for row in rows:
             super().log_trial_result(iteration, trial, {**rows[-1], **row, TRAINING_ITERATION: row["epoch"]})
-        super().log_trial_result(iteration, trial, {**rows[-1], TRAINING_ITERATION: rows[-1]["epoch"]})
