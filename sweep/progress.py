@@ -21,9 +21,14 @@ RESUMED_TRIALS_ENV = "AESWEEP_RESUMED_TRIALS"  # how many trials `sweep resume` 
 
 
 class Progress(Callback):
-    def __init__(self, num_samples: int, max_epochs: int, interval_s: float = 10.0, stream=None):
+    """The view of one Tune driver. In a sweep of several drivers (sweep.drivers) the first one's line
+    also counts what the others have finished (`others`: the searcher's account of the shared study)."""
+
+    def __init__(self, num_samples: int, max_epochs: int, interval_s: float = 10.0, stream=None,
+                 others=None, sweep_samples: int | None = None):
         self.num_samples, self.max_epochs, self.interval_s = num_samples, max_epochs, interval_s
-        self.stream = stream
+        self.stream, self.others = stream, others
+        self.sweep_samples = sweep_samples or num_samples
         self._reset()
 
     def _reset(self):
@@ -36,11 +41,12 @@ class Progress(Callback):
         self.newest_epoch: dict[str, int] = {}
 
     def __getstate__(self):  # Ray pickles callbacks with the tuner: keep only the settings
-        return {"num_samples": self.num_samples, "max_epochs": self.max_epochs, "interval_s": self.interval_s}
+        return {"num_samples": self.num_samples, "max_epochs": self.max_epochs, "interval_s": self.interval_s,
+                "sweep_samples": self.sweep_samples}
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
-        self.stream = None
+        self.__dict__.update({"sweep_samples": state["num_samples"], **state})
+        self.stream, self.others = None, None
         self._reset()
 
     def _write(self, line: str) -> None:
@@ -85,8 +91,12 @@ class Progress(Callback):
         epochs = sum(max(int((t.last_result or {}).get("epoch", 0)), self.newest_epoch.get(t.trial_id, 0))
                      for t in trials)
         parts = [f"{counts['running']} running"] + [f"{n} {s}" for s, n in counts.items() if n and s != "running"]
-        return (f"[{time.monotonic() - self.start:6.0f}s] {done}/{self.num_samples} trials done | "
+        line = (f"[{time.monotonic() - self.start:6.0f}s] {done}/{self.num_samples} trials done | "
                 f"{', '.join(parts)} | {epochs} epochs | best val_loss {self._best_text()}")
+        if self.others is not None:
+            trials, other_epochs = self.others()
+            line += f" | all drivers: {done + trials}/{self.sweep_samples} trials, {epochs + other_epochs} epochs"
+        return line
 
     def _best_text(self) -> str:
         value, trial_id, config = self.best

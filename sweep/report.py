@@ -79,7 +79,7 @@ def chosen_trials(trials: pd.DataFrame) -> pd.DataFrame:
 
 def checkpoint_state(home: Path, trial_id: str) -> tuple[Optional[TrainState], str]:
     """The trial's newest readable checkpoint state (an unreadable one falls back to the one before)."""
-    folders = sorted((home / EXPERIMENT_DIR).glob(f"*_{trial_id}_*"))
+    folders = sorted(home.glob(f"{EXPERIMENT_DIR}*/*_{trial_id}_*"))  # ray/, or ray-<driver>/ of another driver
     checkpoints = sorted((c for f in folders for c in f.glob("checkpoint_*")), key=lambda c: c.name, reverse=True)
     for checkpoint in checkpoints:
         # torch.load raises anything from OSError to UnpicklingError or RuntimeError for a cut-short file

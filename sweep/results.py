@@ -73,10 +73,21 @@ def remote_home(spec: SweepSpec) -> Optional[str]:
     return storage.join(spec.storage_path, spec.name) if storage.is_remote(spec.storage_path) else None
 
 
-def experiment_path(home: Path, spec: SweepSpec) -> str:
-    """Where Ray keeps the experiment: the object store when there is one, else home/ray."""
+def experiment_name(driver: int = 0) -> str:
+    """The folder of a driver's Ray experiment in the sweep's folder: ray/ (the first), ray-1/, ray-2/, ..."""
+    return EXPERIMENT_DIR if driver == 0 else f"{EXPERIMENT_DIR}-{driver}"
+
+
+def experiment_dirs(home: Path, spec: SweepSpec) -> list[Path]:
+    """Every driver's Ray experiment folder."""
+    return [home / experiment_name(k) for k in range(spec.drivers)]
+
+
+def experiment_path(home: Path, spec: SweepSpec, driver: int = 0) -> str:
+    """Where Ray keeps a driver's experiment: the object store when there is one, else home/ray."""
     remote = remote_home(spec)
-    return storage.join(remote, EXPERIMENT_DIR) if remote else str(home / EXPERIMENT_DIR)
+    name = experiment_name(driver)
+    return storage.join(remote, name) if remote else str(home / name)
 
 
 def find_home(name_or_dir: str, storage_path: str = "results") -> Path:
@@ -106,7 +117,8 @@ def sync_down(home: Path, spec: SweepSpec) -> None:
     """Refresh the local mirror of a remote experiment's small files (results, states, histories)."""
     remote = remote_home(spec)
     if remote:
-        storage.download_tree(storage.join(remote, EXPERIMENT_DIR), home / EXPERIMENT_DIR)
+        for driver in range(spec.drivers):
+            storage.download_tree(storage.join(remote, experiment_name(driver)), home / experiment_name(driver))
     if not study_path(home).is_file():  # a driver on another machine wrote the study: take Ray's copy of it
         for name in (STUDY_FILE, LEGACY_STUDY_FILE):
             snapshot = home / EXPERIMENT_DIR / snapshot_name(study_url(home / name))
@@ -303,14 +315,15 @@ def build_tables(home: Path, spec: Optional[SweepSpec] = None) -> Results:
     # RUNNING for a trial that has since ended, or miss a trial that started and ended between two
     # snapshots), so the study's word on how a trial ended wins.
     told = _finished_in_study(home, spec)
-    records = read_experiment(home / EXPERIMENT_DIR)
+    experiments = experiment_dirs(home, spec)
+    records = [record for experiment in experiments for record in read_experiment(experiment)]
     for record in records:
         if record["trial_id"] in told:
             record["study_status"] = told[record["trial_id"]]
     known = {record["trial_id"] for record in records}
     for trial_id, status in sorted(told.items()):
         if trial_id not in known and status != "error":
-            orphan = _trial_folder_record(home / EXPERIMENT_DIR, trial_id, status)
+            orphan = next(filter(None, (_trial_folder_record(e, trial_id, status) for e in experiments)), None)
             if orphan is not None:
                 records.append(orphan)
     for record in records:

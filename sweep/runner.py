@@ -29,7 +29,8 @@ from . import results as results_mod
 from . import storage
 from .errors import Interrupted, SweepError
 from .results import EXPERIMENT_DIR, SPEC_FILE, Results
-from .searcher import STUDY_URL_ENV, snapshot_name, storage_error, study_path, study_url
+from .drivers import other_drivers
+from .searcher import STUDY_URL_ENV, repair_journal, snapshot_name, storage_error, study_path, study_url
 from .spec import SpecError, SweepSpec
 
 logger = logging.getLogger(__name__)
@@ -300,30 +301,38 @@ def trainable(spec: SweepSpec, plan: Plan, dataset):
     return tune.with_resources(fn, {"cpu": plan.cpu_per_trial, "gpu": plan.gpu_per_trial})
 
 
-def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset):
+def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset, driver: int = 0):
+    """The Tuner of one driver of the sweep (the only one, unless `spec.drivers` > 1: then its share of
+    the trials and of the concurrency, in its own experiment folder)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from .drivers import share
     from .progress import Progress
     from .searcher import StudySearch
     from .space import SearchSpace
     from .tblogs import TensorBoardLogs
 
+    num_samples = share(spec.num_samples, spec.drivers, driver)
+    concurrent = max(1, share(plan.max_concurrent, spec.drivers, driver))
     # num_samples: the searcher ends the sweep at that many trials by the study's count, which a resumed
     # sweep's Ray counter can lag; max_concurrent_trials below reaches it through set_max_concurrency.
     searcher = StudySearch(SearchSpace(spec.space), spec.searcher, study_url(study_path(home)), spec.name,
-                           spec.epochs, spec.points, num_samples=spec.num_samples)
+                           spec.epochs, spec.points if driver == 0 else (), num_samples=num_samples,
+                           driver=driver, drivers=spec.drivers)
+    progress = Progress(num_samples, spec.epochs, others=searcher.others if spec.drivers > 1 else None,
+                        sweep_samples=spec.num_samples)
     scheduler = ASHAScheduler(time_attr="epoch", metric="val_loss", mode="min", max_t=spec.epochs,
                               grace_period=spec.scheduler.grace_period,
                               reduction_factor=spec.scheduler.reduction_factor, brackets=spec.scheduler.brackets)
     remote = results_mod.remote_home(spec)
     return tune.Tuner(
         trainable(spec, plan, dataset),
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
-                                    max_concurrent_trials=plan.max_concurrent, reuse_actors=True),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
+                                    max_concurrent_trials=concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
-            name=EXPERIMENT_DIR, storage_path=remote or str(home), verbose=0,
-            callbacks=[Progress(spec.num_samples, spec.epochs), TensorBoardLogs()],
+            name=results_mod.experiment_name(driver), storage_path=remote or str(home), verbose=0,
+            callbacks=[progress, TensorBoardLogs()],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
@@ -368,10 +377,14 @@ def run(spec: SweepSpec, *, overwrite: bool = False, address: Optional[str] = No
             write_spec(spec, home, sweep_plan, argv or sys.argv)
             results_mod.sync_up(home, spec, (SPEC_FILE,))
             _describe(spec, sweep_plan, home)
+            failed = []
             with _sweep_services(spec, sweep_plan, home, dataset), idle_workers_for_trials():
                 if not received:
-                    make_tuner(spec, sweep_plan, home, dataset).fit()
-            return finish(home, spec, received)
+                    tuner = make_tuner(spec, sweep_plan, home, dataset)  # makes the study the other drivers open
+                    with other_drivers(spec, home, received) as others:
+                        tuner.fit()
+                        failed = others.wait()
+            return finish(home, spec, received, failed)
 
 
 @contextlib.contextmanager
@@ -435,8 +448,8 @@ def stop_cleanly_on_signals():
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = saved_env
 
 
-def check_resumable(home: Path) -> None:
-    """Fail loudly on a sweep Ray could only resume with a fresh searcher (ray#30861).
+def check_resumable(home: Path, driver: int = 0) -> None:
+    """Fail loudly on a sweep (a driver's experiment) Ray could only resume with a fresh searcher (ray#30861).
 
     Ray itself silently skips a missing searcher state and goes on with a fresh one, and its files
     are pickles (the .json of search_gen_state too): each must unpickle to its mapping.
@@ -445,7 +458,7 @@ def check_resumable(home: Path) -> None:
 
     from .searcher import STATE_FORMAT
 
-    experiment = home / EXPERIMENT_DIR
+    experiment = home / results_mod.experiment_name(driver)
     if not (experiment / "tuner.pkl").is_file():
         raise SweepError(f"{experiment} has no tuner.pkl: the sweep never started; run it again with --overwrite")
     for pattern in ("searcher-state-*.pkl", "search_gen_state-*.json", "experiment_state-*.json"):
@@ -476,8 +489,16 @@ def reconcile(home: Path, spec: SweepSpec) -> None:
     """
     from .searcher import finished_in_study
 
-    state_file = results_mod._newest(str(home / EXPERIMENT_DIR / "experiment_state-*.json"))
     finished = finished_in_study(study_url(study_path(home)), spec.name)
+    for driver in range(spec.drivers):
+        reconcile_experiment(home / results_mod.experiment_name(driver), spec, finished)
+
+
+def reconcile_experiment(experiment: Path, spec: SweepSpec, finished: dict[str, str]) -> None:
+    """`reconcile` for one driver's experiment folder."""
+    state_file = results_mod._newest(str(experiment / "experiment_state-*.json"))
+    if state_file is None:  # a driver that never started its experiment
+        return
     with open(state_file) as fh:
         state = json.load(fh)
     changed = False
@@ -486,7 +507,7 @@ def reconcile(home: Path, spec: SweepSpec) -> None:
         status = finished.get(trial["trial_id"])
         if status is None or trial["status"] in ("TERMINATED", "ERROR"):
             continue
-        rows = results_mod._result_rows(home / EXPERIMENT_DIR / trial["relative_logdir"])
+        rows = results_mod._result_rows(experiment / trial["relative_logdir"])
         trial["status"] = "ERROR" if status == "error" else "TERMINATED"
         if rows:
             runtime["last_result"] = rows[-1]
@@ -497,14 +518,14 @@ def reconcile(home: Path, spec: SweepSpec) -> None:
         results_mod._atomic(Path(state_file), lambda path: Path(path).write_text(text))
         remote = results_mod.remote_home(spec)
         if remote:
-            storage.upload(Path(state_file), storage.join(remote, EXPERIMENT_DIR, Path(state_file).name))
+            storage.upload(Path(state_file), storage.join(remote, experiment.name, Path(state_file).name))
 
 
-def check_consistent(home: Path, spec: SweepSpec) -> int:
+def check_consistent(home: Path, spec: SweepSpec) -> list[int]:
     """Refuse a resume that would lose finished trials: every trial that Ray's snapshot or the tables
     list as finished must be in the study, which is written as each trial ends and so is never behind
     them unless it was damaged. (Ray would otherwise fail to restore its searcher and silently start a
-    fresh experiment over the sweep, ray#30861.) Changes nothing. Returns how many trials Ray's
+    fresh experiment over the sweep, ray#30861.) Changes nothing. Returns how many trials each driver's
     snapshot holds, which the resumed run must restore."""
     from .searcher import finished_in_study
 
@@ -515,7 +536,8 @@ def check_consistent(home: Path, spec: SweepSpec) -> int:
         raise SweepError(f"the study {path} cannot be read ({storage_error(exc)}); resuming would lose its trials, "
                          f"so it is refused; restore the file from a copy (Ray's, as of its last snapshot: "
                          f"{home / EXPERIMENT_DIR / snapshot_name(study_url(path))}) or rerun with --overwrite") from None
-    records = results_mod.read_experiment(home / EXPERIMENT_DIR)
+    per_driver = [results_mod.read_experiment(e) for e in results_mod.experiment_dirs(home, spec)]
+    records = [record for found in per_driver for record in found]
     listed = {r["trial_id"]: "Ray's snapshot" for r in records if r["ray_status"] in ("TERMINATED", "ERROR")}
     listed.update({trial_id: "the tables" for trial_id in results_mod.finished_in_tables(home)})
     missing = sorted(set(listed) - set(in_study))
@@ -524,7 +546,7 @@ def check_consistent(home: Path, spec: SweepSpec) -> int:
         raise SweepError(f"the study {path} lacks {len(missing)} finished trial(s) that {listed[missing[0]]} "
                          f"lists ({shown}): it is damaged or older than them, and resuming would lose them, so it "
                          "is refused; restore the study from a copy or rerun with --overwrite")
-    return len(records)
+    return [len(found) for found in per_driver]
 
 
 def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
@@ -539,22 +561,29 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
     with claim(home):
         results_mod.sync_down(home, spec)
         check_resumable(home)
+        for driver in range(1, spec.drivers):  # one that never started its experiment starts it now
+            if (home / results_mod.experiment_name(driver) / "tuner.pkl").is_file():
+                check_resumable(home, driver)
         restored = check_consistent(home, spec)
         reconcile(home, spec)
+        repair_journal(study_path(home))  # before any driver opens it: drivers sharing it cut nothing
         os.environ[STUDY_URL_ENV] = study_url(study_path(home))  # the study is here now, wherever it was
-        os.environ[RESUMED_TRIALS_ENV] = str(restored)
+        os.environ[RESUMED_TRIALS_ENV] = str(restored[0])
         try:
             with ray_for_sweep(address or spec.address, spec) as received:
                 sweep_plan = plan(spec)
                 print(f"resuming sweep {spec.name} in {home}", flush=True)
                 dataset = None if spec.simulate is not None else load_dataset(spec.dataset, spec.data_dir)
+                failed = []
                 with _sweep_services(spec, sweep_plan, home, dataset), idle_workers_for_trials():
                     if not received:
                         tuner = tune.Tuner.restore(results_mod.experiment_path(home, spec),
                                                    trainable=trainable(spec, sweep_plan, dataset),
                                                    resume_unfinished=True, resume_errored=False)
-                        tuner.fit()
-                return finish(home, spec, received)
+                        with other_drivers(spec, home, received) as others:
+                            tuner.fit()
+                            failed = others.wait()
+                return finish(home, spec, received, failed)
         finally:
             os.environ.pop(STUDY_URL_ENV, None)
             os.environ.pop(RESUMED_TRIALS_ENV, None)
@@ -569,16 +598,19 @@ def _sweep_services(spec: SweepSpec, sweep_plan: Plan, home: Path, dataset):
     return contextlib.nullcontext()
 
 
-def finish(home: Path, spec: SweepSpec, received: Optional[list] = None) -> Results:
-    """Write the tables; after a stop signal, raise Interrupted with the command that continues."""
+def finish(home: Path, spec: SweepSpec, received: Optional[list] = None, failed: list[str] = ()) -> Results:
+    """Write the tables; after a stop signal, raise Interrupted with the command that continues; when
+    another driver of the sweep failed for good, SweepError the same way."""
     results_mod.sync_down(home, spec)
     found = results_mod.build_tables(home, spec)
     results_mod.write_tables(found)
+    counts = found.trials["status"].value_counts().to_dict()
+    counted = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials"
     if received:
-        counts = found.trials["status"].value_counts().to_dict()
-        raise Interrupted(received[0], f"stopped by {signal_name(received)}: "
-                                       f"{', '.join(f'{n} {s}' for s, n in sorted(counts.items())) or 'no trials'}; "
+        raise Interrupted(received[0], f"stopped by {signal_name(received)}: {counted}; "
                                        f"tables written; `sweep resume {home}` continues it")
+    if failed:
+        raise SweepError(f"{'; '.join(failed)}: {counted}; tables written; `sweep resume {home}` continues it")
     _summary(found)
     return found
 
@@ -599,6 +631,7 @@ def _describe(spec: SweepSpec, p: Plan, home: Path) -> None:
            f"packed execution: {p.trainers} trainer(s), up to {p.pack_size} trials each")
     print(f"sweep {spec.name}: {spec.num_samples} trials x up to {spec.epochs} epochs over "
           f"{', '.join(n for n, q in spec.space.items() if q.kind != 'fixed')} | {how} | Ray: {where} | "
+          f"{f'{spec.drivers} drivers | ' if spec.drivers > 1 else ''}"
           f"results: {home}", flush=True)
 
 

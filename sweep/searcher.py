@@ -12,6 +12,7 @@ here too; nothing here reaches into Ray's or Optuna's private state.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import logging
@@ -19,6 +20,7 @@ import math
 import os
 import pickle
 import sqlite3
+import time
 import warnings
 from pathlib import Path
 
@@ -134,13 +136,28 @@ class SweepJournal(JournalFileBackend):
     is left for the next driver to wait 30 s on when one is killed). A killed driver loses nothing
     it wrote (the kernel holds it); a machine that loses power may lose the last appends, as the
     SQLite study of older sweeps (WAL, synchronous=NORMAL) could. Reading is Optuna's own.
+
+    A `shared` journal (a sweep of several drivers) takes Optuna's lock file around each append, as
+    Optuna's own backend does, so that the take-back of a write cut short cuts no other driver's.
     """
 
-    def __init__(self, path: str):
-        super().__init__(path)
+    def __init__(self, path: str, shared: bool = False):
+        from optuna.storages.journal import JournalFileSymlinkLock
+
+        self._lock_file = JournalFileSymlinkLock(path) if shared else None
+        super().__init__(path, lock_obj=self._lock_file)
         self._path = path
 
     def append_logs(self, logs: list[dict]) -> None:
+        if self._lock_file is None:
+            return self._append(logs)
+        self._lock_file.acquire()
+        try:
+            self._append(logs)
+        finally:
+            self._lock_file.release()
+
+    def _append(self, logs: list[dict]) -> None:
         """Append whole lines, or nothing: a write cut short (a full disk) is taken back before raising."""
         data = memoryview("".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode("utf-8"))
         fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -162,7 +179,7 @@ def make_sampler(spec: SearcherSpec, seed: int) -> optuna.samplers.TPESampler:
                                       constant_liar=spec.constant_liar)
 
 
-def open_storage(url: str, writer: bool = True) -> optuna.storages.BaseStorage:
+def open_storage(url: str, writer: bool = True, shared: bool = False) -> optuna.storages.BaseStorage:
     """The study's storage: Optuna's journal file (a path), or a SQLite study of an older sweep (a URL).
 
     A journal is an append-only log of the study's operations, replayed into memory: the driver asks
@@ -170,11 +187,15 @@ def open_storage(url: str, writer: bool = True) -> optuna.storages.BaseStorage:
     suggestion takes 7 ms and a trial's three epoch reports and end 1 ms on a 2-core CPU, against
     44 and 17 ms with SQLite in WAL mode; `benchmarks/scaling.py`). Each write is one appended
     line (SweepJournal). A writer first drops a torn last line; readers open nothing for writing
-    (a missing journal is an error, not a new study).
+    (a missing journal is an error, not a new study). A `shared` journal has several drivers writing
+    to it at once: each append takes Optuna's lock file, and nothing is cut on opening (a line another
+    driver is writing would look torn; the sweep repairs the journal before its drivers start).
     """
     if not _is_rdb(url):
         from optuna.storages import JournalStorage
 
+        if writer and shared:
+            return JournalStorage(SweepJournal(url, shared=True))
         if writer:
             repair_journal(Path(url))
             return JournalStorage(SweepJournal(url))
@@ -204,26 +225,35 @@ class StudySearch(Searcher):
     Its own state is small and pickled by `save`: the trials running now (their parameters and the
     epochs reported so far), the points still to try and the random generator. The TPE history is
     rebuilt from the study when the searcher is reopened (the study is where every ended trial is).
+
+    One of several drivers of a sweep (`driver` of `drivers`, sweep.drivers) runs its own share of the
+    trials (`num_samples`) from its own random stream, and every `SYNC_S` seconds adds the trials the
+    other drivers have written to the study to its TPE, so that all of them learn from every trial.
     """
 
-    _LIVE = ("_study", "_tpe", "_rows", "_tried", "_finished")  # rebuilt from the study, never pickled
+    _LIVE = ("_study", "_tpe", "_rows", "_tried", "_finished", "_seen", "_synced", "_others")  # from the study
+    SYNC_S = 1.0
+    _driver, _drivers = 0, 1  # what a searcher pickled before sweeps had several drivers was
 
     def __init__(self, space: SearchSpace, spec: SearcherSpec, storage_url: str, study_name: str, max_epochs: int,
-                 points: tuple = (), num_samples: int | None = None):
+                 points: tuple = (), num_samples: int | None = None, driver: int = 0, drivers: int = 1):
         super().__init__(metric="val_loss", mode="min")
-        self._space, self._spec, self._max_epochs = space, spec, max_epochs
+        self._space, self._max_epochs = space, max_epochs
+        # Each driver's own stream: two drivers with one seed would propose the same first trials.
+        self._spec = spec if driver == 0 else dataclasses.replace(spec, seed=derived_seed(spec.seed, "driver", driver))
         self._storage_url, self._study_name, self._num_samples = storage_url, study_name, num_samples
+        self._driver, self._drivers = driver, drivers
         self._points = [dict(p) for p in points]
         self._max_concurrent = 0  # 0: no limit of its own (set_max_concurrency)
         self._running: dict[str, dict] = {}  # Tune trial id -> params, values {epoch: val_loss}, start
         self._unwritten: list = []  # ended trials the study could not take yet (a full disk): written at the next end
-        self._rng_state = np.random.default_rng(spec.seed).bit_generator.state
+        self._rng_state = np.random.default_rng(self._spec.seed).bit_generator.state
         self._open(create=True)
 
     # ---- the study -----------------------------------------------------------------------------
 
     def _open(self, create: bool = False) -> None:
-        storage = open_storage(self._storage_url)
+        storage = open_storage(self._storage_url, shared=self._drivers > 1)
         if create:
             self._study = optuna.create_study(study_name=self._study_name, storage=storage, direction="minimize",
                                               load_if_exists=True, sampler=optuna.samplers.RandomSampler())
@@ -237,15 +267,19 @@ class StudySearch(Searcher):
         if self._tpe is None:
             tpe = TPE(self._space.params, self._spec.seed, self._spec.n_startup_trials, self._spec.constant_liar)
             tpe.rng.bit_generator.state = self._rng_state
-            self._tried, self._finished = set(), set()
-            for trial in self._study.get_trials(deepcopy=False):
+            self._tried, self._finished, self._others = set(), set(), [0, 0]
+            trials = self._study.get_trials(deepcopy=False)
+            for trial in trials:
                 if not trial.state.is_finished():
                     continue
-                if "tune_trial_id" in trial.user_attrs:
+                if not self._mine(trial):
+                    self._count_other(trial)
+                elif "tune_trial_id" in trial.user_attrs:
                     self._finished.add(trial.user_attrs["tune_trial_id"])
                 if trial.state in FINISHED:
                     tpe.add(trial.params, *_reached(trial.intermediate_values, trial.value))
                     self._tried.add(_key(trial.params))
+            self._seen, self._synced = len(trials), time.monotonic()
             for record in self._unwritten:
                 self._finished.add(record.user_attrs["tune_trial_id"])
                 if record.state in FINISHED:
@@ -255,6 +289,35 @@ class StudySearch(Searcher):
             self._tried.update(_key(r["params"]) for r in self._running.values())
             self._tpe = tpe
         return self._tpe
+
+    def _mine(self, trial) -> bool:
+        """Whether this driver ran the trial (a study of one driver, or of an older aesweep, has no `driver`)."""
+        return trial.user_attrs.get("driver", 0) == self._driver
+
+    def _count_other(self, trial) -> None:
+        self._others[0] += 1
+        self._others[1] += int(trial.user_attrs.get("epochs", 0))
+
+    def _sync(self) -> None:
+        """Add to TPE the trials other drivers have written since the last look (the study only grows:
+        trials are added to it whole, in order)."""
+        model = self._model()
+        if self._drivers == 1 or time.monotonic() - self._synced < self.SYNC_S:
+            return
+        trials = self._study.get_trials(deepcopy=False)
+        for trial in trials[self._seen:]:
+            if self._mine(trial) or not trial.state.is_finished():
+                continue
+            self._count_other(trial)
+            if trial.state in FINISHED:
+                model.add(trial.params, *_reached(trial.intermediate_values, trial.value))
+                self._tried.add(_key(trial.params))
+        self._seen, self._synced = len(trials), time.monotonic()
+
+    def others(self) -> tuple[int, int]:
+        """(trials, epochs) the other drivers of the sweep have finished, as of the last look at the study."""
+        self._sync()
+        return self._others[0], self._others[1]
 
     def _portable(self) -> dict:
         state = {k: v for k, v in self.__dict__.items() if k not in self._LIVE}
@@ -314,6 +377,7 @@ class StudySearch(Searcher):
 
     def suggest(self, trial_id: str):
         model = self._model()
+        self._sync()
         if self._num_samples is not None and len(self._finished) + len(self._running) >= self._num_samples:
             return Searcher.FINISHED  # Ray's trial counter can lag the study after a resume
         if self._max_concurrent and len(self._running) >= self._max_concurrent:
@@ -371,14 +435,17 @@ class StudySearch(Searcher):
         frozen = optuna.trial.FrozenTrial(
             number=0, trial_id=0, state=state, value=value, datetime_start=record["start"],
             datetime_complete=datetime.datetime.now(), params=record["params"], distributions=distributions(
-                self._space.params, record["params"]), user_attrs={"tune_trial_id": trial_id, "status": status,
-                                               "epochs": int((result or {}).get("epoch", 0))},
+                self._space.params, record["params"]), user_attrs=self._attrs(trial_id, status, result),
             system_attrs={}, intermediate_values=dict(sorted(values.items())))
         self._finished.add(trial_id)
         if state in FINISHED:
             model.add(record["params"], *_reached(frozen.intermediate_values, value))
         self._unwritten.append(frozen)
         self._write()
+
+    def _attrs(self, trial_id: str, status: str, result: dict | None) -> dict:
+        attrs = {"tune_trial_id": trial_id, "status": status, "epochs": int((result or {}).get("epoch", 0))}
+        return {**attrs, "driver": self._driver} if self._drivers > 1 else attrs
 
     def _write(self) -> None:
         """Add the ended trials to the study; keep any it could not take for the next try (never end a sweep)."""

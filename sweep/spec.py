@@ -131,6 +131,7 @@ class SweepSpec:
     resources: ResourceSpec = ResourceSpec()
     max_concurrent_trials: Optional[int] = None
     max_failures: int = 3
+    drivers: int = 1  # Tune drivers sharing the sweep's study, each with its share of the trials (sweep.drivers)
     storage_path: str = "results"
     address: Optional[str] = None
     dashboard: bool = False
@@ -182,7 +183,8 @@ class SweepSpec:
             "searcher": dataclasses.asdict(self.searcher), "scheduler": dataclasses.asdict(self.scheduler),
             "num_samples": self.num_samples, "resources": dataclasses.asdict(self.resources),
             "max_concurrent_trials": self.max_concurrent_trials, "max_failures": self.max_failures,
-            "storage_path": self.storage_path, "address": self.address, "dashboard": self.dashboard,
+            "drivers": self.drivers, "storage_path": self.storage_path, "address": self.address,
+            "dashboard": self.dashboard,
             "points": [dict(p) for p in self.points],
             "simulate": None if self.simulate is None else dataclasses.asdict(self.simulate),
         }
@@ -363,8 +365,8 @@ def apply_override(raw: dict, item: str) -> None:
 # ---- validation ---------------------------------------------------------------------------------
 
 TOP_KEYS = ("name", "description", "dataset", "data_dir", "train", "space", "searcher", "scheduler", "num_samples",
-            "resources", "max_concurrent_trials", "max_failures", "storage_path", "address", "dashboard", "points",
-            "simulate")
+            "resources", "max_concurrent_trials", "max_failures", "drivers", "storage_path", "address", "dashboard",
+            "points", "simulate")
 
 
 def parse(raw: dict, source: str = "sweep") -> SweepSpec:
@@ -443,6 +445,10 @@ def parse(raw: dict, source: str = "sweep") -> SweepSpec:
     if max_concurrent is not None:
         check.integer(max_concurrent, "max_concurrent_trials", low=1)
     max_failures = check.integer(raw.get("max_failures", 3), "max_failures", low=0)
+    drivers = check.integer(raw.get("drivers", 1), "drivers", low=1)
+    if drivers > num_samples:
+        raise SpecError(f"{source}: drivers={drivers} but num_samples={num_samples}: a driver would have no trial; "
+                        "lower drivers or raise num_samples")
     storage_path = check.string(raw.get("storage_path", "results"), "storage_path")
     address = raw.get("address")
     if address is not None:
@@ -459,8 +465,8 @@ def parse(raw: dict, source: str = "sweep") -> SweepSpec:
         simulate = SimulateSpec(seconds_per_epoch=seconds)
     return SweepSpec(points=points, simulate=simulate, name=name, space=space, train=train, dataset=dataset, data_dir=data_dir, num_samples=num_samples,
                      searcher=searcher, scheduler=scheduler, resources=resources, max_concurrent_trials=max_concurrent,
-                     max_failures=max_failures, storage_path=storage_path, address=address, dashboard=dashboard,
-                     description=str(description))
+                     max_failures=max_failures, drivers=drivers, storage_path=storage_path, address=address,
+                     dashboard=dashboard, description=str(description))
 
 
 def _parse_space(raw: dict, check: "_Check") -> dict[str, Param]:

@@ -209,6 +209,10 @@ def test_scale_quick_runs_a_simulated_sweep_on_declared_gpus_and_writes_its_row(
     assert float(before.split("|")[12]) == pytest.approx(1.0)  # per-epoch reporting: a Tune result per trial-epoch
     assert float(now.split("|")[12]) < 0.9  # reports at ASHA's rungs only
     assert "2 trainers (torch imported in one: False)" in out.read_text()
+    # Two drivers on the same packed trainers, each with half the trials: every trial and epoch in the tables.
+    assert any(line.startswith("| now, 2 drivers | 40 | 2 | 2 |") for line in lines)
+    assert "now, 2 drivers, 40 trials, 2 GPUs: 2 trainers" in out.read_text()
+    assert out.read_text().count("epochs.parquet complete: True") == 3
 
 
 def test_sweep_throughput_counts_a_rung_results_carried_epochs_as_epoch_time(tmp_path):

@@ -52,7 +52,7 @@ def start(root: Path, *sets: str, name: str = "quick", command: str = "run") -> 
 
 def result_rows(home: Path) -> dict[str, list[dict]]:
     rows = {}
-    for path in glob.glob(str(home / "ray" / "*" / "result.json")):
+    for path in glob.glob(str(home / "ray*" / "*" / "result.json")):  # ray/, and ray-<k>/ of another driver
         lines = [json.loads(line) for line in open(path) if line.strip().endswith("}")]
         if lines:
             rows[lines[0]["trial_id"]] = lines
@@ -427,3 +427,49 @@ def test_sigterm_and_ctrl_c_stop_cleanly_and_resume_loses_nothing(tmp_path, data
     finish(start(tmp_path, command="resume"))
     check_sweep(home, 6, "SIGTERM to the driver, Ctrl-C during `sweep resume`, then `sweep resume`", 2,
                 time.perf_counter() - tick, before)
+
+
+def driver_pid(home: Path, driver: int) -> int | None:
+    """The process of the sweep's driver `driver` (sweep.drivers), if it runs."""
+    for entry in os.listdir("/proc"):
+        try:
+            args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"sweep.drivers" in args and str(home).encode() in args and str(driver).encode() in args[-3:]:
+            return int(entry)
+    return None
+
+
+def test_a_sweep_of_two_drivers_survives_a_killed_driver_a_stop_and_resumes_exactly(tmp_path):
+    """Two Tune drivers share one study. Driver 1, SIGKILLed mid-sweep, is started again and resumes its
+    experiment; SIGTERM to the sweep then stops both cleanly; `sweep resume` finishes each driver's share."""
+    sets = ["--set", "drivers=2", "--set", "num_samples=10", "--set", "train.epochs=4",
+            "--set", "simulate.seconds_per_epoch=0.4"]
+    home = tmp_path / "quick"
+    tick = time.perf_counter()
+    proc = start(tmp_path, *sets)
+    pid = None
+    while proc.poll() is None and not (glob.glob(str(home / "ray-1" / "*" / "result.json")) and
+                                       (pid := driver_pid(home, 1))):
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    seen = sum(len(r) for r in result_rows(home).values())
+    while proc.poll() is None and (driver_pid(home, 1) in (None, pid) or
+                                   sum(len(r) for r in result_rows(home).values()) < seen + 4):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 143, out[-3000:]
+    assert f"driver 1 ended with exit status -{signal.SIGKILL.value}; starting it again" in out
+    assert "stopped by SIGTERM" in out and f"sweep resume {home}" in out and "Traceback" not in out
+    assert driver_pid(home, 1) is None, "the stop must reach every driver"
+    before = {t: rows for t, rows in result_rows(home).items() if rows[-1]["status"] != "running"}
+    finish(start(tmp_path, command="resume"))
+    check_sweep(home, 10, "two drivers: driver 1 SIGKILLed, SIGTERM to the sweep, then `sweep resume`", 2,
+                time.perf_counter() - tick, before)
+    study = optuna.load_study(study_name="quick", storage=open_storage(str(home / "study.journal"), writer=False))
+    drivers = pd.Series([t.user_attrs["driver"] for t in study.trials if t.state.is_finished()])
+    assert drivers.value_counts().to_dict() == {0: 5, 1: 5}
+    for folder in ("ray", "ray-1"):
+        assert len(list((home / folder).glob("*/result.json"))) == 5
