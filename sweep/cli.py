@@ -47,6 +47,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="the sweep's name (its folder under results/); default: the file's `name`")
     run.add_argument("--address", help="join the Ray cluster at this address instead of starting one")
     run.add_argument("--overwrite", action="store_true", help="replace an existing sweep of the same name")
+    run.add_argument("--dry-run", action="store_true", help="do what `sweep check` does and stop: start no trial, "
+                                                             "write nothing")
+
+    check = commands.add_parser("check", help="show what a sweep would do, without running it",
+                                description="Validate a sweep file as `sweep run` does, then print the resolved "
+                                            "spec, the resource plan on the cluster it would use and ASHA's expected "
+                                            "trial-epochs. Starts no trial and writes nothing; without --address (or "
+                                            "RAY_ADDRESS) it counts this machine's CPUs and GPUs and starts no Ray.")
+    check.add_argument("config", help="the sweep YAML, e.g. configs/quick.yaml")
+    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a key of the file, as `sweep run --set` does")
+    check.add_argument("--name", help="the sweep's name (its folder under results/); default: the file's `name`")
+    check.add_argument("--address", help="plan on the Ray cluster at this address (joined as a driver only)")
 
     resume = commands.add_parser("resume", help="finish an interrupted sweep",
                                  description="Continue a sweep whose driver stopped: finished trials are kept, "
@@ -119,11 +132,27 @@ def _stored_address(name_or_dir: str) -> str | None:
     return None
 
 
-def _run(args) -> int:
+def _load(args):
     from . import spec
 
     overrides = list(args.overrides) + ([f"name={args.name}"] if args.name else [])
-    sweep = spec.load(args.config, tuple(overrides))
+    return spec.load(args.config, tuple(overrides))
+
+
+def _check(args) -> int:
+    from .check import check, describe
+
+    report = check(_load(args), address=args.address, overwrite=getattr(args, "overwrite", False))
+    print(describe(report), end="", flush=True)
+    for warning in report.warnings:
+        print(f"sweep {args.command}: warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _run(args) -> int:
+    if args.dry_run:
+        return _check(args)
+    sweep = _load(args)
     local_ray_on_loopback(args.address or sweep.address)
     from . import runner
 
@@ -213,7 +242,7 @@ def _retrain(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "resume": _resume, "ls": _ls, "analyze": _analyze, "best": _best, "retrain": _retrain}
+COMMANDS = {"run": _run, "check": _check, "resume": _resume, "ls": _ls, "analyze": _analyze, "best": _best, "retrain": _retrain}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -181,9 +181,7 @@ def connect(address: Optional[str], dashboard: bool, spec: Optional[SweepSpec] =
         try:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
         except Exception as exc:
-            raise SweepError(f"cannot join the Ray cluster at {address} ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''}); check the address and that "
-                             "`ray status` works there") from None
+            raise join_error(address, exc) from None
         return True
     if os.environ.get(LOOPBACK_ENV) != "0":
         raise SweepError(f"a local Ray started from this process would listen on every network interface; set "
@@ -198,6 +196,23 @@ def connect(address: Optional[str], dashboard: bool, spec: Optional[SweepSpec] =
     ray.init(address="local", include_dashboard=dashboard, _node_ip_address="127.0.0.1", log_to_driver=False,
              configure_logging=False, _system_config=config)
     return True
+
+
+def join_error(address: str, exc: Exception) -> SweepError:
+    """Why ray.init(address=...) failed, in one line with the fix. A cluster from `ray start --head` has
+    token authentication on when its head had a token; a driver joins it only with RAY_AUTH_MODE=token
+    and the same token (Ray never turns authentication on by itself for an explicit address). Ray wraps
+    the refusal in a ConnectionError whose cause names it."""
+    text = f"{exc} {exc.__cause__ or ''}"
+    if "AuthenticationError" in text or "InvalidAuthToken" in text or "authentication token" in text.lower() \
+            or type(exc).__name__ == "AuthenticationError":
+        return SweepError(f"cannot join the Ray cluster at {address}: it has token authentication on and this driver "
+                          "has no token or the wrong one; set RAY_AUTH_MODE=token here, and the head's token: "
+                          "RAY_AUTH_TOKEN=<token>, or the head's ~/.ray/auth_token copied to this machine (or "
+                          "RAY_AUTH_TOKEN_PATH naming the copy); `ray get-auth-token` on the head prints it")
+    return SweepError(f"cannot join the Ray cluster at {address} ({type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0] if str(exc) else ''}); check the address and that "
+                      "`ray status` works there")
 
 
 def preload_modules(spec: SweepSpec) -> tuple[str, ...]:
