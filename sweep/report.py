@@ -441,8 +441,7 @@ def pareto_figure(trials: pd.DataFrame, front: pd.DataFrame, seed_points=()) -> 
         return None
     fig = _figure(8.5, 5)
     ax = fig.add_subplot()
-    present = [v for v in VARIANTS if v in set(shown["variant"])] + \
-        sorted(set(shown["variant"]) - set(VARIANTS))
+    present = [v for v in VARIANTS if v in set(shown["variant"])]
     for variant in present:
         mine = shown[shown["variant"] == variant]
         done, early = mine[mine["status"] == "completed"], mine[mine["status"] == "stopped"]
