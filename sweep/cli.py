@@ -213,6 +213,13 @@ def _analyze(args) -> int:
         print(_ranked(trials)[shown].head(args.top).to_string(index=False))
         print("\nbest trial of each variant:")
         print(found.best_per_variant()[shown].to_string(index=False))
+    print("\nPareto front (val_loss vs latent_dim), completed trials, as latent_dim: final_val_loss (trial_id):")
+    front = found.pareto()
+    for variant, rows in front.groupby("variant", sort=True):
+        points = "  ".join(f"{r.latent_dim}: {r.final_val_loss:.4g} ({r.trial_id})" for r in rows.itertuples())
+        print(f"  {variant:10} {points}")
+    if front.empty:
+        print("  none: no completed trial with a finite val_loss")
     print(f"\ntables: {found.home}/trials.parquet, trials.csv, epochs.parquet, best_config.yaml")
     from .report import write_report
 

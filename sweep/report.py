@@ -40,6 +40,14 @@ EDGE_FRACTION = 0.05  # a best value within 5% of a range's end (log-scaled for 
 MIN_IMPORTANCE_TRIALS = 5  # complete trials of one variant needed before its importances mean anything
 END_LABELS_UP_TO = 8  # learning curves of this many trials or fewer are labelled with their latent_dim
 LOSS_COLUMNS = ("final_train_loss", "final_val_loss", "best_val_loss")
+# The seed article's Part 3 table ("Deconstructing Autoencoders from Scratch, Part 3: What the Bottleneck
+# Learns", https://soveshmohapatra.com/projects/autoencoders-benchmark/): (variant, latent_dim, final loss) after
+# 30 epochs on 5,000 MNIST images, batch 128, Adam lr 1e-3. Its "final loss" is the training objective (the
+# sparse row says MSE+L1), not a validation loss, so it is a reference point, not the same measurement.
+SEED_ARTICLE_POINTS = (("vanilla", 2, 0.0401), ("vanilla", 32, 0.0125), ("denoising", 32, 0.0191),
+                       ("sparse", 32, 0.0130), ("conv", 32, 0.0083))
+SEED_ARTICLE_TRAINING = {"epochs": 30, "train_subset": 5000, "batch_size": 128}
+LOG_X_ABOVE = 8  # latent dims spanning more than this factor are drawn on a log axis
 TABLE_COLUMNS = ("variant", "trial_id", "status", "epochs", "latent_dim", "lr", "noise_factor", "sparsity_weight",
                  *LOSS_COLUMNS)
 
@@ -415,6 +423,63 @@ def hyperparameter_scatter(trials: pd.DataFrame, space: dict[str, Param]) -> Opt
     return fig
 
 
+def trains_like_the_seed_article(spec) -> bool:
+    """Whether the sweep's trials train as the seed article's Part 3 did (configs/seed.yaml under any name):
+    real MNIST training on the same images, epochs and batch size, so the article's losses are comparable."""
+    return (spec.simulate is None and spec.dataset == "mnist"
+            and all(spec.train.get(k) == v for k, v in SEED_ARTICLE_TRAINING.items()))
+
+
+def pareto_figure(trials: pd.DataFrame, front: pd.DataFrame, seed_points=()) -> Optional[Figure]:
+    """Final val_loss against latent_dim per variant, each variant's Pareto front (Results.pareto()) as a step
+    line; stopped trials hollow; `seed_points` ((variant, latent_dim, loss), ...) as black crosses."""
+    loss = pd.to_numeric(trials["final_val_loss"], errors="coerce").astype(float)
+    latent = pd.to_numeric(trials["latent_dim"], errors="coerce").astype(float)
+    shown = pd.DataFrame({"variant": trials["variant"], "status": trials["status"], "x": latent, "y": loss})
+    shown = shown[shown["status"].isin(["completed", "stopped"]) & np.isfinite(shown["y"]) & shown["x"].notna()]
+    if shown.empty:
+        return None
+    fig = _figure(8.5, 5)
+    ax = fig.add_subplot()
+    present = [v for v in VARIANTS if v in set(shown["variant"])]
+    for variant in present:
+        mine = shown[shown["variant"] == variant]
+        done, early = mine[mine["status"] == "completed"], mine[mine["status"] == "stopped"]
+        ax.scatter(done["x"], done["y"], s=36, color=_color(variant), edgecolor="black", lw=0.4, zorder=3)
+        ax.scatter(early["x"], early["y"], s=36, facecolor="white", edgecolor=_color(variant), lw=1.5, zorder=3)
+        steps = front[front["variant"] == variant]
+        if len(steps):
+            ax.step(steps["latent_dim"].astype(float), steps["final_val_loss"].astype(float), where="post",
+                    color=_color(variant), lw=1.8, zorder=2)
+    xs = list(shown["x"]) + [p[1] for p in seed_points]
+    if max(xs) > LOG_X_ABOVE * min(xs):
+        ax.set_xscale("log")
+        _log_axis(ax.xaxis, integer=True)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for variant, x, y in seed_points:
+        ax.scatter([x], [y], marker="x", s=70, color="black", lw=1.8, zorder=4)
+        ax.annotate(variant, (x, y), xytext=(6, 0), textcoords="offset points", fontsize=8, color=_color(variant),
+                    va="center")
+    ax.set_yscale("log")
+    _log_axis(ax.yaxis)
+    ax.set_xlabel("latent_dim" + (" (log scale)" if ax.get_xscale() == "log" else ""))
+    ax.set_ylabel("final val_loss (MSE, log scale)")
+    ax.grid(True, which="major", alpha=0.25)
+    handles = [Line2D([], [], marker="o", color=_color(v), mec="black", mew=0.4, ms=7, lw=1.8, label=v)
+               for v in present]
+    handles.append(Line2D([], [], color="0.3", lw=1.8, label="Pareto front\n(completed trials)"))
+    if (shown["status"] == "stopped").any():
+        handles.append(Line2D([], [], marker="o", mfc="white", mec="0.3", mew=1.5, ls="none", ms=7,
+                              label="stopped by ASHA\n(loss at its last epoch)"))
+    if len(seed_points):
+        handles.append(Line2D([], [], marker="x", color="black", mew=1.8, ms=8, ls="none",
+                              label="seed article, Part 3\n(its final training loss)"))
+    fig.legend(handles=handles, loc="outside right upper", fontsize=9)
+    ax.set_title("Final val_loss against latent_dim: the smallest bottleneck for each loss", fontsize=11)
+    return fig
+
+
 def importance_figure(importances: dict[str, dict[str, float]], evaluator: str) -> Optional[Figure]:
     """Horizontal bars of each variant's hyperparameter importances."""
     variants = [v for v in importances if importances[v]]
@@ -554,6 +619,15 @@ def write_report(results: Results, *, quiet: bool = False) -> Path:
     save("hyperparameters.png", hyperparameter_scatter(trials, spec.space),
          "Final validation loss against each searched hyperparameter. Filled: trials that ran every epoch; hollow: "
          "trials ASHA stopped early (their loss is from an earlier epoch, so not directly comparable).")
+
+    seed_points = SEED_ARTICLE_POINTS if trains_like_the_seed_article(spec) else ()
+    save("pareto.png", pareto_figure(trials, results.pareto(), seed_points),
+         "Final validation loss against latent_dim, one colour per variant. Filled: trials that ran every epoch; "
+         "hollow: trials ASHA stopped (their loss is from an earlier epoch). Step lines: each variant's Pareto "
+         "front over its completed trials, the trials no other trial of that variant beats on both latent_dim and "
+         "loss (Results.pareto())." +
+         (" Black crosses: the seed article's Part 3 results for the same training setup; the article reports its "
+          "final training loss (MSE+L1 for sparse), not a validation loss." if seed_points else ""))
 
     study, why_not = load_study(results)
     importances, notes, evaluator = ({}, {}, "") if study is None else param_importances(study, spec.variants())
@@ -744,6 +818,8 @@ def _html(results: Results, best: pd.DataFrame, flags: list[dict], figures: dict
     parts += ["<h2>Learning curves</h2>", figure("learning_curves.png"),
               "<h2>Loss against the hyperparameters</h2>",
               figure("hyperparameters.png") or "<p>Nothing is searched: every hyperparameter is fixed.</p>",
+              "<h2>Loss against the bottleneck (Pareto front)</h2>",
+              figure("pareto.png") or "<p>No completed or stopped trial with a finite loss to show.</p>",
               "<h2>Hyperparameter importance</h2>"]
     if why_not:
         parts.append(f"<p>Not computed: {e(why_not)}.</p>")

@@ -60,6 +60,33 @@ class Results:
         ranked = _ranked(self.trials)
         return ranked.groupby("variant", sort=True).head(1).reset_index(drop=True)
 
+    def pareto(self, include_stopped: bool = False) -> pd.DataFrame:
+        """Per variant, the trials no other trial of that variant beats on both final_val_loss and latent_dim
+        (both minimised): the smallest bottleneck for each reconstruction. Sorted by variant, then latent_dim.
+
+        Completed trials only, unless include_stopped (ASHA-stopped trials, whose loss is from an earlier
+        epoch); diverged and errored trials and non-finite losses never. Trials with the same latent_dim and
+        the same loss dominate neither other, so all of them are kept. The rows keep every trials column.
+        """
+        statuses = ["completed", "stopped"] if include_stopped else ["completed"]
+        table = self.trials.reset_index(drop=True)  # one label per row: the masks below align by it
+        loss = pd.to_numeric(table["final_val_loss"], errors="coerce").astype(float)
+        latent = pd.to_numeric(table["latent_dim"], errors="coerce").astype(float)
+        usable = table["status"].isin(statuses) & (loss.abs() < math.inf) & latent.notna()  # NaN, inf fail <
+        fronts = []
+        for _, trials in table[usable].groupby("variant", sort=True):
+            # A latent_dim is on the front when its lowest loss beats every smaller latent_dim's lowest
+            # loss; its trials with that lowest loss are the front's rows (the others it dominates itself).
+            mine = pd.DataFrame({"latent": latent[trials.index], "loss": loss[trials.index]})
+            lowest = mine.groupby("latent")["loss"].min().sort_index()
+            lowest_below = lowest.cummin().shift(1, fill_value=math.inf)
+            on_front = lowest[lowest < lowest_below]
+            fronts.append(trials[mine["loss"] == mine["latent"].map(on_front)])
+        if not fronts:
+            return table.iloc[:0]
+        return pd.concat(fronts).sort_values(["variant", "latent_dim", "trial_id"], kind="stable") \
+            .reset_index(drop=True)
+
 
 # ---- locating a sweep ----------------------------------------------------------------------------
 

@@ -9,17 +9,20 @@ import shutil
 
 import numpy as np
 import optuna
+import pandas as pd
 import pytest
 from matplotlib.image import imread
 
 from sweep import load_results
 from sweep.cli import main
-from sweep.report import (edge_flags, importance_figure, param_importances, write_report, _save)
-from sweep.spec import Param
+from sweep.report import (SEED_ARTICLE_POINTS, edge_flags, importance_figure, param_importances, pareto_figure,
+                          trains_like_the_seed_article, write_report, _save)
+from sweep.results import HYPER_DTYPES, TRIAL_COLUMNS, Results
+from sweep.spec import Param, load
 
 pytestmark = pytest.mark.slow
 SMALL = ["--set", "train.epochs=2", "--set", "train.train_subset=600", "--set", "scheduler.reduction_factor=2"]
-ALWAYS = {"learning_curves.png", "hyperparameters.png", "reconstructions.png", "latent.png"}
+ALWAYS = {"learning_curves.png", "hyperparameters.png", "pareto.png", "reconstructions.png", "latent.png"}
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +142,37 @@ def test_report_survives_diverged_errored_trials_and_unreadable_checkpoints(brok
     assert "Errored trials" in page and "a fake failure for the report test" in page
     assert "retrained" in page  # the lr=1e-3 trial's checkpoints do not load
     assert "1 diverged" in page and "1 error" in page
+
+
+def test_analyze_prints_each_variants_pareto_front(quick):
+    home, page, printed = quick
+    front = load_results(str(home)).pareto()
+    section = printed.split("Pareto front (val_loss vs latent_dim)")[1].split("\ntables:")[0]
+    assert not front.empty
+    for variant, rows in front.groupby("variant"):
+        (line,) = [line for line in section.splitlines() if line.split()[:1] == [variant]]
+        for row in rows.itertuples():
+            assert f"{row.latent_dim}: {row.final_val_loss:.4g} ({row.trial_id})" in line
+    assert '<img src="pareto.png"' in page and "Pareto front" in page
+
+
+def test_the_pareto_figure_marks_the_seed_articles_points_only_for_its_training_setup(tmp_path):
+    assert trains_like_the_seed_article(load("configs/seed.yaml", ("name=renamed",)))
+    assert not trains_like_the_seed_article(load("configs/quick.yaml"))
+    rows = [("a", "vanilla", 2, "completed", 0.043), ("b", "vanilla", 32, "completed", 0.0146),
+            ("c", "vanilla", 8, "stopped", 0.03), ("d", "conv", 32, "completed", 0.0086),
+            ("e", "conv", 64, "diverged", float("nan"))]
+    trials = pd.DataFrame([dict(zip(("trial_id", "variant", "latent_dim", "status", "final_val_loss"), r))
+                           for r in rows], columns=TRIAL_COLUMNS).astype(HYPER_DTYPES)
+    front = Results(tmp_path, None, trials, pd.DataFrame(), None, None).pareto()
+    fig = pareto_figure(trials, front, SEED_ARTICLE_POINTS)
+    (ax,) = fig.axes
+    assert ax.get_xscale() == "log"  # latent dims 2 to 32 span more than 8x
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any("seed article" in label for label in labels) and any("stopped" in label for label in labels)
+    _save(fig, tmp_path / "pareto.png")
+    _assert_valid_png(tmp_path / "pareto.png")
+    assert pareto_figure(trials[trials["status"] == "diverged"], front.iloc[:0]) is None
 
 
 def test_importances_are_per_variant_over_complete_trials_and_skipped_with_a_reason(tmp_path):
