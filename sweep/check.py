@@ -117,7 +117,7 @@ def check(spec: SweepSpec, *, address: Optional[str] = None, overwrite: bool = F
     home = runner.sweep_home(spec)
     runner.check_writable(home)
     warnings = []
-    taken = None if overwrite else runner._taken(spec, home)
+    taken = None if overwrite else runner.taken_by(spec, home)
     if taken:
         warnings.append(f"sweep {spec.name!r} already exists in {taken}; `sweep run` would refuse it: `sweep resume "
                         f"{spec.name}` continues it, --name picks another name, --overwrite replaces it")
@@ -134,7 +134,7 @@ def describe(report: Report) -> str:
     p, e = report.plan, report.estimate
     plan = {"cluster": {"CPU": p.cluster_cpus, "GPU": p.cluster_gpus}, "execution": p.execution,
             "cpu_per_trial": p.cpu_per_trial, "gpu_per_trial": p.gpu_per_trial,
-            "max_concurrent_trials": p.max_concurrent}
+            "max_concurrent_trials": p.max_concurrent, "drivers": report.spec.drivers}
     if p.execution == "packed":
         from .packed import CPU_TRAINER_THREADS
 

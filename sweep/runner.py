@@ -85,7 +85,7 @@ def check_writable(folder: Path) -> None:
                          "fix its permissions or set storage_path to a writable folder") from None
 
 
-def _taken(spec: SweepSpec, home: Path) -> Optional[str]:
+def taken_by(spec: SweepSpec, home: Path) -> Optional[str]:
     """Where a sweep of this name already lives (its folder or its object-store copy), if anywhere."""
     if home.exists():
         return str(home)
@@ -100,7 +100,7 @@ def _taken(spec: SweepSpec, home: Path) -> Optional[str]:
 
 
 def _refuse_taken(spec: SweepSpec, home: Path) -> None:
-    taken = _taken(spec, home)
+    taken = taken_by(spec, home)
     if taken:
         raise SweepError(f"sweep {spec.name!r} already exists in {taken}; `sweep resume {spec.name}` continues it, "
                          "--name picks another name, --overwrite replaces it")
