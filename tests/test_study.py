@@ -297,3 +297,33 @@ def test_a_result_carrying_earlier_epochs_gives_the_study_every_intermediate_val
                                     CARRIED: [{"val_loss": curve[2], "epoch": 2}]})
     (trial,) = read(path).trials
     assert trial.state == TrialState.COMPLETE and trial.intermediate_values == pytest.approx(curve)
+
+
+def test_drivers_sharing_a_study_learn_each_others_trials_and_keep_their_own_budgets(tmp_path, monkeypatch):
+    """Two drivers of one sweep (sweep.drivers): each runs its own share of trials from its own stream,
+    and its TPE takes in the other's finished trials; the shared journal takes Optuna's lock file."""
+    from sweep.drivers import share
+
+    assert [share(10, 3, k) for k in range(3)] == [4, 3, 3] and sum(share(7, 7, k) for k in range(7)) == 7
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    monkeypatch.setattr(StudySearch, "SYNC_S", 0.0)
+    locked = []
+    acquire = JournalFileSymlinkLock.acquire
+    monkeypatch.setattr(JournalFileSymlinkLock, "acquire", lambda lock: locked.append(1) or acquire(lock))
+    url = str(tmp_path / STUDY_FILE)
+    first, second = (StudySearch(SearchSpace(SPEC.space), SPEC.searcher, url, "bench", 3, num_samples=3,
+                                 driver=k, drivers=2) for k in (0, 1))
+    assert first.suggest("a0") != second.suggest("b0")  # two seeds: not the same first proposal
+    first.on_trial_complete("a0", {"val_loss": 0.5, "epoch": 3})
+    second.on_trial_complete("b0", {"val_loss": 0.4, "epoch": 1})
+    assert first.others() == (1, 1) and second.others() == (1, 3)
+    tried = {tuple(sorted(t.params.items())) for t in read(url).trials}
+    assert tried <= first._tried and tried <= second._tried  # neither proposes the other's trial again
+    for i in range(1, 3):
+        run_trial(first, f"a{i}", 3)
+    assert first.suggest("a3") == StudySearch.FINISHED  # its own 3, whatever the other has run
+    assert second.suggest("b1") is not None
+    study = read(url)
+    assert sorted(t.user_attrs["driver"] for t in study.trials) == [0, 0, 0, 1]
+    assert len(locked) >= 4 and not (tmp_path / f"{STUDY_FILE}.lock").exists()  # taken and released per append
