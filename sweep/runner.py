@@ -341,6 +341,10 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset, driver: int = 0
                               grace_period=spec.scheduler.grace_period,
                               reduction_factor=spec.scheduler.reduction_factor, brackets=spec.scheduler.brackets)
     remote = results_mod.remote_home(spec)
+    # Tune snapshots the whole experiment (every trial's state, a cost that grows with the sweep) each time
+    # a trial has written num_to_keep checkpoints since the last snapshot, so that no snapshot names a
+    # checkpoint it has deleted. Keeping one per report epoch, a trial that reports at its rungs forces none.
+    keep = max(2, len(spec.report_epochs or ()))
     return tune.Tuner(
         trainable(spec, plan, dataset),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
@@ -349,7 +353,7 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset, driver: int = 0
             name=results_mod.experiment_name(driver), storage_path=remote or str(home), verbose=0,
             callbacks=[progress, TensorBoardLogs()],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
         ),
     )
 
