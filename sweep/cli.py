@@ -197,17 +197,16 @@ def _ls(args) -> int:
     if not homes:
         print(f"no sweeps in {root}/")
         return 0
-    from .status import FINISHED, live_counts
+    from .status import live_status
 
     print(f"{'name':24} {'trials':>6} {'best val_loss':>14}  folder")
     for home in homes:
         trials, best, note = "-", "-", ""
-        live = live_counts(home)
+        live = live_status(home)
         if live is not None:
-            counts = live.get("counts") or {}
-            trials = str(sum(int(counts.get(s, 0)) for s in FINISHED))
+            trials = str(live["done"])
             best = f"{live['best']['val_loss']:.5f}" if live.get("best") else "-"
-            note = f"  (running: {trials}/{live.get('num_samples', '?')} done, {counts.get('running', 0)} running)"
+            note = f"  ({live['state']}: {trials}/{live['num_samples']} done, {live['counts']['running']} running)"
         elif os.path.lexists(home / "trials.parquet"):
             try:  # one damaged sweep is marked, and the others are still listed
                 table = read_table(home / "trials.parquet", f"`sweep analyze {home}` rebuilds it")

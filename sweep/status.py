@@ -332,12 +332,16 @@ def _remaining(status: dict) -> Optional[float]:
     return left * elapsed / finished
 
 
-def live_counts(home: Path) -> Optional[dict]:
-    """`sweep ls`'s view of a sweep whose driver runs here: its status file, or None. Never raises."""
-    status = _read_json(home / STATUS_FILE)
-    if status is None or status.get("state") != "running" or not lock_held(home):
+def live_status(home: Path) -> Optional[dict]:
+    """`sweep ls`'s view of a sweep whose driver runs here: `read_status`, or None when it does not run (the
+    tables tell the rest). Never raises: one unreadable sweep must not hide the others."""
+    first = _read_json(home / STATUS_FILE)
+    if first is None or first.get("state") != "running" or not lock_held(home):
         return None
-    return status
+    try:
+        return read_status(str(home))
+    except (ResultsError, SweepError, OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # ---- showing ----------------------------------------------------------------------------------
@@ -418,6 +422,10 @@ def stop(name_or_dir: str, *, wait: bool = True, timeout_s: float = 300.0, stora
     if state == "stopped":
         raise SweepError(f"sweep {name} is stopped, not running ({counted(status)}); "
                          f"`sweep resume {name_or_dir}` continues it")
+    if status["recorded"] != "running":  # the lock is held, but the file is still the last run's
+        raise SweepError(f"sweep {name}'s driver holds {lock_path(home)} but has not written its status yet (it is "
+                         f"starting, or an older aesweep runs it); try `sweep stop {name_or_dir}` again in a few "
+                         "seconds, or press Ctrl-C in the driver's terminal")
     driver = status.get("driver") or {}
     pid, host = driver.get("pid"), driver.get("host")
     if not pid:
@@ -427,9 +435,6 @@ def stop(name_or_dir: str, *, wait: bool = True, timeout_s: float = 300.0, stora
         raise SweepError(f"sweep {name} runs on host {host} (driver PID {pid}), not on this one "
                          f"({socket.gethostname()}); run `sweep stop {name_or_dir}` on {host}, or "
                          f"`kill -TERM {pid}` there")
-    if status["recorded"] != "running":  # the lock is held, but the file is still the last run's
-        raise SweepError(f"sweep {name} is starting (its driver holds {lock_path(home)} but has not yet written "
-                         f"its status); try `sweep stop {name_or_dir}` again in a few seconds")
     if state == "stopping":
         raise SweepError(f"sweep {name} is already stopping (driver PID {pid}); `sweep status {name_or_dir}` "
                          f"follows it; `kill -TERM {pid}` stops it at once, without its checkpoints")
