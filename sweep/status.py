@@ -301,7 +301,7 @@ def _from_tables(home: Path, spec) -> dict:
     try:
         found = load_results(str(home)) if (home / "trials.parquet").is_file() else build_tables(home, spec)
     except ResultsError:
-        raise
+        raise  # already one line with its fix
     except Exception as exc:  # Ray's folder half written: the sweep never got going
         raise ResultsError(f"{home}: neither a status file nor tables can be read ({type(exc).__name__}); "
                            f"`sweep analyze {home}` says what is wrong") from None
