@@ -102,6 +102,18 @@ def test_stop_refuses_a_pid_that_is_not_the_sweeps_driver(capsys, tiny):
     assert code == 2 and err.count("\n") == 1 and f"PID {sleeper.pid}" in err and "is not the driver" in err
 
 
+def test_a_sweep_asked_to_stop_is_stopping_and_a_second_stop_does_not_signal_it_again(capsys, tiny):
+    from sweep.status import STOP_FILE
+
+    write_status(tiny, 0, counts=counts(running=1, completed=1))
+    (tiny / STOP_FILE).write_text(f"{os.getpid()}\n")  # what `sweep stop` leaves before its SIGTERM
+    with FileLock(str(lock_path(tiny)), timeout=0):
+        assert read_status("tiny")["state"] == "stopping"
+        code, out, err = run_cli(capsys, "stop", "tiny")  # a SIGTERM now would stop this test's process
+    assert code == 2 and not out and err.count("\n") == 1
+    assert "sweep tiny is already stopping" in err and "`sweep status tiny` follows it" in err
+
+
 def test_an_older_finished_sweep_without_status_json_reads_its_tables(capsys, tiny):
     from sweep.results import TRIAL_COLUMNS
 
