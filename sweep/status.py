@@ -240,7 +240,7 @@ def read_status(name_or_dir: str, storage_path: str = "results") -> dict:
                    "num_samples": spec.num_samples, "recorded": (first or {}).get("state")})
     status.setdefault("counts", {s: 0 for s in COUNTED})
     status["counts"] = {s: int(status["counts"].get(s, 0)) for s in COUNTED}
-    if state != "running":  # what it had not started will not start now; nothing runs
+    if state not in ("running", "stopping"):  # nothing runs, and nothing starts until `sweep resume`
         status["counts"]["pending"] = 0
         status["counts"]["running"] = 0
     status["done"] = sum(status["counts"][s] for s in FINISHED)

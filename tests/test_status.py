@@ -108,7 +108,8 @@ def test_a_sweep_asked_to_stop_is_stopping_and_a_second_stop_does_not_signal_it_
     write_status(tiny, 0, counts=counts(running=1, completed=1))
     (tiny / STOP_FILE).write_text(f"{os.getpid()}\n")  # what `sweep stop` leaves before its SIGTERM
     with FileLock(str(lock_path(tiny)), timeout=0):
-        assert read_status("tiny")["state"] == "stopping"
+        stopping = read_status("tiny")
+        assert stopping["state"] == "stopping" and stopping["counts"]["running"] == 1  # it checkpoints them now
         code, out, err = run_cli(capsys, "stop", "tiny")  # a SIGTERM now would stop this test's process
     assert code == 2 and not out and err.count("\n") == 1
     assert "sweep tiny is already stopping" in err and "`sweep status tiny` follows it" in err
