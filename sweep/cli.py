@@ -1,4 +1,4 @@
-"""The `sweep` command: argument parsing only; each subcommand is a thin call into runner / results.
+"""The `sweep` command: argument parsing only; each subcommand is a thin call into runner / results / status.
 
 Bad input of any kind ends with one line on stderr and exit status 2.
 """
@@ -67,8 +67,26 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("sweep", help="the sweep's name or folder")
     resume.add_argument("--address", help="join the Ray cluster at this address")
 
+    status = commands.add_parser("status", help="how a sweep stands, while it runs or after",
+                                 description="Trials running / done by how they ended, epochs, the best val_loss so "
+                                             "far, elapsed and remaining time, and whether the driver is running, "
+                                             "stopping, stopped or finished; from the status.json its driver keeps "
+                                             "current (the tables, for a sweep without one).")
+    status.add_argument("sweep", help="the sweep's name, folder or object-store URI")
+    status.add_argument("--json", action="store_true", help="print it as one JSON object")
+
+    stop = commands.add_parser("stop", help="stop a running sweep cleanly, as Ctrl-C does",
+                               description="Send the sweep's driver (on this machine) SIGTERM: its trials are "
+                                           "checkpointed and its tables written; `sweep resume` continues it.")
+    stop.add_argument("sweep", help="the sweep's name, folder or object-store URI")
+    stop.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
+                      help="wait for the driver to end and say how it ended (default: --wait)")
+    stop.add_argument("--timeout", type=_count, default=300, metavar="SECONDS",
+                      help="with --wait, give up waiting after this long (default 300)")
+
     ls = commands.add_parser("ls", help="list the sweeps under results/",
-                             description="List the sweeps in the results folder with their size and best val_loss.")
+                             description="List the sweeps in the results folder with their size and best val_loss; "
+                                         "a running sweep's live count of trials done.")
     ls.add_argument("--results", default="results", help="the folder that holds the sweeps (default: results)")
 
     analyze = commands.add_parser("analyze", help="rebuild the tables and show the top trials",
@@ -179,10 +197,17 @@ def _ls(args) -> int:
     if not homes:
         print(f"no sweeps in {root}/")
         return 0
+    from .status import live_status
+
     print(f"{'name':24} {'trials':>6} {'best val_loss':>14}  folder")
     for home in homes:
         trials, best, note = "-", "-", ""
-        if os.path.lexists(home / "trials.parquet"):
+        live = live_status(home)
+        if live is not None:
+            trials = str(live["done"])
+            best = f"{live['best']['val_loss']:.5f}" if live.get("best") else "-"
+            note = f"  ({live['state']}: {trials}/{live['num_samples']} done, {live['counts']['running']} running)"
+        elif os.path.lexists(home / "trials.parquet"):
             try:  # one damaged sweep is marked, and the others are still listed
                 table = read_table(home / "trials.parquet", f"`sweep analyze {home}` rebuilds it")
             except ResultsError as exc:
@@ -192,6 +217,33 @@ def _ls(args) -> int:
                 done = table[table["status"].isin(["completed", "stopped"])]["final_val_loss"]
                 best = f"{done.min():.5f}" if done.notna().any() else "-"
         print(f"{home.name:24} {trials:>6} {best:>14}  {home}{note}")
+    return 0
+
+
+def _status(args) -> int:
+    from .status import format_status, read_status
+
+    found = read_status(args.sweep)
+    print(json.dumps(found, default=str) if args.json else format_status(found), end="\n" if args.json else "")
+    return 0
+
+
+def _stop(args) -> int:
+    from .status import counted, stop
+
+    ended, found = stop(args.sweep, wait=args.wait, timeout_s=args.timeout)
+    pid = (found.get("driver") or {}).get("pid")
+    if not args.wait:
+        print(f"asked sweep {found['name']}'s driver (PID {pid}) to stop; `sweep status {args.sweep}` shows when "
+              f"it has; `sweep resume {args.sweep}` then continues it")
+        return 0
+    if not ended:
+        print(f"sweep stop: sweep {found['name']}'s driver (PID {pid}) is still stopping after {args.timeout} s; "
+              f"`sweep status {args.sweep}` follows it", file=sys.stderr)
+        return 1
+    print(f"sweep {found['name']}: {found['state']}: {counted(found)}; "
+          f"{found['done']}/{found['num_samples']} trials done, {found.get('epochs', 0)} epochs"
+          + (f"; `sweep resume {args.sweep}` continues it" if found["state"] == "stopped" else ""))
     return 0
 
 
@@ -249,7 +301,8 @@ def _retrain(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "check": _check, "resume": _resume, "ls": _ls, "analyze": _analyze, "best": _best, "retrain": _retrain}
+COMMANDS = {"run": _run, "check": _check, "resume": _resume, "status": _status, "stop": _stop, "ls": _ls,
+            "analyze": _analyze, "best": _best, "retrain": _retrain}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -135,6 +135,7 @@ def run_driver(home: Path, driver: int, address: str) -> None:
 
     from . import results as results_mod
     from . import runner
+    from . import status as status_mod
     from .progress import RESUMED_TRIALS_ENV
     from .searcher import STUDY_URL_ENV, finished_in_study, study_path, study_url
 
@@ -146,7 +147,7 @@ def run_driver(home: Path, driver: int, address: str) -> None:
         plan = runner.plan(spec)
         trains_here = plan.execution == "trial" and spec.simulate is None  # packed: the trainers hold the data
         dataset = load_dataset(spec.dataset, spec.data_dir) if trains_here else None
-        with runner.idle_workers_for_trials():
+        with runner.idle_workers_for_trials(), status_mod.kept(home, spec, driver):
             if received:
                 return
             if (experiment / "tuner.pkl").is_file():  # started again after it died, or `sweep resume`

@@ -1,4 +1,5 @@
-"""A compact live view of a sweep (one status line every few seconds) and its final summary.
+"""A compact live view of a sweep (one status line every few seconds), and the status file (sweep.status)
+that `sweep status` reads, kept current as the view is.
 
 It is a Ray Tune Callback, so it sees exactly what the Tune driver sees and nothing else.
 """
@@ -14,6 +15,7 @@ from ray.tune import Callback
 from .errors import SweepError
 from .searcher import trial_status
 from .spec import SEARCHED
+from .status import StatusFile
 from .trial import epoch_rows
 
 
@@ -39,6 +41,8 @@ class Progress(Callback):
         # Tune updates trial.last_result after its callbacks: the result in hand is newer, by a whole
         # rung's epochs when trials report only at rungs.
         self.newest_epoch: dict[str, int] = {}
+        self.status = StatusFile.from_env()  # None outside `sweep run` / `resume` (a test, a notebook)
+        self.finished_at_start: int | None = None  # trials a resumed driver restored finished: not this run's rate
 
     def __getstate__(self):  # Ray pickles callbacks with the tuner: keep only the settings
         return {"num_samples": self.num_samples, "max_epochs": self.max_epochs, "interval_s": self.interval_s,
@@ -60,17 +64,47 @@ class Progress(Callback):
                 self.best = (value, trial.trial_id, dict(trial.config))
         if time.monotonic() - self.last_print >= self.interval_s:
             self._write(self.status_line(trials))
+        self.keep_status(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.keep_status(trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.keep_status(trials)
+
+    def on_experiment_end(self, trials, **info):
+        self.keep_status(trials, force=True)
 
     def on_step_begin(self, iteration, trials, **info):
         # Tune logs a failed restore of its run state and carries on with a fresh experiment (ray#30861):
         # over a sweep folder, that would rebuild the tables from one new trial.
         if self.restore_checked:
+            self.keep_status(trials)
             return
         self.restore_checked = True
         expected = int(os.environ.get(RESUMED_TRIALS_ENV, "0"))
         if len(trials) < expected:
             raise SweepError(f"Ray restored {len(trials)} of the sweep's {expected} trials (see Ray's log above); "
                              "the resume is stopped before it changes anything")
+        self.keep_status(trials, force=True)
+
+    def keep_status(self, trials, force: bool = False) -> None:
+        """Rewrite this driver's status file when it is due (every few seconds; `force`: now)."""
+        if self.status is None or not (force or self.status.due()):
+            return
+        counts = self.counts(trials)
+        done = sum(n for s, n in counts.items() if s != "running")
+        if self.finished_at_start is None:
+            self.finished_at_start = done
+        counts["pending"] = max(0, self.num_samples - len(trials)) + sum(
+            1 for t in trials if t.status in ("PENDING", "PAUSED"))
+        value, trial_id, config = self.best
+        best = None if trial_id is None else {
+            "val_loss": value, "trial_id": trial_id,
+            "params": {k: config[k] for k in SEARCHED if config.get(k) is not None}}
+        self.status.write({"state": "running", "counts": counts, "epochs": self.epochs(trials), "best": best,
+                           "num_samples": self.num_samples, "finished_this_run": done - self.finished_at_start},
+                          force=force)
 
     def counts(self, trials) -> dict[str, int]:
         """Derived from Tune's own trial list, so a resumed sweep counts what it restored too."""
@@ -88,8 +122,7 @@ class Progress(Callback):
         self.last_print = time.monotonic()
         counts = self.counts(trials)
         done = sum(n for s, n in counts.items() if s != "running")
-        epochs = sum(max(int((t.last_result or {}).get("epoch", 0)), self.newest_epoch.get(t.trial_id, 0))
-                     for t in trials)
+        epochs = self.epochs(trials)
         parts = [f"{counts['running']} running"] + [f"{n} {s}" for s, n in counts.items() if n and s != "running"]
         line = (f"[{time.monotonic() - self.start:6.0f}s] {done}/{self.num_samples} trials done | "
                 f"{', '.join(parts)} | {epochs} epochs | best val_loss {self._best_text()}")
@@ -97,6 +130,10 @@ class Progress(Callback):
             trials, other_epochs = self.others()
             line += f" | all drivers: {done + trials}/{self.sweep_samples} trials, {epochs + other_epochs} epochs"
         return line
+
+    def epochs(self, trials) -> int:
+        return sum(max(int((t.last_result or {}).get("epoch", 0)), self.newest_epoch.get(t.trial_id, 0))
+                   for t in trials)
 
     def _best_text(self) -> str:
         value, trial_id, config = self.best

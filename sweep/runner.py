@@ -26,6 +26,7 @@ import yaml
 from aemodels import DataError, load_dataset
 
 from . import results as results_mod
+from . import status as status_mod
 from . import storage
 from .errors import Interrupted, SweepError
 from .results import EXPERIMENT_DIR, SPEC_FILE, Results
@@ -397,13 +398,14 @@ def run(spec: SweepSpec, *, overwrite: bool = False, address: Optional[str] = No
             results_mod.sync_up(home, spec, (SPEC_FILE,))
             _describe(spec, sweep_plan, home)
             failed = []
-            with _sweep_services(spec, sweep_plan, home, dataset), idle_workers_for_trials():
-                if not received:
-                    tuner = make_tuner(spec, sweep_plan, home, dataset)  # makes the study the other drivers open
-                    with other_drivers(spec, home, received) as others:
-                        tuner.fit()
-                        failed = others.wait()
-            return finish(home, spec, received, failed)
+            with status_mod.kept(home, spec):
+                with _sweep_services(spec, sweep_plan, home, dataset), idle_workers_for_trials():
+                    if not received:
+                        tuner = make_tuner(spec, sweep_plan, home, dataset)  # makes the study the other drivers open
+                        with other_drivers(spec, home, received) as others:
+                            tuner.fit()
+                            failed = others.wait()
+                return finish(home, spec, received, failed)
 
 
 @contextlib.contextmanager
@@ -594,15 +596,16 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
                 print(f"resuming sweep {spec.name} in {home}", flush=True)
                 dataset = None if spec.simulate is not None else load_dataset(spec.dataset, spec.data_dir)
                 failed = []
-                with _sweep_services(spec, sweep_plan, home, dataset), idle_workers_for_trials():
-                    if not received:
-                        tuner = tune.Tuner.restore(results_mod.experiment_path(home, spec),
-                                                   trainable=trainable(spec, sweep_plan, dataset),
-                                                   resume_unfinished=True, resume_errored=False)
-                        with other_drivers(spec, home, received) as others:
-                            tuner.fit()
-                            failed = others.wait()
-                return finish(home, spec, received, failed)
+                with status_mod.kept(home, spec):
+                    with _sweep_services(spec, sweep_plan, home, dataset), idle_workers_for_trials():
+                        if not received:
+                            tuner = tune.Tuner.restore(results_mod.experiment_path(home, spec),
+                                                       trainable=trainable(spec, sweep_plan, dataset),
+                                                       resume_unfinished=True, resume_errored=False)
+                            with other_drivers(spec, home, received) as others:
+                                tuner.fit()
+                                failed = others.wait()
+                    return finish(home, spec, received, failed)
         finally:
             os.environ.pop(STUDY_URL_ENV, None)
             os.environ.pop(RESUMED_TRIALS_ENV, None)
@@ -625,6 +628,8 @@ def finish(home: Path, spec: SweepSpec, received: Optional[list] = None, failed:
     results_mod.write_tables(found)
     counts = found.trials["status"].value_counts().to_dict()
     counted = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials"
+    why = f"stopped by {signal_name(received)}" if received else "; ".join(failed) or None
+    status_mod.write_final(found, "stopped" if why else "finished", why)
     if received:
         raise Interrupted(received[0], f"stopped by {signal_name(received)}: {counted}; "
                                        f"tables written; `sweep resume {home}` continues it")

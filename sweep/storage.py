@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import urllib.parse
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 import pyarrow.fs as pafs
 
@@ -78,6 +78,15 @@ def download(uri: str, local: Path) -> bool:
     tmp.write_bytes(data)
     os.replace(tmp, local)
     return True
+
+
+def read_bytes(uri: str) -> Optional[bytes]:
+    """The object's content, or None if there is none."""
+    fs, path = _fs(uri)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as src:
+        return src.read()
 
 
 def upload(local: Path, uri: str) -> None:

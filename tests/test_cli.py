@@ -213,7 +213,7 @@ def test_console_script_exit_status_and_help(tmp_path, data_dir):
     bad.write_text("name: [")
     proc = subprocess.run([sys.executable, "-m", "sweep.cli", "run", str(bad)], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "malformed YAML" in proc.stderr
-    for command in ("run", "check", "resume", "ls", "analyze", "best", "retrain"):
+    for command in ("run", "check", "resume", "status", "stop", "ls", "analyze", "best", "retrain"):
         helped = subprocess.run([sys.executable, "-m", "sweep.cli", command, "--help"], capture_output=True, text=True)
         assert helped.returncode == 0 and f"usage: sweep {command}" in helped.stdout
     assert Path(tmp_path).joinpath("results").exists() is False

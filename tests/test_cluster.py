@@ -182,6 +182,8 @@ def test_s3_storage_holds_checkpoints_and_results_and_resumes_from_the_uri_alone
     shutil.rmtree(driver)  # ... with its local folder
     other = tmp_path / "driver-b"
     other.mkdir()
+    status = _status(f"{uri}/quick", other, env)  # the driver's copy in the bucket: it died running
+    assert status["state"] == "stopped" and "ended without finishing" in status["why"], status
     done = subprocess.run([sys.executable, "-m", "sweep.cli", "resume", f"{uri}/quick"], cwd=other, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -195,6 +197,18 @@ def test_s3_storage_holds_checkpoints_and_results_and_resumes_from_the_uri_alone
     assert len(trials) == 6 and trials["trial_id"].is_unique and set(trials["status"]) <= {"completed", "stopped"}
     epochs = pd.read_parquet(other / "results" / "quick" / "epochs.parquet")
     assert len(epochs) == trials["epochs"].sum() and not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert "sweeps/quick/status.json" in keys
+    elsewhere = tmp_path / "reader"
+    elsewhere.mkdir()
+    status = _status(f"{uri}/quick", elsewhere, env)
+    assert status["state"] == "finished" and status["done"] == 6 and status["epochs"] == len(epochs), status
+
+
+def _status(uri: str, cwd: Path, env: dict) -> dict:
+    done = subprocess.run([sys.executable, "-m", "sweep.cli", "status", uri, "--json"], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
 
 
 def _newest_reports(home: Path) -> list[dict]:
