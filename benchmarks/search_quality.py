@@ -1,6 +1,6 @@
 """Does the search work? Best val_loss reached against trial-epochs spent, four searchers on replayed curves (issue 21).
 
-    python benchmarks/search_quality.py               # 10 seeds x 4 searchers x 2 spaces (~20 min on 2 cores)
+    python benchmarks/search_quality.py               # 10 seeds x 4 searchers x 2 spaces, 60 trials each (~20 min on 2 cores)
     python benchmarks/search_quality.py --quick       # 2 seeds, 6 trials of 4 epochs: a smoke run (the test runs this)
 
 The problem is fixed: configs/mnist.yaml's space (four variants, noise_factor only for denoising,
@@ -78,6 +78,7 @@ def anytime():
         def __init__(self):
             self.spent, self.best, self.points = 0, math.inf, []
             self.reached: dict[str, int] = {}
+            self.last: dict[str, float] = {}  # the value at the epoch reached
             self.configs: dict[str, dict] = {}
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -91,6 +92,7 @@ def anytime():
                 value = row.get("val_loss")
                 if value is not None and math.isfinite(value):
                     self.best = min(self.best, float(value))
+                    self.last[trial.trial_id] = float(value)
                 self.points.append((self.spent, self.best))
 
     return Anytime()
@@ -141,6 +143,7 @@ def run_one(method: str, spec, plan, seed: int, storage: Path) -> dict:
     wall = time.perf_counter() - tick
     shutil.rmtree(folder, ignore_errors=True)
     return {"points": record.points, "reached": list(record.reached.values()), "wall_s": wall,
+            "last": [record.last.get(t, math.inf) for t in record.reached],
             "configs": [record.configs[t] for t in record.reached if t in record.configs]}
 
 
@@ -188,6 +191,7 @@ def summarise(runs: dict, rungs: tuple[int, ...]) -> dict:
                 "final": quartiles([r["points"][-1][1] for r in rs]),
                 "wall_s": float(np.sum([r["wall_s"] for r in rs])),
                 "rungs": rung_counts(rs, rungs),
+                "groups": good_groups(rs, max(rungs)) if all("last" in r for r in rs) else {},
             }
     return table
 
@@ -213,6 +217,28 @@ def proposals(rs: list[dict], spec, startup: int) -> dict:
     return {"n": len(finals), "median_final": float(np.median(finals)) if finals else math.nan,
             "q25": float(np.percentile(finals, 25)) if finals else math.nan,
             "variants": {v: n / total for v, n in sorted(variants.items())}}
+
+
+def good_groups(rs: list[dict], epochs: int) -> dict:
+    """How the two TPEs would split one run's finished trials into the good group (Optuna's gamma: the best
+    10 %, at most 25): StudySearch ranks by (epoch reached, value there), a stopped trial below every
+    complete one; OptunaSearch tells a stopped trial COMPLETE with its last value and ranks by value alone.
+    Per run, the share of each good group that ASHA stopped early, and how many trials the two have in
+    common; medians over seeds."""
+    from sweep.tpe import n_good
+
+    stopped = {"study": [], "optuna": []}
+    shared = []
+    for run in rs:
+        trials = list(zip(run["reached"], run["last"]))
+        good = n_good(len(trials))
+        by_epoch = sorted(range(len(trials)), key=lambda i: (-trials[i][0], trials[i][1]))[:good]
+        by_value = sorted(range(len(trials)), key=lambda i: trials[i][1])[:good]
+        for name, group in (("study", by_epoch), ("optuna", by_value)):
+            stopped[name].append(sum(trials[i][0] < epochs for i in group) / good)
+        shared.append(len(set(by_epoch) & set(by_value)) / good)
+    return {"good": n_good(len(rs[0]["reached"])), "stopped_study": float(np.median(stopped["study"])),
+            "stopped_optuna": float(np.median(stopped["optuna"])), "shared": float(np.median(shared))}
 
 
 # ---- output -------------------------------------------------------------------------------------
@@ -270,6 +296,17 @@ def render(table: dict, extra: dict, settings: dict, command: str, wall: float) 
         shares = ", ".join(f"{v} {s:.0%}" for v, s in p["variants"].items())
         lines.append(f"| {space} | {METHODS[method]} | " + " | ".join(f"{v:g}" for v in row["rungs"].values()) +
                      f" | {p['n']} | {p['median_final']:.5f} [{p['q25']:.5f}] | {shares} | {row['wall_s']:.0f} |")
+    lines += ["", "The good group each TPE would form from a run's trials at its end (ASHA runs; median over seeds): "
+                  "the share of it that ASHA stopped early, under StudySearch's ranking (epoch reached, then value) "
+                  "and under OptunaSearch's (a stopped trial told COMPLETE with its last value: value alone), and "
+                  "the share the two groups have in common:", "",
+              "| space | searcher | good group | stopped, StudySearch's ranking | stopped, OptunaSearch's ranking "
+              "| in both |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for (space, method), row in table.items():
+        if method != "fifo" and row["groups"]:
+            g = row["groups"]
+            lines.append(f"| {space} | {METHODS[method]} | {g['good']} | {g['stopped_study']:.0%} | "
+                         f"{g['stopped_optuna']:.0%} | {g['shared']:.0%} |")
     return "\n".join(lines) + "\n"
 
 
@@ -313,7 +350,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10, help="searcher seeds per searcher and space")
-    parser.add_argument("--trials", type=int, default=80, help="trials per run")
+    parser.add_argument("--trials", type=int, default=60, help="trials per run")
     parser.add_argument("--epochs", type=int, default=30, help="epochs of a trial ASHA never stops (max_t)")
     parser.add_argument("--concurrent", type=int, default=4, help="trials at once")
     parser.add_argument("--startup", type=int, default=None,
@@ -354,24 +391,24 @@ def main(argv=None) -> int:
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
              configure_logging=False,
              _system_config={"preload_python_modules": list(runner.TRIAL_CODE), "enable_worker_prestart": True})
-    runs, tick = {}, time.perf_counter()
-    saved.parent.mkdir(parents=True, exist_ok=True)
+    tick = time.perf_counter()
+    specs = {space: sweep_spec(SPACES[space], args.trials, args.epochs, args.concurrent, str(storage), args.startup)
+             for space in spaces}
+    settings = {"trials": args.trials, "epochs": args.epochs, "concurrent": args.concurrent, "seeds": args.seeds,
+                "startup": specs[spaces[0]].searcher.n_startup_trials}
+    runs = {space: {m: [] for m in methods} for space in spaces}
     try:
-        for space in spaces:
-            spec = sweep_spec(SPACES[space], args.trials, args.epochs, args.concurrent, str(storage), args.startup)
-            settings = {"trials": args.trials, "epochs": args.epochs, "concurrent": args.concurrent,
-                        "seeds": args.seeds, "startup": spec.searcher.n_startup_trials}
-            plan = runner.plan(spec)
-            runs[space] = {m: [] for m in methods}
-            for seed in range(args.seeds):
+        plan = runner.plan(specs[spaces[0]])
+        for seed in range(args.seeds):  # seeds outermost: a measurement cut short has every space and searcher
+            for space in spaces:
                 for method in methods:
-                    run = run_one(method, spec, plan, seed, storage)
+                    run = run_one(method, specs[space], plan, seed, storage)
                     runs[space][method].append(run)
                     print(f"{space}, {method}, seed {seed}: {len(run['reached'])} trials, {run['points'][-1][0]} "
                           f"trial-epochs, best {run['points'][-1][1]:.5f} ({run['wall_s']:.1f} s)", flush=True)
-                # what has been measured so far survives an interrupted measurement (--tables-only renders it)
-                atomic_write(saved, json.dumps({"runs": runs, "args": settings, "command": command,
-                                                "wall_s": time.perf_counter() - tick}))
+            # what has been measured so far survives an interrupted measurement (--tables-only renders it)
+            atomic_write(saved, json.dumps({"runs": runs, "args": {**settings, "seeds": seed + 1}, "command": command,
+                                            "wall_s": time.perf_counter() - tick}))
     finally:
         ray.shutdown()
         shutil.rmtree(storage, ignore_errors=True)
