@@ -80,6 +80,7 @@ def anytime():
             self.reached: dict[str, int] = {}
             self.last: dict[str, float] = {}  # the value at the epoch reached
             self.configs: dict[str, dict] = {}
+            self.ended: list[str] = []  # in the order the trials ended, as the searcher learnt of them
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             self.configs.setdefault(trial.trial_id, dict(trial.config))
@@ -94,6 +95,9 @@ def anytime():
                     self.best = min(self.best, float(value))
                     self.last[trial.trial_id] = float(value)
                 self.points.append((self.spent, self.best))
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.ended.append(trial.trial_id)
 
     return Anytime()
 
@@ -144,6 +148,7 @@ def run_one(method: str, spec, plan, seed: int, storage: Path) -> dict:
     shutil.rmtree(folder, ignore_errors=True)
     return {"points": record.points, "reached": list(record.reached.values()), "wall_s": wall,
             "last": [record.last.get(t, math.inf) for t in record.reached],
+            "ended": [list(record.reached).index(t) for t in record.ended if t in record.reached],
             "configs": [record.configs[t] for t in record.reached if t in record.configs]}
 
 
@@ -171,7 +176,7 @@ def quartiles(values) -> tuple[float, float, float]:
                  for q in (25, 50, 75))
 
 
-def summarise(runs: dict, rungs: tuple[int, ...]) -> dict:
+def summarise(runs: dict, rungs: tuple[int, ...], startup: int) -> dict:
     """runs[space][method] = [run per seed] -> table rows, the target per space and the common budget;
     `rungs`: the epochs whose trial counts are tabled (ASHA's rungs and the last epoch)."""
     table = {}
@@ -191,7 +196,7 @@ def summarise(runs: dict, rungs: tuple[int, ...]) -> dict:
                 "final": quartiles([r["points"][-1][1] for r in rs]),
                 "wall_s": float(np.sum([r["wall_s"] for r in rs])),
                 "rungs": rung_counts(rs, rungs),
-                "groups": good_groups(rs, max(rungs)) if all("last" in r for r in rs) else {},
+                "groups": good_groups(rs, max(rungs), startup) if all("ended" in r for r in rs) else {},
             }
     return table
 
@@ -219,26 +224,35 @@ def proposals(rs: list[dict], spec, startup: int) -> dict:
             "variants": {v: n / total for v, n in sorted(variants.items())}}
 
 
-def good_groups(rs: list[dict], epochs: int) -> dict:
-    """How the two TPEs would split one run's finished trials into the good group (Optuna's gamma: the best
-    10 %, at most 25): StudySearch ranks by (epoch reached, value there), a stopped trial below every
-    complete one; OptunaSearch tells a stopped trial COMPLETE with its last value and ranks by value alone.
-    Per run, the share of each good group that ASHA stopped early, and how many trials the two have in
-    common; medians over seeds."""
+def good_groups(rs: list[dict], epochs: int, startup: int) -> dict:
+    """How the two TPEs would split the finished trials into the good group (Optuna's gamma: the best 10 %,
+    at most 25) at each suggestion past the start-up trials: StudySearch ranks by (epoch reached, value
+    there), a stopped trial below every complete one; OptunaSearch tells a stopped trial COMPLETE with its
+    last value and ranks by value alone. For every prefix of a run's trials in the order they ended (from
+    `startup` on), the share of each good group that ASHA stopped early and the share the two have in
+    common; averaged over the prefixes, median over seeds."""
     from sweep.tpe import n_good
 
     stopped = {"study": [], "optuna": []}
     shared = []
     for run in rs:
-        trials = list(zip(run["reached"], run["last"]))
-        good = n_good(len(trials))
-        by_epoch = sorted(range(len(trials)), key=lambda i: (-trials[i][0], trials[i][1]))[:good]
-        by_value = sorted(range(len(trials)), key=lambda i: trials[i][1])[:good]
-        for name, group in (("study", by_epoch), ("optuna", by_value)):
-            stopped[name].append(sum(trials[i][0] < epochs for i in group) / good)
-        shared.append(len(set(by_epoch) & set(by_value)) / good)
-    return {"good": n_good(len(rs[0]["reached"])), "stopped_study": float(np.median(stopped["study"])),
-            "stopped_optuna": float(np.median(stopped["optuna"])), "shared": float(np.median(shared))}
+        ended = [(run["reached"][i], run["last"][i]) for i in run["ended"]]
+        parts = {"study": [], "optuna": [], "shared": []}
+        for k in range(max(startup, 1), len(ended) + 1):
+            trials, good = ended[:k], n_good(k)
+            by_epoch = sorted(range(k), key=lambda i: (-trials[i][0], trials[i][1]))[:good]
+            by_value = sorted(range(k), key=lambda i: trials[i][1])[:good]
+            for name, group in (("study", by_epoch), ("optuna", by_value)):
+                parts[name].append(sum(trials[i][0] < epochs for i in group) / good)
+            parts["shared"].append(len(set(by_epoch) & set(by_value)) / good)
+        if parts["shared"]:
+            stopped["study"].append(np.mean(parts["study"]))
+            stopped["optuna"].append(np.mean(parts["optuna"]))
+            shared.append(np.mean(parts["shared"]))
+    if not shared:
+        return {}
+    return {"stopped_study": float(np.median(stopped["study"])), "stopped_optuna": float(np.median(stopped["optuna"])),
+            "shared": float(np.median(shared))}
 
 
 # ---- output -------------------------------------------------------------------------------------
@@ -296,17 +310,18 @@ def render(table: dict, extra: dict, settings: dict, command: str, wall: float) 
         shares = ", ".join(f"{v} {s:.0%}" for v, s in p["variants"].items())
         lines.append(f"| {space} | {METHODS[method]} | " + " | ".join(f"{v:g}" for v in row["rungs"].values()) +
                      f" | {p['n']} | {p['median_final']:.5f} [{p['q25']:.5f}] | {shares} | {row['wall_s']:.0f} |")
-    lines += ["", "The good group each TPE would form from a run's trials at its end (ASHA runs; median over seeds): "
-                  "the share of it that ASHA stopped early, under StudySearch's ranking (epoch reached, then value) "
-                  "and under OptunaSearch's (a stopped trial told COMPLETE with its last value: value alone), and "
-                  "the share the two groups have in common:", "",
-              "| space | searcher | good group | stopped, StudySearch's ranking | stopped, OptunaSearch's ranking "
-              "| in both |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines += ["", "The good group TPE learns from, formed from a run's trials in the order they ended, at every "
+                  "point past the start-up trials (ASHA runs; mean over those points, median over seeds): the share "
+                  "of it that ASHA stopped early under StudySearch's ranking (epoch reached, then value) and under "
+                  "OptunaSearch's (a stopped trial told COMPLETE with its last value: value alone), and the share the "
+                  "two groups have in common:", "",
+              "| space | searcher | stopped, StudySearch's ranking | stopped, OptunaSearch's ranking | in both |",
+              "| --- | --- | ---: | ---: | ---: |"]
     for (space, method), row in table.items():
         if method != "fifo" and row["groups"]:
             g = row["groups"]
-            lines.append(f"| {space} | {METHODS[method]} | {g['good']} | {g['stopped_study']:.0%} | "
-                         f"{g['stopped_optuna']:.0%} | {g['shared']:.0%} |")
+            lines.append(f"| {space} | {METHODS[method]} | {g['stopped_study']:.0%} | {g['stopped_optuna']:.0%} | "
+                         f"{g['shared']:.0%} |")
     return "\n".join(lines) + "\n"
 
 
@@ -420,7 +435,7 @@ def write(runs: dict, settings: dict, command: str, wall: float, out: Path) -> i
     first = next(iter(runs))
     spec = sweep_spec(SPACES[first], settings["trials"], settings["epochs"], settings["concurrent"], "/tmp",
                       settings["startup"])
-    table = summarise(runs, spec.report_epochs or tuple(range(1, spec.epochs + 1)))
+    table = summarise(runs, spec.report_epochs or tuple(range(1, spec.epochs + 1)), settings["startup"])
     extra = {(space, method): proposals(runs[space][method], spec, settings["startup"]) for space, method in table}
     text = render(table, extra, settings, command, wall)
     print(text)
