@@ -228,3 +228,25 @@ def test_sweep_throughput_counts_a_rung_results_carried_epochs_as_epoch_time(tmp
     (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in results))
     rows = _load("sweep_throughput")._iterations(tmp_path)
     assert rows["epoch_s"].tolist() == [7.5] and rows["epoch"].tolist() == [3]
+
+
+@pytest.mark.slow
+def test_search_quality_quick_tables_every_searcher_in_every_space_and_plots_them(tmp_path):
+    out = tmp_path / "q.md"
+    module = _load("search_quality")
+    assert module.main(["--quick", "--out", str(out)]) == 0
+
+    text = out.read_text()
+    assert "command: `python benchmarks/search_quality.py --quick" in text and "cores" in text
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("| ") and len(line.split("|")) == 10]
+    found = {(r[0], r[1]): r for r in rows if r[0] in module.SPACES}
+    assert set(found) == {(s, m) for s in module.SPACES for m in module.METHODS.values()}, text
+    number = r"[\d,.]+"
+    for row in found.values():
+        assert re.fullmatch(rf"{number} \[{number}, {number}\]", row[3]), row  # trial-epochs spent
+        assert re.fullmatch(r"\d+ of 2", row[5]), row
+        for cell in row[6:8]:  # best at the common budget, final best: finite val_loss
+            median, low, high = map(float, re.fullmatch(r"(\S+) \[(\S+), (\S+)\]", cell).groups())
+            assert 0 < low <= median <= high < 1, row
+    assert out.with_suffix(".png").stat().st_size > 0
