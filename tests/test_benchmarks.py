@@ -245,7 +245,7 @@ def test_search_quality_quick_tables_every_searcher_in_every_space_and_plots_the
     number = r"[\d,.]+"
     for row in found.values():
         assert re.fullmatch(rf"{number} \[{number}, {number}\]", row[3]), row  # trial-epochs spent
-        assert re.fullmatch(r"\d+ of 2", row[5]), row
+        assert re.fullmatch(r"\d+ of 1", row[5]), row
         for cell in row[6:8]:  # best at the common budget, final best: finite val_loss
             median, low, high = map(float, re.fullmatch(r"(\S+) \[(\S+), (\S+)\]", cell).groups())
             assert 0 < low <= median <= high < 1, row
