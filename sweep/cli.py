@@ -67,6 +67,16 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("sweep", help="the sweep's name or folder")
     resume.add_argument("--address", help="join the Ray cluster at this address")
 
+    extend = commands.add_parser("extend", help="give an ended sweep more trials in the same study",
+                                 description="Run more trials of a sweep that is not running, in the same Optuna "
+                                             "study, so TPE goes on from every trial it has: one more Tune "
+                                             "experiment in the sweep's folder. Only num_samples (the new total) "
+                                             "and max_concurrent_trials may be set.")
+    extend.add_argument("sweep", help="the sweep's name or folder")
+    extend.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="num_samples=N, the new total (required), and optionally max_concurrent_trials=M")
+    extend.add_argument("--address", help="join the Ray cluster at this address")
+
     status = commands.add_parser("status", help="how a sweep stands, while it runs or after",
                                  description="Trials running / done by how they ended, epochs, the best val_loss so "
                                              "far, elapsed and remaining time, and whether the driver is running, "
@@ -186,6 +196,14 @@ def _resume(args) -> int:
     return 0
 
 
+def _extend(args) -> int:
+    local_ray_on_loopback(args.address or _stored_address(args.sweep))
+    from . import runner
+
+    runner.extend(args.sweep, tuple(args.overrides), address=args.address, argv=["sweep", *sys.argv[1:]])
+    return 0
+
+
 def _ls(args) -> int:
     from .results import SPEC_FILE, ResultsError, read_table
 
@@ -301,7 +319,7 @@ def _retrain(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "check": _check, "resume": _resume, "status": _status, "stop": _stop, "ls": _ls,
+COMMANDS = {"run": _run, "check": _check, "resume": _resume, "extend": _extend, "status": _status, "stop": _stop, "ls": _ls,
             "analyze": _analyze, "best": _best, "retrain": _retrain}
 
 if __name__ == "__main__":
