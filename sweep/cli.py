@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="the sweep's name (its folder under results/); default: the file's `name`")
     run.add_argument("--address", help="join the Ray cluster at this address instead of starting one")
     run.add_argument("--overwrite", action="store_true", help="replace an existing sweep of the same name")
+    run.add_argument("--warm-start", metavar="SWEEP", help="start the study with the finished trials of this "
+                                                           "sweep (name or folder) that fit the space, as the "
+                                                           "file's `warm_start:` does")
     run.add_argument("--dry-run", action="store_true", help="do what `sweep check` does and stop: start no trial, "
                                                              "write nothing")
 
@@ -164,6 +167,8 @@ def _load(args):
     from . import spec
 
     overrides = list(args.overrides) + ([f"name={args.name}"] if args.name else [])
+    if getattr(args, "warm_start", None):
+        overrides.append(f"warm_start={json.dumps(args.warm_start)}")  # quoted: a name like 2024 stays a string
     return spec.load(args.config, tuple(overrides))
 
 

@@ -385,6 +385,11 @@ def run(spec: SweepSpec, *, overwrite: bool = False, address: Optional[str] = No
         argv: Optional[list[str]] = None) -> Results:
     """Run a new sweep to the end and write its tables."""
     home, dataset = prepare(spec, overwrite)
+    warm = None
+    if spec.warm_start is not None:  # read and checked before anything is written
+        from .warmstart import warm_trials
+
+        warm = warm_trials(spec)
     with claim(home):
         if not overwrite:  # another driver may have taken the name since prepare()
             _refuse_taken(spec, home)
@@ -399,6 +404,12 @@ def run(spec: SweepSpec, *, overwrite: bool = False, address: Optional[str] = No
                 storage.delete(results_mod.remote_home(spec))
             home.mkdir(parents=True)
             write_spec(spec, home, sweep_plan, argv or sys.argv)
+            if warm is not None:  # before the first driver's searcher opens the study and builds its TPE
+                from .warmstart import seed_study
+
+                seed_study(home, spec, warm[1])
+                print(f"warm start: the study starts with {len(warm[1])} trial(s) of sweep {warm[0]} "
+                      f"({home / 'warm_start.parquet'})", flush=True)
             results_mod.sync_up(home, spec, (SPEC_FILE,))
             _describe(spec, sweep_plan, home)
             failed = []
