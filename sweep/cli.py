@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="the sweep's name (its folder under results/); default: the file's `name`")
     run.add_argument("--address", help="join the Ray cluster at this address instead of starting one")
     run.add_argument("--overwrite", action="store_true", help="replace an existing sweep of the same name")
+    run.add_argument("--warm-start", metavar="SWEEP", help="start the study with the finished trials of this "
+                                                           "sweep (name or folder) that fit the space, as the "
+                                                           "file's `warm_start:` does")
     run.add_argument("--dry-run", action="store_true", help="do what `sweep check` does and stop: start no trial, "
                                                              "write nothing")
 
@@ -66,6 +69,16 @@ def _parser() -> argparse.ArgumentParser:
                                              "unfinished ones continue from their last checkpoints.")
     resume.add_argument("sweep", help="the sweep's name or folder")
     resume.add_argument("--address", help="join the Ray cluster at this address")
+
+    extend = commands.add_parser("extend", help="give an ended sweep more trials in the same study",
+                                 description="Run more trials of a sweep that is not running, in the same Optuna "
+                                             "study, so TPE goes on from every trial it has: one more Tune "
+                                             "experiment in the sweep's folder. Only num_samples (the new total) "
+                                             "and max_concurrent_trials may be set.")
+    extend.add_argument("sweep", help="the sweep's name or folder")
+    extend.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="num_samples=N, the new total (required), and optionally max_concurrent_trials=M")
+    extend.add_argument("--address", help="join the Ray cluster at this address")
 
     status = commands.add_parser("status", help="how a sweep stands, while it runs or after",
                                  description="Trials running / done by how they ended, epochs, the best val_loss so "
@@ -154,6 +167,8 @@ def _load(args):
     from . import spec
 
     overrides = list(args.overrides) + ([f"name={args.name}"] if args.name else [])
+    if getattr(args, "warm_start", None):
+        overrides.append(f"warm_start={json.dumps(args.warm_start)}")  # quoted: a name like 2024 stays a string
     return spec.load(args.config, tuple(overrides))
 
 
@@ -183,6 +198,14 @@ def _resume(args) -> int:
     from . import runner
 
     runner.resume(args.sweep, address=args.address)
+    return 0
+
+
+def _extend(args) -> int:
+    local_ray_on_loopback(args.address or _stored_address(args.sweep))
+    from . import runner
+
+    runner.extend(args.sweep, tuple(args.overrides), address=args.address, argv=["sweep", *sys.argv[1:]])
     return 0
 
 
@@ -301,7 +324,7 @@ def _retrain(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "check": _check, "resume": _resume, "status": _status, "stop": _stop, "ls": _ls,
+COMMANDS = {"run": _run, "check": _check, "resume": _resume, "extend": _extend, "status": _status, "stop": _stop, "ls": _ls,
             "analyze": _analyze, "best": _best, "retrain": _retrain}
 
 if __name__ == "__main__":

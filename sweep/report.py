@@ -851,7 +851,7 @@ def _html(results: Results, best: pd.DataFrame, flags: list[dict], figures: dict
                  f"<li>The Optuna study in optuna-dashboard (optional: <code>pip install 'aesweep[dashboard]'</code>):"
                  f"<pre>optuna-dashboard {e(study_url(study_path(home)))}</pre></li>"
                  f"<li>Every trial's metrics in TensorBoard (if installed):"
-                 f"<pre>tensorboard --logdir {e(str(home / EXPERIMENT_DIR if results.spec.drivers == 1 else home))}"
+                 f"<pre>tensorboard --logdir {e(str(home / EXPERIMENT_DIR if results.spec.all_drivers == 1 else home))}"
                  "</pre></li>"
                  f"<li>The tables: <code>trials.parquet</code>, <code>trials.csv</code>, <code>epochs.parquet</code> "
                  f"and <code>best_config.yaml</code> in <code>{e(str(home))}</code>; "

@@ -106,8 +106,8 @@ def experiment_name(driver: int = 0) -> str:
 
 
 def experiment_dirs(home: Path, spec: SweepSpec) -> list[Path]:
-    """Every driver's Ray experiment folder."""
-    return [home / experiment_name(k) for k in range(spec.drivers)]
+    """Every driver's Ray experiment folder, those of the sweep's extensions (`sweep extend`) included."""
+    return [home / experiment_name(k) for k in range(spec.all_drivers)]
 
 
 def experiment_path(home: Path, spec: SweepSpec, driver: int = 0) -> str:
@@ -144,7 +144,7 @@ def sync_down(home: Path, spec: SweepSpec) -> None:
     """Refresh the local mirror of a remote experiment's small files (results, states, histories)."""
     remote = remote_home(spec)
     if remote:
-        for driver in range(spec.drivers):
+        for driver in range(spec.all_drivers):
             storage.download_tree(storage.join(remote, experiment_name(driver)), home / experiment_name(driver))
     if not study_path(home).is_file():  # a driver on another machine wrote the study: take Ray's copy of it
         for name in (STUDY_FILE, LEGACY_STUDY_FILE):

@@ -329,14 +329,18 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset, driver: int = 0
     from .space import SearchSpace
     from .tblogs import TensorBoardLogs
 
-    num_samples = share(spec.num_samples, spec.drivers, driver)
-    concurrent = max(1, share(plan.max_concurrent, spec.drivers, driver))
+    if driver < spec.drivers:
+        num_samples = share(spec.base_samples, spec.drivers, driver)
+        concurrent = max(1, share(plan.max_concurrent, spec.drivers, driver))
+    else:  # an extension (`sweep extend`) runs alone, after the drivers before it have ended
+        num_samples = spec.extensions[driver - spec.drivers]
+        concurrent = max(1, min(plan.max_concurrent, num_samples))
     # num_samples: the searcher ends the sweep at that many trials by the study's count, which a resumed
     # sweep's Ray counter can lag; max_concurrent_trials below reaches it through set_max_concurrency.
     searcher = StudySearch(SearchSpace(spec.space), spec.searcher, study_url(study_path(home)), spec.name,
                            spec.epochs, spec.points if driver == 0 else (), num_samples=num_samples,
-                           driver=driver, drivers=spec.drivers)
-    progress = Progress(num_samples, spec.epochs, others=searcher.others if spec.drivers > 1 else None,
+                           driver=driver, drivers=spec.all_drivers)
+    progress = Progress(num_samples, spec.epochs, others=searcher.others if spec.all_drivers > 1 else None,
                         sweep_samples=spec.num_samples)
     scheduler = ASHAScheduler(time_attr="epoch", metric="val_loss", mode="min", max_t=spec.epochs,
                               grace_period=spec.scheduler.grace_period,
@@ -381,6 +385,11 @@ def run(spec: SweepSpec, *, overwrite: bool = False, address: Optional[str] = No
         argv: Optional[list[str]] = None) -> Results:
     """Run a new sweep to the end and write its tables."""
     home, dataset = prepare(spec, overwrite)
+    warm = None
+    if spec.warm_start is not None:  # read and checked before anything is written
+        from .warmstart import warm_trials
+
+        warm = warm_trials(spec)
     with claim(home):
         if not overwrite:  # another driver may have taken the name since prepare()
             _refuse_taken(spec, home)
@@ -395,6 +404,12 @@ def run(spec: SweepSpec, *, overwrite: bool = False, address: Optional[str] = No
                 storage.delete(results_mod.remote_home(spec))
             home.mkdir(parents=True)
             write_spec(spec, home, sweep_plan, argv or sys.argv)
+            if warm is not None:  # before the first driver's searcher opens the study and builds its TPE
+                from .warmstart import seed_study
+
+                seed_study(home, spec, warm[1])
+                print(f"warm start: the study starts with {len(warm[1])} trial(s) of sweep {warm[0]} "
+                      f"({home / 'warm_start.parquet'})", flush=True)
             results_mod.sync_up(home, spec, (SPEC_FILE,))
             _describe(spec, sweep_plan, home)
             failed = []
@@ -511,7 +526,7 @@ def reconcile(home: Path, spec: SweepSpec) -> None:
     from .searcher import finished_in_study
 
     finished = finished_in_study(study_url(study_path(home)), spec.name)
-    for driver in range(spec.drivers):
+    for driver in range(spec.all_drivers):
         reconcile_experiment(home / results_mod.experiment_name(driver), spec, finished)
 
 
@@ -582,7 +597,7 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
     with claim(home):
         results_mod.sync_down(home, spec)
         check_resumable(home)
-        for driver in range(1, spec.drivers):  # one that never started its experiment starts it now
+        for driver in range(1, spec.all_drivers):  # one that never started its experiment starts it now
             if (home / results_mod.experiment_name(driver) / "tuner.pkl").is_file():
                 check_resumable(home, driver)
         restored = check_consistent(home, spec)
@@ -605,10 +620,100 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
                             with other_drivers(spec, home, received) as others:
                                 tuner.fit()
                                 failed = others.wait()
+                        for driver in range(spec.drivers, spec.all_drivers):  # an extension stopped mid-way
+                            if received or failed:
+                                break
+                            fit_extension(spec, sweep_plan, home, dataset, driver)
                     return finish(home, spec, received, failed)
         finally:
             os.environ.pop(STUDY_URL_ENV, None)
             os.environ.pop(RESUMED_TRIALS_ENV, None)
+
+
+def fit_extension(spec: SweepSpec, sweep_plan: Plan, home: Path, dataset, driver: int) -> None:
+    """Run extension `driver` (`sweep extend`) in this process to its end: its experiment resumed when it
+    started before, else a new one. Extensions run one after another, after the sweep's first drivers."""
+    from ray import tune
+
+    from .progress import RESUMED_TRIALS_ENV
+
+    experiment = home / results_mod.experiment_name(driver)
+    if (experiment / "tuner.pkl").is_file():
+        os.environ[RESUMED_TRIALS_ENV] = str(len(results_mod.read_experiment(experiment)))
+        tuner = tune.Tuner.restore(results_mod.experiment_path(home, spec, driver),
+                                   trainable=trainable(spec, sweep_plan, dataset),
+                                   resume_unfinished=True, resume_errored=False)
+    else:
+        os.environ[RESUMED_TRIALS_ENV] = "0"
+        tuner = make_tuner(spec, sweep_plan, home, dataset, driver)
+    tuner.fit()
+
+
+EXTENDABLE = ("num_samples", "max_concurrent_trials")  # what `sweep extend --set` may change
+
+
+def extended_spec(spec: SweepSpec, overrides: tuple[str, ...]) -> SweepSpec:
+    """The sweep's spec with one more extension: `--set num_samples=N` (the new total, above the current one)
+    and optionally max_concurrent_trials; any other key is refused, since the trials already run used it."""
+    from .spec import apply_override, parse
+
+    raw = spec.to_dict()
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key not in EXTENDABLE:
+            raise SweepError(f"--set {key}: `sweep extend` can only grow num_samples (and change "
+                             f"max_concurrent_trials); run a new sweep with `warm_start: {spec.name}` to change {key}")
+        apply_override(raw, item)
+    grown = raw.get("num_samples")
+    if not isinstance(grown, int) or isinstance(grown, bool) or grown <= spec.num_samples:
+        raise SweepError(f"sweep {spec.name!r} has num_samples={spec.num_samples}; `sweep extend` needs "
+                         f"--set num_samples=N with N > {spec.num_samples} (the new total), got {grown!r}")
+    raw["extensions"] = list(spec.extensions) + [grown - spec.num_samples]
+    return parse(raw, source="sweep extend")
+
+
+def extend(name_or_dir: str, overrides: tuple[str, ...], *, address: Optional[str] = None,
+           argv: Optional[list[str]] = None) -> Results:
+    """Give an ended sweep more trials in the same study (`sweep extend NAME --set num_samples=N`): one more
+    Tune experiment (driver `all_drivers`), whose TPE starts from every trial the study holds."""
+    home = results_mod.find_home(name_or_dir)
+    spec = results_mod.read_spec(home)
+    new = extended_spec(spec, tuple(overrides))
+    check_writable(home)
+    with claim(home):  # refuses a sweep whose driver runs now
+        results_mod.sync_down(home, spec)
+        check_consistent(home, spec)
+        reconcile(home, spec)
+        repair_journal(study_path(home))
+        dataset = None if new.simulate is not None else load_dataset(new.dataset, new.data_dir)
+        os.environ[STUDY_URL_ENV] = study_url(study_path(home))
+        try:
+            with ray_for_sweep(address or new.address, new) as received:
+                sweep_plan = plan(new)
+                if received:
+                    raise Interrupted(received[0], f"stopped by {signal_name(received)} before the extension "
+                                                   "started; nothing was written")
+                _record_extension(home, new, argv or sys.argv)
+                results_mod.sync_up(home, new, (SPEC_FILE,))
+                print(f"extending sweep {new.name} to {new.num_samples} trials: {new.extensions[-1]} more in "
+                      f"{home / results_mod.experiment_name(new.all_drivers - 1)}", flush=True)
+                with status_mod.kept(home, new):
+                    with _sweep_services(new, sweep_plan, home, dataset), idle_workers_for_trials():
+                        if not received:
+                            fit_extension(new, sweep_plan, home, dataset, new.all_drivers - 1)
+                    return finish(home, new, received)
+        finally:
+            os.environ.pop(STUDY_URL_ENV, None)
+
+
+def _record_extension(home: Path, spec: SweepSpec, argv: list[str]) -> None:
+    """sweep.yaml with the extended spec; its meta keeps how the sweep was made and adds the extend command."""
+    raw = yaml.safe_load((home / SPEC_FILE).read_text()) or {}
+    meta = raw.get("meta") or {}
+    meta.setdefault("extended", []).append({"at": datetime.datetime.now().isoformat(timespec="seconds"),
+                                            "command": " ".join(argv), "commit": _git_commit()})
+    text = yaml.safe_dump({"sweep": spec.to_dict(), "meta": meta}, sort_keys=False)
+    results_mod._atomic(home / SPEC_FILE, lambda path: Path(path).write_text(text))
 
 
 def _sweep_services(spec: SweepSpec, sweep_plan: Plan, home: Path, dataset):

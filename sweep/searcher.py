@@ -295,6 +295,8 @@ class StudySearch(Searcher):
         return trial.user_attrs.get("driver", 0) == self._driver
 
     def _count_other(self, trial) -> None:
+        if "tune_trial_id" not in trial.user_attrs:  # a warm-start trial (sweep.warmstart): no driver ran it
+            return
         self._others[0] += 1
         self._others[1] += int(trial.user_attrs.get("epochs", 0))
 

@@ -138,6 +138,21 @@ class SweepSpec:
     description: str = ""
     points: tuple = ()  # configurations to evaluate first, as {name: value} mappings (Optuna enqueue_trial)
     simulate: Optional[SimulateSpec] = None  # None: real training
+    # Trials added by each `sweep extend`, in order: extension i is driver `drivers + i` of the sweep, with its
+    # own Tune experiment; num_samples counts them (it is the whole sweep's budget), the first drivers share
+    # what is left (`base_samples`).
+    extensions: tuple[int, ...] = ()
+    warm_start: Optional[str] = None  # a finished sweep (name or folder) whose fitting trials seed this study
+
+    @property
+    def base_samples(self) -> int:
+        """The trials of the sweep's first `drivers`, before any `sweep extend`."""
+        return self.num_samples - sum(self.extensions)
+
+    @property
+    def all_drivers(self) -> int:
+        """Every driver number the sweep has used: its `drivers`, then one per extension."""
+        return self.drivers + len(self.extensions)
 
     @property
     def epochs(self) -> int:
@@ -187,6 +202,7 @@ class SweepSpec:
             "dashboard": self.dashboard,
             "points": [dict(p) for p in self.points],
             "simulate": None if self.simulate is None else dataclasses.asdict(self.simulate),
+            "extensions": list(self.extensions), "warm_start": self.warm_start,
         }
 
 
@@ -366,7 +382,7 @@ def apply_override(raw: dict, item: str) -> None:
 
 TOP_KEYS = ("name", "description", "dataset", "data_dir", "train", "space", "searcher", "scheduler", "num_samples",
             "resources", "max_concurrent_trials", "max_failures", "drivers", "storage_path", "address", "dashboard",
-            "points", "simulate")
+            "points", "simulate", "extensions", "warm_start")
 
 
 def parse(raw: dict, source: str = "sweep") -> SweepSpec:
@@ -446,7 +462,15 @@ def parse(raw: dict, source: str = "sweep") -> SweepSpec:
         check.integer(max_concurrent, "max_concurrent_trials", low=1)
     max_failures = check.integer(raw.get("max_failures", 3), "max_failures", low=0)
     drivers = check.integer(raw.get("drivers", 1), "drivers", low=1)
-    if drivers > num_samples:
+    extensions = raw.get("extensions") or []
+    if not isinstance(extensions, list):
+        raise SpecError(f"{source}: extensions must be a list of trial counts (`sweep extend` writes it), got "
+                        f"{_yaml_type(extensions)}; remove it or restore the file")
+    extensions = tuple(check.integer(n, "extensions", low=1) for n in extensions)
+    if sum(extensions) >= num_samples:
+        raise SpecError(f"{source}: extensions add {sum(extensions)} trials but num_samples={num_samples} counts "
+                        "them all; raise num_samples or remove extensions")
+    if drivers > num_samples - sum(extensions):
         raise SpecError(f"{source}: drivers={drivers} but num_samples={num_samples}: a driver would have no trial; "
                         "lower drivers or raise num_samples")
     storage_path = check.string(raw.get("storage_path", "results"), "storage_path")
@@ -463,7 +487,10 @@ def parse(raw: dict, source: str = "sweep") -> SweepSpec:
         if seconds < 0:
             raise SpecError(f"{source}: simulate.seconds_per_epoch must be >= 0, got {seconds:g}")
         simulate = SimulateSpec(seconds_per_epoch=seconds)
-    return SweepSpec(points=points, simulate=simulate, name=name, space=space, train=train, dataset=dataset, data_dir=data_dir, num_samples=num_samples,
+    warm_start = raw.get("warm_start")
+    if warm_start is not None:
+        warm_start = check.string(warm_start, "warm_start")
+    return SweepSpec(extensions=extensions, warm_start=warm_start, points=points, simulate=simulate, name=name, space=space, train=train, dataset=dataset, data_dir=data_dir, num_samples=num_samples,
                      searcher=searcher, scheduler=scheduler, resources=resources, max_concurrent_trials=max_concurrent,
                      max_failures=max_failures, drivers=drivers, storage_path=storage_path, address=address,
                      dashboard=dashboard, description=str(description))

@@ -232,7 +232,7 @@ def read_status(name_or_dir: str, storage_path: str = "results") -> dict:
     if first is not None and (first.get("scope") == "sweep" or state != "running"):
         status = dict(first)
     elif first is not None:
-        files = [first] + [f for f in (_newest_copy(home, status_name(k), remote) for k in range(1, spec.drivers)) if f]
+        files = [first] + [f for f in (_newest_copy(home, status_name(k), remote) for k in range(1, spec.all_drivers)) if f]
         status = _merged(files, spec.num_samples)
     else:
         status = _from_tables(home, spec)
