@@ -125,7 +125,7 @@ def prepare(spec: SweepSpec, overwrite: bool = False):
 
 
 @contextlib.contextmanager
-def claim(home: Path):
+def claim(home: Path, fix: str = "wait for it to end, or pick another name with --name"):
     """Hold the sweep's name for as long as this driver runs: an exclusive lock on `.<name>.lock` beside
     the sweep's folder. Two drivers of one name would share a folder and a journal and lose trials.
 
@@ -142,7 +142,7 @@ def claim(home: Path):
         lock.acquire()
     except Timeout:
         raise SweepError(f"sweep {home.name!r} is in use by another `sweep` command right now (it holds "
-                         f"{lock.lock_file}); wait for it to end, or pick another name with --name") from None
+                         f"{lock.lock_file}); {fix}") from None
     except OSError as exc:
         raise SweepError(f"cannot lock {lock.lock_file} ({exc.strerror or exc}); fix the results folder's "
                          "permissions") from None
@@ -594,7 +594,7 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
     home = results_mod.find_home(name_or_dir)
     spec = results_mod.read_spec(home)
     check_writable(home)
-    with claim(home):
+    with claim(home, f"wait for it to end, or `sweep stop {home.name}` ends it cleanly"):
         results_mod.sync_down(home, spec)
         check_resumable(home)
         for driver in range(1, spec.all_drivers):  # one that never started its experiment starts it now
@@ -680,7 +680,7 @@ def extend(name_or_dir: str, overrides: tuple[str, ...], *, address: Optional[st
     spec = results_mod.read_spec(home)
     new = extended_spec(spec, tuple(overrides))
     check_writable(home)
-    with claim(home):  # refuses a sweep whose driver runs now
+    with claim(home, f"wait for it to end, or `sweep stop {home.name}` ends it cleanly"):
         results_mod.sync_down(home, spec)
         check_consistent(home, spec)
         reconcile(home, spec)
