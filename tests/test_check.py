@@ -16,17 +16,11 @@ import pytest
 import yaml
 
 from sweep.check import asha_estimate, bracket_rungs, check, describe, expected_epochs
-from sweep.cli import main
+from cli_calls import run_cli
 from sweep.spec import load
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "configs" / "quick.yaml"
-
-
-def run_cli(capsys, *args):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture

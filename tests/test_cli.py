@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from cli_calls import run_cli
 from sweep.cli import main
 
 TINY = {"name": "tiny", "train": {"epochs": 2, "train_subset": 500},
@@ -46,12 +47,6 @@ def finished_sweep(tmp_path, data_dir, monkeypatch):
     best = spec.train_config({"variant": "vanilla", "latent_dim": 2, "lr": 0.003})
     (home / "best_config.yaml").write_text(yaml.safe_dump(best.to_dict(), sort_keys=False))
     return home
-
-
-def run_cli(capsys, *args):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_refused(capsys, tmp_path, *args, message):

@@ -1,16 +1,13 @@
 """`sweep extend` and `warm_start`: one small simulated sweep, extended in its own study and then used to
 warm-start a new sweep; exact counts in tables and studies, TPE conditioned on the old trials, and each
 refusal in one line with exit status 2."""
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
 
-from sweep.cli import main
+from cli_calls import run_cli, sweep_cli
 from sweep.searcher import StudySearch, _key, open_storage
 from sweep.space import SearchSpace
 from sweep.results import read_spec
@@ -18,21 +15,6 @@ from sweep.results import read_spec
 REPO = Path(__file__).resolve().parents[1]
 QUICK = str(REPO / "configs" / "quick.yaml")
 FAST = ("--set", "train.epochs=3", "--set", "simulate={seconds_per_epoch: 0}")
-
-
-def run_cli(capsys, *args):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def sweep_cli(cwd: Path, *args: str) -> str:
-    """The `sweep` command in its own process (Ray's local cluster ends with it); its output."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "sweep.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    return done.stdout
 
 
 def study_trials(home: Path, name: str) -> list:

@@ -15,17 +15,11 @@ import yaml
 from filelock import FileLock
 
 from sweep import load_results
-from sweep.cli import main
+from cli_calls import run_cli
 from sweep.status import STATUS_FILE, lock_path, read_status, status_name
 
 TINY = {"name": "tiny", "train": {"epochs": 2, "train_subset": 500},
         "space": {"latent_dim": {"choice": [2, 4]}, "lr": {"loguniform": [1.0e-3, 1.0e-2]}}, "num_samples": 4}
-
-
-def run_cli(capsys, *args):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture
