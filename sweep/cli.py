@@ -38,13 +38,17 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
-    run = commands.add_parser("run", help="run a sweep from a YAML file",
+    # `run` and `check` read a sweep file the same way, so that `check` validates exactly what `run` would run.
+    sweep_file = _Parser(add_help=False)
+    sweep_file.add_argument("config", help="the sweep YAML, e.g. configs/quick.yaml")
+    sweep_file.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                            help="override a key of the file, dotted for sections: --set train.epochs=2 "
+                                 "--set num_samples=4")
+    sweep_file.add_argument("--name", help="the sweep's name (its folder under results/); default: the file's `name`")
+
+    run = commands.add_parser("run", parents=[sweep_file], help="run a sweep from a YAML file",
                               description="Run a sweep defined by a YAML file (see configs/). Starts a local Ray "
                                           "on 127.0.0.1 unless --address (or RAY_ADDRESS) names a cluster.")
-    run.add_argument("config", help="the sweep YAML, e.g. configs/quick.yaml")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a key of the file, dotted for sections: --set train.epochs=2 --set num_samples=4")
-    run.add_argument("--name", help="the sweep's name (its folder under results/); default: the file's `name`")
     run.add_argument("--address", help="join the Ray cluster at this address instead of starting one")
     run.add_argument("--overwrite", action="store_true", help="replace an existing sweep of the same name")
     run.add_argument("--warm-start", metavar="SWEEP", help="start the study with the finished trials of this "
@@ -53,15 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="do what `sweep check` does and stop: start no trial, "
                                                              "write nothing")
 
-    check = commands.add_parser("check", help="show what a sweep would do, without running it",
+    check = commands.add_parser("check", parents=[sweep_file],
+                                help="show what a sweep would do, without running it",
                                 description="Validate a sweep file as `sweep run` does, then print the resolved "
                                             "spec, the resource plan on the cluster it would use and ASHA's expected "
                                             "trial-epochs. Starts no trial and writes nothing; without --address (or "
                                             "RAY_ADDRESS) it counts this machine's CPUs and GPUs and starts no Ray.")
-    check.add_argument("config", help="the sweep YAML, e.g. configs/quick.yaml")
-    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a key of the file, as `sweep run --set` does")
-    check.add_argument("--name", help="the sweep's name (its folder under results/); default: the file's `name`")
     check.add_argument("--address", help="plan on the Ray cluster at this address (joined as a driver only)")
 
     resume = commands.add_parser("resume", help="finish an interrupted sweep",
