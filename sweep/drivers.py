@@ -131,12 +131,10 @@ def other_drivers(spec, home: Path, received: list[int]):
 def run_driver(home: Path, driver: int, address: str) -> None:
     """Driver `driver` of the sweep in `home`: its experiment, new, or resumed from its folder."""
     from aemodels import load_dataset
-    from ray import tune
 
     from . import results as results_mod
     from . import runner
     from . import status as status_mod
-    from .progress import RESUMED_TRIALS_ENV
     from .searcher import STUDY_URL_ENV, finished_in_study, study_path, study_url
 
     spec = results_mod.read_spec(home)
@@ -154,13 +152,7 @@ def run_driver(home: Path, driver: int, address: str) -> None:
                 runner.check_resumable(home, driver)
                 runner.reconcile_experiment(experiment, spec, finished_in_study(study_url(study_path(home)),
                                                                                  spec.name))
-                os.environ[RESUMED_TRIALS_ENV] = str(len(results_mod.read_experiment(experiment)))
-                tuner = tune.Tuner.restore(results_mod.experiment_path(home, spec, driver),
-                                           trainable=runner.trainable(spec, plan, dataset),
-                                           resume_unfinished=True, resume_errored=False)
-            else:
-                tuner = runner.make_tuner(spec, plan, home, dataset, driver)
-            tuner.fit()
+            runner.driver_tuner(spec, plan, home, dataset, driver).fit()
     if received:
         raise SystemExit(128 + received[0])
 

@@ -557,12 +557,11 @@ def reconcile_experiment(experiment: Path, spec: SweepSpec, finished: dict[str, 
             storage.upload(Path(state_file), storage.join(remote, experiment.name, Path(state_file).name))
 
 
-def check_consistent(home: Path, spec: SweepSpec) -> list[int]:
+def check_consistent(home: Path, spec: SweepSpec) -> None:
     """Refuse a resume that would lose finished trials: every trial that Ray's snapshot or the tables
     list as finished must be in the study, which is written as each trial ends and so is never behind
     them unless it was damaged. (Ray would otherwise fail to restore its searcher and silently start a
-    fresh experiment over the sweep, ray#30861.) Changes nothing. Returns how many trials each driver's
-    snapshot holds, which the resumed run must restore."""
+    fresh experiment over the sweep, ray#30861.) Changes nothing."""
     from .searcher import finished_in_study
 
     path = study_path(home)
@@ -582,13 +581,10 @@ def check_consistent(home: Path, spec: SweepSpec) -> list[int]:
         raise SweepError(f"the study {path} lacks {len(missing)} finished trial(s) that {listed[missing[0]]} "
                          f"lists ({shown}): it is damaged or older than them, and resuming would lose them, so it "
                          "is refused; restore the study from a copy or rerun with --overwrite")
-    return [len(found) for found in per_driver]
 
 
 def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
     """Finish an interrupted sweep: finished trials kept, unfinished ones continued from their checkpoints."""
-    from ray import tune
-
     from .progress import RESUMED_TRIALS_ENV
 
     home = results_mod.find_home(name_or_dir)
@@ -600,11 +596,10 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
         for driver in range(1, spec.all_drivers):  # one that never started its experiment starts it now
             if (home / results_mod.experiment_name(driver) / "tuner.pkl").is_file():
                 check_resumable(home, driver)
-        restored = check_consistent(home, spec)
+        check_consistent(home, spec)
         reconcile(home, spec)
         repair_journal(study_path(home))  # before any driver opens it: drivers sharing it cut nothing
         os.environ[STUDY_URL_ENV] = study_url(study_path(home))  # the study is here now, wherever it was
-        os.environ[RESUMED_TRIALS_ENV] = str(restored[0])
         try:
             with ray_for_sweep(address or spec.address, spec) as received:
                 sweep_plan = plan(spec)
@@ -614,9 +609,7 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
                 with status_mod.kept(home, spec):
                     with _sweep_services(spec, sweep_plan, home, dataset), idle_workers_for_trials():
                         if not received:
-                            tuner = tune.Tuner.restore(results_mod.experiment_path(home, spec),
-                                                       trainable=trainable(spec, sweep_plan, dataset),
-                                                       resume_unfinished=True, resume_errored=False)
+                            tuner = driver_tuner(spec, sweep_plan, home, dataset)
                             with other_drivers(spec, home, received) as others:
                                 tuner.fit()
                                 failed = others.wait()
@@ -627,26 +620,31 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
                     return finish(home, spec, received, failed)
         finally:
             os.environ.pop(STUDY_URL_ENV, None)
-            os.environ.pop(RESUMED_TRIALS_ENV, None)
+            os.environ.pop(RESUMED_TRIALS_ENV, None)  # set by driver_tuner
 
 
-def fit_extension(spec: SweepSpec, sweep_plan: Plan, home: Path, dataset, driver: int) -> None:
-    """Run extension `driver` (`sweep extend`) in this process to its end: its experiment resumed when it
-    started before, else a new one. Extensions run one after another, after the sweep's first drivers."""
+def driver_tuner(spec: SweepSpec, sweep_plan: Plan, home: Path, dataset, driver: int = 0):
+    """The Tuner of driver `driver`: its experiment restored when it started before (finished trials kept,
+    unfinished ones continued from their checkpoints), else a new one. The progress line learns from
+    RESUMED_TRIALS_ENV how many trials Ray restores, so that it counts them as done and not as new."""
     from ray import tune
 
     from .progress import RESUMED_TRIALS_ENV
 
     experiment = home / results_mod.experiment_name(driver)
-    if (experiment / "tuner.pkl").is_file():
-        os.environ[RESUMED_TRIALS_ENV] = str(len(results_mod.read_experiment(experiment)))
-        tuner = tune.Tuner.restore(results_mod.experiment_path(home, spec, driver),
-                                   trainable=trainable(spec, sweep_plan, dataset),
-                                   resume_unfinished=True, resume_errored=False)
-    else:
+    if not (experiment / "tuner.pkl").is_file():
         os.environ[RESUMED_TRIALS_ENV] = "0"
-        tuner = make_tuner(spec, sweep_plan, home, dataset, driver)
-    tuner.fit()
+        return make_tuner(spec, sweep_plan, home, dataset, driver)
+    os.environ[RESUMED_TRIALS_ENV] = str(len(results_mod.read_experiment(experiment)))
+    return tune.Tuner.restore(results_mod.experiment_path(home, spec, driver),
+                              trainable=trainable(spec, sweep_plan, dataset),
+                              resume_unfinished=True, resume_errored=False)
+
+
+def fit_extension(spec: SweepSpec, sweep_plan: Plan, home: Path, dataset, driver: int) -> None:
+    """Run extension `driver` (`sweep extend`) in this process to its end: its experiment resumed when it
+    started before, else a new one. Extensions run one after another, after the sweep's first drivers."""
+    driver_tuner(spec, sweep_plan, home, dataset, driver).fit()
 
 
 EXTENDABLE = ("num_samples", "max_concurrent_trials")  # what `sweep extend --set` may change
