@@ -56,12 +56,18 @@ def parse_protocol(text: str) -> tuple[str, list[str], dict[str, str]]:
     return label, overrides, env
 
 
-class StorageWrites:
-    """Bytes this driver and every process it started (Ray's workers and trainers) wrote to storage:
-    /proc/<pid>/io write_bytes, sampled every 0.2 s, the last sample of each process summed."""
+class ProcessSampler:
+    """What the driver and every process it started (Ray's GCS, raylet, workers, trainers, other drivers) did:
+    bytes written to storage (/proc/<pid>/io write_bytes) and CPU seconds (/proc/<pid>/stat utime + stime), by
+    process, sampled every 0.2 s and the last sample of each process kept (a worker that exits keeps what it
+    had used 0.2 s before). A process is named by what it ran: a Ray worker by its actor or task, kept from
+    its last title other than IDLE, and a process that has exited by its name while it ran."""
+
+    TICK = os.sysconf("SC_CLK_TCK")
 
     def __init__(self, root_pid: int):
-        self.root, self.last, self._stop = root_pid, {}, threading.Event()
+        self.root, self.written_by, self.cpu_by, self.name_of = root_pid, {}, {}, {}
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _descendants(self) -> list[int]:
@@ -81,14 +87,37 @@ class StorageWrites:
             todo.extend(children.get(pid, []))
         return found
 
+    def _name(self, pid: int) -> str:
+        if pid == self.root:
+            return "driver"
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+        line = " ".join(argv)
+        if line.startswith("ray::"):
+            name = line[5:].split()[0].split(".")[0] if len(line) > 5 else "worker"
+            return "idle worker" if name == "IDLE" else name
+        if "sweep.drivers" in line:
+            return "other drivers"
+        for part in argv[:3]:
+            base = os.path.basename(part)
+            if base and not base.startswith("python") and not base.startswith("-"):
+                return base.removesuffix(".py")
+        return os.path.basename(argv[0]) if argv else "?"
+
     def sample(self) -> None:
         for pid in self._descendants():
             try:
                 with open(f"/proc/{pid}/io") as fh:
                     values = dict(line.split(": ") for line in fh.read().splitlines())
-                self.last[pid] = int(values["write_bytes"])
-            except (OSError, KeyError, ValueError):
+                with open(f"/proc/{pid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                name = self._name(pid)
+            except (OSError, KeyError, ValueError, IndexError):
                 continue
+            self.written_by[pid] = int(values["write_bytes"])
+            self.cpu_by[pid] = (int(fields[11]) + int(fields[12])) / self.TICK
+            if name not in ("idle worker", "?") or pid not in self.name_of:  # "?": exited, not yet reaped
+                self.name_of[pid] = name
 
     def _run(self):
         while not self._stop.wait(0.2):
@@ -96,7 +125,7 @@ class StorageWrites:
 
     def __enter__(self):
         self.sample()
-        self.start = dict(self.last)
+        self.start_written, self.start_cpu = dict(self.written_by), dict(self.cpu_by)
         self._thread.start()
         return self
 
@@ -106,7 +135,15 @@ class StorageWrites:
         self.sample()
 
     def written(self) -> int:
-        return sum(v - self.start.get(pid, 0) for pid, v in self.last.items())
+        return sum(v - self.start_written.get(pid, 0) for pid, v in self.written_by.items())
+
+    def cpu_by_name(self) -> dict[str, float]:
+        """CPU seconds spent during the run, by process name, largest first."""
+        totals: dict[str, float] = {}
+        for pid, seconds in self.cpu_by.items():
+            name = self.name_of.get(pid, "?")
+            totals[name] = totals.get(name, 0.0) + seconds - self.start_cpu.get(pid, 0.0)
+        return dict(sorted(totals.items(), key=lambda item: -item[1]))
 
 
 def sweep_raw(trials: int, gpus: int, concurrent: int, storage: str) -> dict:
@@ -147,7 +184,7 @@ def run_one(job: dict) -> dict:
         return usage.ru_utime + usage.ru_stime
 
     try:
-        with StorageWrites(os.getpid()) as writes:
+        with ProcessSampler(os.getpid()) as processes:
             tick, cpu_tick, children_tick = time.perf_counter(), time.process_time(), children_cpu()
             if profiler:
                 profiler.enable()
@@ -175,7 +212,9 @@ def run_one(job: dict) -> dict:
             "trial_epochs_per_s": epochs / wall, "sustained_per_s": sustained,
             "driver_cpu_ms_per_trial": 1000 * cpu / len(found.trials),
             "driver_cpu_ms_per_epoch": 1000 * cpu / epochs, "results_per_epoch": tune_results / epochs,
-            "mb_written_per_epoch": writes.written() / 1e6 / epochs,
+            "mb_written_per_epoch": processes.written() / 1e6 / epochs,
+            "cpu_ms_per_trial_by_process": {name: 1000 * s / len(found.trials)
+                                            for name, s in processes.cpu_by_name().items()},
             "driver_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "trainers": len(trainers), "torch_in_trainers": any(t.get("torch_imported") for t in trainers),
             "epoch_rows_complete": bool(len(found.epochs) == epochs), "statuses": statuses,
@@ -208,6 +247,12 @@ def render(rows: list[dict], command: str) -> str:
         lines.append(f"- {row['protocol']}, {row['trials']} trials, {row['gpus']} GPUs: {row['trainers']} trainers "
                      f"(torch imported in one: {row['torch_in_trainers']}), statuses {row['statuses']}, "
                      f"{row['mean_epochs']:.2f} epochs per trial, epochs.parquet complete: {row['epoch_rows_complete']}")
+    lines += ["", "CPU ms per trial, by process (all of the sweep's processes on this machine, sampled from /proc):", ""]
+    for row in rows:
+        by_process = row["cpu_ms_per_trial_by_process"]
+        lines.append(f"- {row['protocol']}, {row['trials']} trials, {row['gpus']} GPUs: total "
+                     f"{sum(by_process.values()):.0f}: " + ", ".join(f"{name} {ms:.0f}" for name, ms in by_process.items()
+                                                                  if ms >= 0.5))
     return "\n".join(lines) + "\n"
 
 

@@ -213,6 +213,9 @@ def test_scale_quick_runs_a_simulated_sweep_on_declared_gpus_and_writes_its_row(
     assert any(line.startswith("| now, 2 drivers | 40 | 2 | 2 |") for line in lines)
     assert "now, 2 drivers, 40 trials, 2 GPUs: 2 trainers" in out.read_text()
     assert out.read_text().count("epochs.parquet complete: True") == 3
+    # Each row's CPU is attributed to the processes that spent it: the driver, Tune's trials, the trainers.
+    by_process = [line for line in lines if line.startswith("- now, 40 trials, 2 GPUs: total ")]
+    assert len(by_process) == 1 and all(name in by_process[0] for name in ("driver ", "PackTrainer ", "raylet "))
 
 
 def test_sweep_throughput_counts_a_rung_results_carried_epochs_as_epoch_time(tmp_path):
