@@ -1,8 +1,8 @@
 """`sweep check`: what a sweep would do, found without running it: the resolved spec, the resource
 plan on the cluster it would use, and ASHA's expected trial-epochs.
 
-Starts no trial and writes nothing (but a new MLflow experiment, made as `sweep run` would); Ray is joined (as a driver only) when an address names a cluster,
-and not started at all otherwise.
+Starts no trial and writes nothing (a tracking server is asked, not written to); Ray is joined (as a
+driver only) when an address names a cluster, and not started at all otherwise.
 """
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def check(spec: SweepSpec, *, address: Optional[str] = None, overwrite: bool = F
 
     home = runner.sweep_home(spec)
     runner.check_writable(home)
-    tracking.check(spec)
+    tracking.check(spec, create=False)
     warnings = []
     taken = None if overwrite else runner.taken_by(spec, home)
     if taken:

@@ -7,8 +7,8 @@ mid-sweep costs a warning and the points logged while it was away, never the swe
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
-import math
 import os
 import sys
 import time
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from ray.tune.logger import LoggerCallback
-from ray.tune.result import AUTO_RESULT_KEYS, TRAINING_ITERATION
+from ray.tune.result import AUTO_RESULT_KEYS
 
 from .errors import SweepError
 from .searcher import trial_status
@@ -30,17 +30,19 @@ PROBE_TIMEOUT_S = 10.0
 NOT_METRICS = frozenset(AUTO_RESULT_KEYS) | {"epoch", "timestamp", "reported_at", "done", "should_checkpoint", CARRIED}
 STATUS_TAG = "status"  # completed | stopped | diverged | error, as in trials.parquet
 TRIAL_TAG = "tune_trial_id"  # as in the study's trial attributes and trials.parquet's trial_id
+MAX_BATCH_METRICS = 1000  # MLflow's limit per log_batch request
 RETRY_AFTER_S = 60.0  # after a failed call, the calls skipped before the server is tried again
 
 
 # ---- before the sweep --------------------------------------------------------------------------
 
-def check(spec: SweepSpec) -> None:
+def check(spec: SweepSpec, create: bool = True) -> None:
     """Refuse, with one line, a sweep whose tracking cannot work: the package missing, the server not
-    answering, the experiment deleted, no W&B login for online mode. Makes the MLflow experiment if new."""
+    answering, the experiment deleted, no W&B login for online mode. Makes the MLflow experiment if new
+    and `create` (`sweep check` writes nothing)."""
     if spec.tracking.mlflow is not None:
         client = _mlflow_client(spec)
-        experiment_id(client, mlflow_experiment(spec), spec.tracking.mlflow.uri)
+        experiment_id(client, mlflow_experiment(spec), spec.tracking.mlflow.uri, create)
     if spec.tracking.wandb is not None:
         _check_wandb(spec)
 
@@ -82,12 +84,15 @@ def _mlflow_client(spec: SweepSpec):
     return MlflowClient(tracking_uri=uri)
 
 
-def experiment_id(client, name: str, uri: str) -> str:
-    """The id of MLflow experiment `name`, made if new; drivers that make it at once all get the same one."""
+def experiment_id(client, name: str, uri: str, create: bool = True) -> Optional[str]:
+    """The id of MLflow experiment `name`, made if new (None if not `create`); drivers that make it at once
+    all get the same one."""
     from mlflow.exceptions import MlflowException
 
     try:
         found = client.get_experiment_by_name(name)
+        if found is None and not create:
+            return None
         if found is None:
             try:
                 return client.create_experiment(name)
@@ -235,7 +240,8 @@ class MlflowRuns(LoggerCallback):
         now = int(time.time() * 1000)
         points = [Metric(key, value, int(row["timestamp"] * 1000) if "timestamp" in row else now, int(row["epoch"]))
                   for row in rows if "epoch" in row for key, value in metrics(row).items()]
-        self._call("log metrics", self._client.log_batch, run_id, metrics=points)
+        for start in range(0, len(points), MAX_BATCH_METRICS):
+            self._call("log metrics", self._client.log_batch, run_id, metrics=points[start:start + MAX_BATCH_METRICS])
 
     def log_trial_end(self, trial, failed: bool = False):
         run_id = self._run_of(trial)
@@ -250,45 +256,96 @@ class MlflowRuns(LoggerCallback):
         self._client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
 
-def wandb_runs(spec: SweepSpec, home: Path):
-    """Ray's WandbLoggerCallback, a run per trial logged from an actor of its own (W&B wants a process per
-    run), with each epoch as a step and the trial's status and complete settings in the run's config.
+class WandbRuns(LoggerCallback):
+    """One W&B run per trial, through wandb's client on a thread of the Tune driver (W&B runs several runs
+    from one process, and its calls wait on its service: the thread keeps them off Tune's loop).
 
-    The subclass is made here, not at import: Ray's integration imports wandb (about a second), which
-    only a sweep that logs to W&B should pay for."""
-    from ray.air.integrations.wandb import WandbLoggerCallback
+    Not Ray's WandbLoggerCallback: that one logs each run from two Ray actors started for the trial on the
+    driver's node, two processes per trial that each import Ray and wandb (BENCHMARKS.md, tracking), and it
+    steps by Tune's results, not by epochs. Here each epoch is a step, and the trial's status is in the
+    run's config and summary. The run's id is the trial's.
+    """
 
-    class WandbRuns(WandbLoggerCallback):
-        AUTO_CONFIG_KEYS = [*WandbLoggerCallback.AUTO_CONFIG_KEYS, STATUS_TAG]
+    FINISH_TIMEOUT_S = 120.0  # at the sweep's end, how long the runs may take to be written out
 
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self._newest: dict[str, dict] = {}  # trial id -> its newest epoch row
+    def __init__(self, spec: SweepSpec, folder: Path):
+        self.spec, self.folder = spec, str(folder)
+        self._reset()
 
-        def setup(self, *args, **kwargs):
-            if self.kwargs.get("mode") == "offline":  # Ray's setup wants an API key even for offline runs
-                return
-            super().setup(*args, **kwargs)
+    def _reset(self):
+        self._queue, self._thread = None, None
+        self._newest: dict[str, dict] = {}  # trial id -> its newest epoch row
+        self._failures = 0
 
-        def log_trial_result(self, iteration, trial, result):
-            rows = epoch_rows(result)
-            self._newest[trial.trial_id] = rows[-1]
-            config = trial_params(spec, trial.config)
-            # Ray steps by training_iteration, which counts results, not epochs: step each row by its epoch.
-            for row in rows:
-                super().log_trial_result(iteration, trial, {**rows[-1], **row, "config": config,
-                                                            TRAINING_ITERATION: row["epoch"]})
+    def __getstate__(self):  # Ray pickles callbacks with the tuner: keep only the settings
+        return {"spec": self.spec, "folder": self.folder}
 
-        def log_trial_end(self, trial, failed: bool = False):
-            last = self._newest.pop(trial.trial_id, None)
-            status = trial_status(last or trial.last_result, failed, spec.epochs)
-            # A config key (AUTO_CONFIG_KEYS) at the last step: W&B merges it into that step's row.
-            super().log_trial_result(0, trial, {STATUS_TAG: status, TRAINING_ITERATION: (last or {}).get("epoch", 0)})
-            super().log_trial_end(trial, failed)
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._reset()
 
-    settings = spec.tracking.wandb
-    folder = Path(settings.dir or home).absolute()
+    def setup(self, *args, **kwargs):
+        import queue
+        import threading
+
+        self._queue = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="wandb-runs", daemon=True)
+        self._thread.start()
+
+    def log_trial_start(self, trial):
+        self._queue.put(("start", trial.trial_id, (str(trial), trial_params(self.spec, trial.config))))
+
+    def log_trial_result(self, iteration, trial, result):
+        rows = epoch_rows(result)
+        self._newest[trial.trial_id] = rows[-1]
+        points = [(int(row["epoch"]), metrics(row)) for row in rows if "epoch" in row]
+        self._queue.put(("log", trial.trial_id, (str(trial), trial_params(self.spec, trial.config), points)))
+
+    def log_trial_end(self, trial, failed: bool = False):
+        status = trial_status(self._newest.pop(trial.trial_id, None) or trial.last_result, failed, self.spec.epochs)
+        self._queue.put(("end", trial.trial_id, (str(trial), trial_params(self.spec, trial.config), status, failed)))
+
+    def on_experiment_end(self, trials, **info):
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(self.FINISH_TIMEOUT_S)
+
+    def _work(self) -> None:
+        import wandb
+
+        settings, runs = self.spec.tracking.wandb, {}
+
+        def run_of(trial_id: str, name: str, params: dict):
+            if trial_id not in runs:
+                runs[trial_id] = wandb.init(
+                    project=settings.project or self.spec.name, entity=settings.entity, mode=settings.mode,
+                    dir=self.folder, id=trial_id, name=name, group=self.spec.name, config=params,
+                    reinit="create_new", resume="allow", settings=wandb.Settings(console="off", silent=True))
+            return runs[trial_id]
+
+        while (item := self._queue.get()) is not None:
+            what, trial_id, payload = item
+            try:
+                run = run_of(trial_id, *payload[:2])
+                if what == "log":
+                    for epoch, values in payload[2]:
+                        run.log(values, step=epoch)
+                elif what == "end":
+                    status, failed = payload[2:]
+                    run.config.update({STATUS_TAG: status}, allow_val_change=True)
+                    run.summary[STATUS_TAG] = status
+                    runs.pop(trial_id).finish(exit_code=1 if failed else 0)
+            except Exception as exc:
+                self._failures += 1
+                if self._failures == 1:
+                    print(f"warning: W&B failed to {what} the run of trial {trial_id} ({_first_line(exc)}); the "
+                          "sweep goes on, and its tables keep every epoch", file=sys.stderr, flush=True)
+        for run in runs.values():  # trials the sweep left unfinished (a stop): `sweep resume` goes on with them
+            with contextlib.suppress(Exception):
+                run.finish()
+
+
+def wandb_runs(spec: SweepSpec, home: Path) -> WandbRuns:
+    folder = Path(spec.tracking.wandb.dir or home).absolute()
     folder.mkdir(parents=True, exist_ok=True)
-    return WandbRuns(project=settings.project or spec.name, group=spec.name, entity=settings.entity,
-                     mode=settings.mode, dir=str(folder), excludes=["timestamp", "reported_at"],
-                     settings={"console": "off", "silent": True})
+    return WandbRuns(spec, folder)
