@@ -1,8 +1,8 @@
 """`sweep check`: what a sweep would do, found without running it: the resolved spec, the resource
 plan on the cluster it would use, and ASHA's expected trial-epochs.
 
-Starts no trial and writes nothing; Ray is joined (as a driver only) when an address names a cluster,
-and not started at all otherwise.
+Starts no trial and writes nothing (a tracking server is asked, not written to); Ray is joined (as a
+driver only) when an address names a cluster, and not started at all otherwise.
 """
 from __future__ import annotations
 
@@ -112,10 +112,11 @@ class Report:
 def check(spec: SweepSpec, *, address: Optional[str] = None, overwrite: bool = False) -> Report:
     """Every check `sweep run` makes before it writes, with a name already taken as a warning (a check
     changes nothing, so it cannot be refused for it), then the plan and the estimate."""
-    from . import runner
+    from . import runner, tracking
 
     home = runner.sweep_home(spec)
     runner.check_writable(home)
+    tracking.check(spec, create=False)
     warnings = []
     taken = None if overwrite else runner.taken_by(spec, home)
     if taken:

@@ -28,6 +28,7 @@ from aemodels import DataError, load_dataset
 from . import results as results_mod
 from . import status as status_mod
 from . import storage
+from . import tracking
 from .errors import Interrupted, SweepError
 from .results import EXPERIMENT_DIR, SPEC_FILE, Results
 from .drivers import other_drivers
@@ -328,6 +329,7 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset, driver: int = 0
     from .searcher import StudySearch
     from .space import SearchSpace
     from .tblogs import TensorBoardLogs
+    from .tracking import callbacks as tracking_callbacks
 
     if driver < spec.drivers:
         num_samples = share(spec.base_samples, spec.drivers, driver)
@@ -356,7 +358,7 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset, driver: int = 0
                                     max_concurrent_trials=concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
             name=results_mod.experiment_name(driver), storage_path=remote or str(home), verbose=0,
-            callbacks=[progress, TensorBoardLogs()],
+            callbacks=[progress, TensorBoardLogs(), *tracking_callbacks(spec, home)],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
         ),
@@ -385,6 +387,7 @@ def run(spec: SweepSpec, *, overwrite: bool = False, address: Optional[str] = No
         argv: Optional[list[str]] = None) -> Results:
     """Run a new sweep to the end and write its tables."""
     home, dataset = prepare(spec, overwrite)
+    tracking.check(spec)
     warm = None
     if spec.warm_start is not None:  # read and checked before anything is written
         from .warmstart import warm_trials
@@ -590,6 +593,7 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
     home = results_mod.find_home(name_or_dir)
     spec = results_mod.read_spec(home)
     check_writable(home)
+    tracking.check(spec)
     with claim(home, f"wait for it to end, or `sweep stop {home.name}` ends it cleanly"):
         results_mod.sync_down(home, spec)
         check_resumable(home)
@@ -678,6 +682,7 @@ def extend(name_or_dir: str, overrides: tuple[str, ...], *, address: Optional[st
     spec = results_mod.read_spec(home)
     new = extended_spec(spec, tuple(overrides))
     check_writable(home)
+    tracking.check(new)
     with claim(home, f"wait for it to end, or `sweep stop {home.name}` ends it cleanly"):
         results_mod.sync_down(home, spec)
         check_consistent(home, spec)

@@ -119,6 +119,39 @@ class SimulateSpec:
 
 
 @dataclass(frozen=True)
+class MlflowSpec:
+    """An MLflow tracking server (or store) that gets one run per trial (sweep/tracking.py)."""
+
+    uri: str = ""  # http(s)://host:port of `mlflow server`, or a local store: a folder, sqlite:///file.db
+    experiment: Optional[str] = None  # None: the sweep's name
+
+
+@dataclass(frozen=True)
+class WandbSpec:
+    """A Weights & Biases project that gets one run per trial (sweep/tracking.py)."""
+
+    project: Optional[str] = None  # None: the sweep's name
+    mode: str = "online"  # online: to the W&B server; offline: run files only, for `wandb sync` later
+    entity: Optional[str] = None  # the W&B user or team; None: the API key's default
+    dir: Optional[str] = None  # where wandb/ with the run files goes; None: the sweep's folder
+
+
+WANDB_MODES = ("online", "offline")
+
+
+@dataclass(frozen=True)
+class TrackingSpec:
+    """Where else every trial is logged (parameters, per-epoch metrics, final status): none by default."""
+
+    mlflow: Optional[MlflowSpec] = None
+    wandb: Optional[WandbSpec] = None
+
+    def to_dict(self) -> dict:
+        return {name: dataclasses.asdict(value) for name, value in (("mlflow", self.mlflow), ("wandb", self.wandb))
+                if value is not None}
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     name: str
     space: dict[str, Param]
@@ -143,6 +176,7 @@ class SweepSpec:
     # what is left (`base_samples`).
     extensions: tuple[int, ...] = ()
     warm_start: Optional[str] = None  # a finished sweep (name or folder) whose fitting trials seed this study
+    tracking: TrackingSpec = TrackingSpec()  # tracking servers that log every trial besides the tables
 
     @property
     def base_samples(self) -> int:
@@ -203,6 +237,7 @@ class SweepSpec:
             "points": [dict(p) for p in self.points],
             "simulate": None if self.simulate is None else dataclasses.asdict(self.simulate),
             "extensions": list(self.extensions), "warm_start": self.warm_start,
+            "tracking": self.tracking.to_dict(),
         }
 
 
@@ -382,7 +417,7 @@ def apply_override(raw: dict, item: str) -> None:
 
 TOP_KEYS = ("name", "description", "dataset", "data_dir", "train", "space", "searcher", "scheduler", "num_samples",
             "resources", "max_concurrent_trials", "max_failures", "drivers", "storage_path", "address", "dashboard",
-            "points", "simulate", "extensions", "warm_start")
+            "points", "simulate", "extensions", "warm_start", "tracking")
 
 
 def parse(raw: dict, source: str = "sweep") -> SweepSpec:
@@ -490,7 +525,8 @@ def parse(raw: dict, source: str = "sweep") -> SweepSpec:
     warm_start = raw.get("warm_start")
     if warm_start is not None:
         warm_start = check.string(warm_start, "warm_start")
-    return SweepSpec(extensions=extensions, warm_start=warm_start, points=points, simulate=simulate, name=name, space=space, train=train, dataset=dataset, data_dir=data_dir, num_samples=num_samples,
+    tracking = _parse_tracking(raw.get("tracking") or {}, check)
+    return SweepSpec(tracking=tracking, extensions=extensions, warm_start=warm_start, points=points, simulate=simulate, name=name, space=space, train=train, dataset=dataset, data_dir=data_dir, num_samples=num_samples,
                      searcher=searcher, scheduler=scheduler, resources=resources, max_concurrent_trials=max_concurrent,
                      max_failures=max_failures, drivers=drivers, storage_path=storage_path, address=address,
                      dashboard=dashboard, description=str(description))
@@ -508,6 +544,28 @@ def _parse_space(raw: dict, check: "_Check") -> dict[str, Param]:
             raise SpecError(f"{check.source}: space.{name} is only used by the {variant} variant, which the space "
                             f"never samples (variant: {', '.join(variants)}); remove it or add {variant}")
     return space
+
+
+def _parse_tracking(raw, check: "_Check") -> TrackingSpec:
+    check.section(raw, "tracking", TrackingSpec)
+    mlflow = raw.get("mlflow")
+    if mlflow is not None:
+        mlflow = MlflowSpec(**check.section(mlflow, "tracking.mlflow", MlflowSpec))
+        if "uri" not in raw["mlflow"]:
+            raise SpecError(f"{check.source}: tracking.mlflow needs a uri, e.g. {{uri: http://127.0.0.1:5000}} "
+                            "(the address of `mlflow server`)")
+        check.string(mlflow.uri, "tracking.mlflow.uri")
+        if mlflow.experiment is not None:
+            check.string(mlflow.experiment, "tracking.mlflow.experiment")
+    wandb = raw.get("wandb")
+    if wandb is not None:
+        wandb = WandbSpec(**check.section(wandb, "tracking.wandb", WandbSpec))
+        for key in ("project", "entity", "dir"):
+            if getattr(wandb, key) is not None:
+                check.string(getattr(wandb, key), f"tracking.wandb.{key}")
+        if wandb.mode not in WANDB_MODES:
+            raise SpecError(f"{check.source}: {unknown_name('tracking.wandb.mode', wandb.mode, WANDB_MODES)}")
+    return TrackingSpec(mlflow=mlflow, wandb=wandb)
 
 
 def _parse_points(raw, space: dict[str, Param], check: "_Check") -> tuple:
@@ -623,7 +681,8 @@ def _section_keys() -> dict[str, tuple]:
     return {"": TOP_KEYS, "train.": FIXED_TRAIN_KEYS, "space.": SEARCHED,
             **{f"{name}.": tuple(f.name for f in dataclasses.fields(cls))
                for name, cls in (("searcher", SearcherSpec), ("scheduler", SchedulerSpec), ("resources", ResourceSpec),
-                                    ("simulate", SimulateSpec))}}
+                                    ("simulate", SimulateSpec), ("tracking", TrackingSpec),
+                                    ("tracking.mlflow", MlflowSpec), ("tracking.wandb", WandbSpec))}}
 
 
 @dataclass
