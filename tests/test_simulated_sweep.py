@@ -43,8 +43,8 @@ def complete(found, trials: int):
 
 def test_packed_sweep_runs_one_trainer_per_declared_gpu_without_cuda(cluster, tmp_path):
     # Members share a pack only when their trials overlap: at 0 s an epoch, a trial that ASHA stops at its
-    # first rung can end before the driver has started the next one.
-    spec = simulated(tmp_path, 12, "max_concurrent_trials=6", "resources.pack_size=3", "simulate.seconds_per_epoch=0.2")
+    # first rung can end before the driver has started the next one, the more so on a loaded machine.
+    spec = simulated(tmp_path, 12, "max_concurrent_trials=6", "resources.pack_size=3", "simulate.seconds_per_epoch=0.5")
     plan = runner.plan(spec)
     assert (plan.execution, plan.trainers, plan.max_concurrent) == ("packed", DECLARED_GPUS, 6)
     found = runner.run(spec, argv=["test"])
