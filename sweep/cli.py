@@ -204,7 +204,12 @@ def _run(args) -> int:
     local_ray_on_loopback(args.address or sweep.address)
     from . import runner
 
-    runner.run(sweep, overwrite=args.overwrite, address=args.address, argv=["sweep", *sys.argv[1:]])
+    found = runner.run(sweep, overwrite=args.overwrite, address=args.address, argv=["sweep", *sys.argv[1:]])
+    if sweep.confirm is not None:  # the sweep file's `confirm:` block: `sweep confirm` as the last step
+        from .confirm import Request, confirm
+
+        confirm(str(found.home), Request(sweep.confirm.top, sweep.confirm.seeds, sweep.confirm.epochs),
+                address=args.address)
     return 0
 
 

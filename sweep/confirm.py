@@ -168,6 +168,7 @@ def read_runs(home: Path, epochs: int) -> list[dict]:
             rows.sort(key=lambda r: r["epoch"])
             last = rows[-1] if rows else None
             error = _error_line(folder, None)
+            reported = results_mod._result_rows(folder)  # Tune's own rows: the trial's time_total_s
             ended = last is not None and (last.get("status") == "diverged" or last["epoch"] >= config.get("epochs", epochs))
             status = trial_status(last, False, config.get("epochs", epochs)) if ended else \
                 ("error" if error else "unfinished")
@@ -177,7 +178,7 @@ def read_runs(home: Path, epochs: int) -> list[dict]:
                 "epochs": last["epoch"] if last else 0,
                 "final_val_loss": float(last["val_loss"]) if last and last.get("val_loss") is not None else math.nan,
                 "best_val_loss": min(losses) if losses else math.nan,
-                "wall_s": float(last.get("time_total_s", math.nan)) if last else math.nan,
+                "wall_s": float(reported[-1].get("time_total_s", math.nan)) if reported else math.nan,
                 "execution": (last or {}).get("execution"), "device": (last or {}).get("device"),
                 "mtime": params.stat().st_mtime,
             })

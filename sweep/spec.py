@@ -119,6 +119,16 @@ class SimulateSpec:
 
 
 @dataclass(frozen=True)
+class ConfirmSpec:
+    """`confirm:` runs `sweep confirm` as the last step of `sweep run`: the top `top` configurations, `seeds`
+    seeds each, for `epochs` epochs (None: the sweep's)."""
+
+    top: int = 5
+    seeds: int = 5
+    epochs: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     name: str
     space: dict[str, Param]
@@ -143,6 +153,7 @@ class SweepSpec:
     # what is left (`base_samples`).
     extensions: tuple[int, ...] = ()
     warm_start: Optional[str] = None  # a finished sweep (name or folder) whose fitting trials seed this study
+    confirm: Optional[ConfirmSpec] = None  # `sweep confirm` after the sweep; None: not run
 
     @property
     def base_samples(self) -> int:
@@ -203,6 +214,7 @@ class SweepSpec:
             "points": [dict(p) for p in self.points],
             "simulate": None if self.simulate is None else dataclasses.asdict(self.simulate),
             "extensions": list(self.extensions), "warm_start": self.warm_start,
+            "confirm": None if self.confirm is None else dataclasses.asdict(self.confirm),
         }
 
 
@@ -382,7 +394,7 @@ def apply_override(raw: dict, item: str) -> None:
 
 TOP_KEYS = ("name", "description", "dataset", "data_dir", "train", "space", "searcher", "scheduler", "num_samples",
             "resources", "max_concurrent_trials", "max_failures", "drivers", "storage_path", "address", "dashboard",
-            "points", "simulate", "extensions", "warm_start")
+            "points", "simulate", "extensions", "warm_start", "confirm")
 
 
 def parse(raw: dict, source: str = "sweep") -> SweepSpec:
@@ -490,7 +502,17 @@ def parse(raw: dict, source: str = "sweep") -> SweepSpec:
     warm_start = raw.get("warm_start")
     if warm_start is not None:
         warm_start = check.string(warm_start, "warm_start")
-    return SweepSpec(extensions=extensions, warm_start=warm_start, points=points, simulate=simulate, name=name, space=space, train=train, dataset=dataset, data_dir=data_dir, num_samples=num_samples,
+    confirm = raw.get("confirm")
+    if confirm is not None:
+        confirm = ConfirmSpec(**check.section(confirm, "confirm", ConfirmSpec))
+        check.integer(confirm.top, "confirm.top", low=1)
+        check.integer(confirm.seeds, "confirm.seeds", low=1)
+        if confirm.epochs is not None:
+            check.integer(confirm.epochs, "confirm.epochs", low=1)
+        if confirm.top > num_samples:
+            raise SpecError(f"{source}: confirm.top={confirm.top} exceeds num_samples={num_samples}; confirm at most "
+                            "as many configurations as the sweep tries")
+    return SweepSpec(confirm=confirm, extensions=extensions, warm_start=warm_start, points=points, simulate=simulate, name=name, space=space, train=train, dataset=dataset, data_dir=data_dir, num_samples=num_samples,
                      searcher=searcher, scheduler=scheduler, resources=resources, max_concurrent_trials=max_concurrent,
                      max_failures=max_failures, drivers=drivers, storage_path=storage_path, address=address,
                      dashboard=dashboard, description=str(description))
@@ -623,7 +645,7 @@ def _section_keys() -> dict[str, tuple]:
     return {"": TOP_KEYS, "train.": FIXED_TRAIN_KEYS, "space.": SEARCHED,
             **{f"{name}.": tuple(f.name for f in dataclasses.fields(cls))
                for name, cls in (("searcher", SearcherSpec), ("scheduler", SchedulerSpec), ("resources", ResourceSpec),
-                                    ("simulate", SimulateSpec))}}
+                                    ("simulate", SimulateSpec), ("confirm", ConfirmSpec))}}
 
 
 @dataclass
