@@ -127,6 +127,8 @@ def _parser() -> argparse.ArgumentParser:
     confirm.add_argument("--top", type=_count, default=5, metavar="K", help="configurations to confirm (default 5)")
     confirm.add_argument("--seeds", type=_count, default=5, metavar="S", help="seeds per configuration (default 5)")
     confirm.add_argument("--epochs", type=_count, metavar="E", help="epochs per run (default: the sweep's)")
+    confirm.add_argument("--execution", choices=("auto", "trial", "packed"),
+                         help="how the runs train (default: as the sweep's own plan: packed where it packs)")
     confirm.add_argument("--address", help="join the Ray cluster at this address")
 
     retrain = commands.add_parser("retrain", help="train the best config again and save the model",
@@ -349,7 +351,7 @@ def _confirm(args) -> int:
     local_ray_on_loopback(args.address or _stored_address(args.sweep))
     from .confirm import Request, confirm
 
-    confirm(args.sweep, Request(args.top, args.seeds, args.epochs), address=args.address)
+    confirm(args.sweep, Request(args.top, args.seeds, args.epochs, args.execution), address=args.address)
     return 0
 
 

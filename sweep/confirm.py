@@ -46,6 +46,7 @@ class Request:
     top: int = DEFAULT_TOP
     seeds: int = DEFAULT_SEEDS
     epochs: Optional[int] = None  # None: the sweep's full epochs
+    execution: Optional[str] = None  # trial | packed; None: as the sweep's plan decides (packed where it packs)
 
 
 def check_request(request: Request) -> None:
@@ -56,6 +57,8 @@ def check_request(request: Request) -> None:
     if request.epochs is not None and (isinstance(request.epochs, bool) or not isinstance(request.epochs, int)
                                        or request.epochs < 1):
         raise SweepError(f"confirm epochs must be a whole number >= 1, got {request.epochs!r}")
+    if request.execution not in (None, "auto", "trial", "packed"):
+        raise SweepError(f"confirm execution must be auto, trial or packed, got {request.execution!r}")
 
 
 def candidates(found: Results, top: int) -> pd.DataFrame:
@@ -335,12 +338,12 @@ def confirm(name_or_dir: str, request: Request = Request(), *, address: Optional
         if left or unfinished is not None:
             with ray_for_sweep(address or spec.address, spec) as received:
                 if unfinished is not None and not received:
-                    _fit(spec, home, unfinished, None, records)
+                    _fit(spec, home, unfinished, None, records, None)
                     records = read_runs(home, epochs)
                     left = [c for c in wanted if run_key(c) not in finished_runs(records)]
                 if left and not received:
                     run = confirm_home(home) / f"run-{len(run_dirs(home))}"
-                    _fit(spec, home, run, left, records)
+                    _fit(spec, home, run, left, records, request.execution)
         return _finish(found, chosen, seeds, epochs, received, say)
 
 
@@ -350,15 +353,17 @@ def _unfinished_run(home: Path, records: list[dict]) -> Optional[Path]:
     if not runs or not (runs[-1] / "tuner.pkl").is_file():
         return None
     try:
-        asked = json.loads((runs[-1] / REQUEST_FILE).read_text())
-    except (OSError, ValueError):
+        asked = json.loads((runs[-1] / REQUEST_FILE).read_text())["configs"]
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     done = finished_runs(records)
     return runs[-1] if any(run_key(c) not in done for c in asked) else None
 
 
-def _fit(spec, home: Path, run: Path, configs: Optional[list[dict]], records: list[dict]) -> None:
-    """Train `configs` as a new Tune experiment at `run`, or (None) restore the unfinished one there."""
+def _fit(spec, home: Path, run: Path, configs: Optional[list[dict]], records: list[dict],
+         execution: Optional[str]) -> None:
+    """Train `configs` as a new Tune experiment at `run` (`execution`: None, as the sweep), or (None) restore
+    the unfinished one there, with the execution it started with."""
     from ray import tune
 
     from .progress import RESUMED_TRIALS_ENV, Progress
@@ -366,11 +371,21 @@ def _fit(spec, home: Path, run: Path, configs: Optional[list[dict]], records: li
 
     from aemodels import load_dataset
 
-    asked = configs if configs is not None else json.loads((run / REQUEST_FILE).read_text())
+    if configs is None:
+        request = json.loads((run / REQUEST_FILE).read_text())
+        asked, execution = request["configs"], request["execution"]
+    else:
+        asked = configs
     epochs = max(c["epochs"] for c in asked)
     # The sweep's spec with this run's size and epochs: the plan, the trainable and its reporting follow it.
     cspec = dataclasses.replace(spec, num_samples=len(asked), train={**spec.train, "epochs": epochs})
+    if execution:
+        cspec = dataclasses.replace(cspec, resources=dataclasses.replace(spec.resources, execution=execution))
     run_plan = plan(cspec)
+    how = (f"{run_plan.trainers} trainer(s), up to {run_plan.pack_size} runs each" if run_plan.execution == "packed"
+           else f"{run_plan.max_concurrent} at a time")
+    print(f"{'resuming ' if configs is None else ''}{run}: {len(asked)} runs, {run_plan.execution} execution ({how})",
+          flush=True)
     dataset = None if spec.simulate is not None else load_dataset(spec.dataset, spec.data_dir)
     remote = results_mod.remote_home(spec)
     storage_path = storage.join(remote, CONFIRM_DIR) if remote else str(confirm_home(home))
@@ -391,7 +406,8 @@ def _fit(spec, home: Path, run: Path, configs: Optional[list[dict]], records: li
             else:
                 os.environ[RESUMED_TRIALS_ENV] = "0"
                 run.mkdir(parents=True, exist_ok=True)
-                _atomic(run / REQUEST_FILE, lambda path: Path(path).write_text(json.dumps(configs)))
+                text = json.dumps({"configs": configs, "execution": run_plan.execution})
+                _atomic(run / REQUEST_FILE, lambda path: Path(path).write_text(text))
                 tuner = tune.Tuner(
                     trainable(cspec, run_plan, dataset),
                     tune_config=tune.TuneConfig(search_alg=_searcher_class()(configs), num_samples=len(configs),
