@@ -207,19 +207,25 @@ def _run(args) -> int:
     from . import runner
 
     found = runner.run(sweep, overwrite=args.overwrite, address=args.address, argv=["sweep", *sys.argv[1:]])
-    if sweep.confirm is not None:  # the sweep file's `confirm:` block: `sweep confirm` as the last step
+    _confirm_block(found, args.address)
+    return 0
+
+
+def _confirm_block(found, address) -> None:
+    """The sweep file's `confirm:` block: `sweep confirm` as the last step of a sweep that has finished."""
+    block = found.spec.confirm
+    if block is not None:
         from .confirm import Request, confirm
 
-        confirm(str(found.home), Request(sweep.confirm.top, sweep.confirm.seeds, sweep.confirm.epochs),
-                address=args.address)
-    return 0
+        confirm(str(found.home), Request(block.top, block.seeds, block.epochs), address=address)
 
 
 def _resume(args) -> int:
     local_ray_on_loopback(args.address or _stored_address(args.sweep))
     from . import runner
 
-    runner.resume(args.sweep, address=args.address)
+    found = runner.resume(args.sweep, address=args.address)
+    _confirm_block(found, args.address)
     return 0
 
 
