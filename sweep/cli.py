@@ -124,7 +124,8 @@ def _parser() -> argparse.ArgumentParser:
                                               "search's own. best_config.yaml then names the best mean. Run it again "
                                               "after an interruption: finished runs are kept.")
     confirm.add_argument("sweep", help="the sweep's name or folder")
-    confirm.add_argument("--top", type=_count, default=5, metavar="K", help="configurations to confirm (default 5)")
+    confirm.add_argument("--top", type=_count, metavar="K",
+                         help="configurations to confirm (default 5, or every completed trial if fewer)")
     confirm.add_argument("--seeds", type=_count, default=5, metavar="S", help="seeds per configuration (default 5)")
     confirm.add_argument("--epochs", type=_count, metavar="E", help="epochs per run (default: the sweep's)")
     confirm.add_argument("--execution", choices=("auto", "trial", "packed"),

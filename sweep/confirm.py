@@ -43,7 +43,7 @@ SUMMARY_COLUMNS = ["rank", "trial_id", *SEARCHED, "seeds", "diverged", "mean_val
 class Request:
     """The top `top` configurations of a sweep, each with `seeds` seeds, for `epochs` epochs."""
 
-    top: int = DEFAULT_TOP
+    top: Optional[int] = None  # None: DEFAULT_TOP, or every completed trial when the sweep has fewer
     seeds: int = DEFAULT_SEEDS
     epochs: Optional[int] = None  # None: the sweep's full epochs
     execution: Optional[str] = None  # trial | packed; None: as the sweep's plan decides (packed where it packs)
@@ -52,6 +52,8 @@ class Request:
 def check_request(request: Request) -> None:
     for name in ("top", "seeds"):
         value = getattr(request, name)
+        if name == "top" and value is None:
+            continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise SweepError(f"confirm {name} must be a whole number >= 1, got {value!r}")
     if request.epochs is not None and (isinstance(request.epochs, bool) or not isinstance(request.epochs, int)
@@ -61,12 +63,15 @@ def check_request(request: Request) -> None:
         raise SweepError(f"confirm execution must be auto, trial or packed, got {request.execution!r}")
 
 
-def candidates(found: Results, top: int) -> pd.DataFrame:
-    """The search's top `top` completed trials, best first, with their rank (1: the search's best).
+def candidates(found: Results, top: Optional[int]) -> pd.DataFrame:
+    """The search's top `top` completed trials (None: DEFAULT_TOP or as many as there are), best first, with
+    their rank (1: the search's best).
 
     Completed trials only: a trial ASHA stopped has a val_loss from an earlier epoch, not comparable."""
     ranked = results_mod._ranked(found.trials)
     ranked = ranked[ranked["status"] == "completed"].reset_index(drop=True)
+    if top is None:
+        top = max(1, min(DEFAULT_TOP, len(ranked)))
     if top > len(ranked):
         raise SweepError(f"--top {top} but sweep {found.spec.name} has {len(ranked)} completed trial(s) to confirm; "
                          f"use --top {max(1, len(ranked))} or fewer" if len(ranked) else
@@ -323,6 +328,7 @@ def confirm(name_or_dir: str, request: Request = Request(), *, address: Optional
     epochs = request.epochs or spec.epochs
     chosen = candidates(found, request.top)
     seeds = seeds_for(spec, request.seeds)
+    request = dataclasses.replace(request, top=len(chosen))
     wanted = [run_config(row, seed, epochs) for _, row in chosen.iterrows() for seed in seeds]
     check_writable(home)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))

@@ -123,7 +123,7 @@ class ConfirmSpec:
     """`confirm:` runs `sweep confirm` as the last step of `sweep run`: the top `top` configurations, `seeds`
     seeds each, for `epochs` epochs (None: the sweep's)."""
 
-    top: int = 5
+    top: Optional[int] = None  # None: 5, or every completed trial if fewer
     seeds: int = 5
     epochs: Optional[int] = None
 
@@ -505,11 +505,12 @@ def parse(raw: dict, source: str = "sweep") -> SweepSpec:
     confirm = raw.get("confirm")
     if confirm is not None:
         confirm = ConfirmSpec(**check.section(confirm, "confirm", ConfirmSpec))
-        check.integer(confirm.top, "confirm.top", low=1)
+        if confirm.top is not None:
+            check.integer(confirm.top, "confirm.top", low=1)
         check.integer(confirm.seeds, "confirm.seeds", low=1)
         if confirm.epochs is not None:
             check.integer(confirm.epochs, "confirm.epochs", low=1)
-        if confirm.top > num_samples:
+        if confirm.top is not None and confirm.top > num_samples:
             raise SpecError(f"{source}: confirm.top={confirm.top} exceeds num_samples={num_samples}; confirm at most "
                             "as many configurations as the sweep tries")
     return SweepSpec(confirm=confirm, extensions=extensions, warm_start=warm_start, points=points, simulate=simulate, name=name, space=space, train=train, dataset=dataset, data_dir=data_dir, num_samples=num_samples,

@@ -21,7 +21,7 @@ from aemodels import TrainConfig
 from aemodels.pack import TrainState, epoch_order, generator
 from sweep import load_results
 from sweep.cli import main
-from sweep.confirm import interval, read_runs, seeds_for, summarise
+from sweep.confirm import candidates, interval, read_runs, seeds_for, summarise
 from sweep.report import confirm_figure
 from sweep.spec import SpecError, load
 
@@ -173,6 +173,7 @@ def test_confirm_trains_the_top_configurations_with_each_seed(capsys, confirmed,
     assert code == 0 and "4 of 4 runs done, 0 to train" in printed
     assert [p.name for p in (home / "confirm").glob("run-*")] == ["run-0"]
     assert "has 3 completed trial(s)" in one_line_error(capsys, "confirm", "small", "--top", "4")
+    assert len(candidates(found, None)) == 3  # without --top: 5, or every completed trial when fewer
     status = (home / "status.json").read_text()
     try:
         (home / "status.json").write_text(json.dumps({**json.loads(status), "state": "stopped"}))
