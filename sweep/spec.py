@@ -646,7 +646,7 @@ def _section_keys() -> dict[str, tuple]:
     return {"": TOP_KEYS, "train.": FIXED_TRAIN_KEYS, "space.": SEARCHED,
             **{f"{name}.": tuple(f.name for f in dataclasses.fields(cls))
                for name, cls in (("searcher", SearcherSpec), ("scheduler", SchedulerSpec), ("resources", ResourceSpec),
-                                    ("simulate", SimulateSpec), ("confirm", ConfirmSpec))}}
+                                    ("simulate", SimulateSpec))}}
 
 
 @dataclass
