@@ -111,27 +111,41 @@ def _searcher_class():
         def __init__(self, configs: list[dict]):
             super().__init__(metric="val_loss", mode="min")
             self.configs, self.given = list(configs), 0
+            self.live: set[str] = set()
+            self.max_concurrent = 0
+
+        def set_max_concurrency(self, max_concurrent: int) -> bool:
+            # Its own limit, not Tune's ConcurrencyLimiter: that one restores the trials it last saw running
+            # and, for those that ended after Ray's snapshot, never hears of their end, so it hands out nothing.
+            self.max_concurrent = max_concurrent
+            return True
 
         def suggest(self, trial_id: str):
+            if self.max_concurrent and len(self.live) >= self.max_concurrent:
+                return None
             done = _done_keys()
             while self.given < len(self.configs):
                 config = self.configs[self.given]
                 self.given += 1
                 if run_key(config) not in done:
+                    self.live.add(trial_id)
                     return dict(config)
             return Searcher.FINISHED
 
         def on_trial_complete(self, trial_id, result=None, error=False):
-            pass
+            self.live.discard(trial_id)
 
         def save(self, checkpoint_path: str):
             with open(checkpoint_path, "wb") as fh:
-                pickle.dump({"configs": self.configs, "given": self.given}, fh)
+                pickle.dump({"configs": self.configs, "given": self.given, "max_concurrent": self.max_concurrent}, fh)
 
         def restore(self, checkpoint_path: str):
             with open(checkpoint_path, "rb") as fh:
                 state = pickle.load(fh)
             self.configs, self.given = state["configs"], state["given"]
+            self.max_concurrent = state.get("max_concurrent", 0)
+            # Restored trials still running report their end again; the others have ended already.
+            self.live = set()
 
     return FixedConfigs
 
