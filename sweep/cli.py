@@ -114,6 +114,24 @@ def _parser() -> argparse.ArgumentParser:
                                            "back to aemodels.train or to save as a file.")
     best.add_argument("sweep", help="the sweep's name or folder")
     best.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    best.add_argument("--searched", action="store_true", help="the search's own best trial, even after `sweep "
+                                                              "confirm` has picked another configuration")
+
+    confirm = commands.add_parser("confirm", help="train the top configurations again with several seeds",
+                                  description="Train the top K configurations of a finished sweep with S seeds each "
+                                              "(the sweep's own seed first), through the sweep's Ray execution, and "
+                                              "write confirm.parquet / confirm.csv: per configuration the mean, "
+                                              "standard deviation and 95% interval of the final val_loss beside the "
+                                              "search's own. best_config.yaml then names the best mean. Run it again "
+                                              "after an interruption: finished runs are kept.")
+    confirm.add_argument("sweep", help="the sweep's name or folder")
+    confirm.add_argument("--top", type=_count, metavar="K",
+                         help="configurations to confirm (default 5, or every completed trial if fewer)")
+    confirm.add_argument("--seeds", type=_count, default=5, metavar="S", help="seeds per configuration (default 5)")
+    confirm.add_argument("--epochs", type=_count, metavar="E", help="epochs per run (default: the sweep's)")
+    confirm.add_argument("--execution", choices=("auto", "trial", "packed"),
+                         help="how the runs train (default: as the sweep's own plan: packed where it packs)")
+    confirm.add_argument("--address", help="join the Ray cluster at this address")
 
     retrain = commands.add_parser("retrain", help="train the best config again and save the model",
                                   description="Train the best trial's config with aemodels.train and save the "
@@ -190,15 +208,26 @@ def _run(args) -> int:
     local_ray_on_loopback(args.address or sweep.address)
     from . import runner
 
-    runner.run(sweep, overwrite=args.overwrite, address=args.address, argv=["sweep", *sys.argv[1:]])
+    found = runner.run(sweep, overwrite=args.overwrite, address=args.address, argv=["sweep", *sys.argv[1:]])
+    _confirm_block(found, args.address)
     return 0
+
+
+def _confirm_block(found, address) -> None:
+    """The sweep file's `confirm:` block: `sweep confirm` as the last step of a sweep that has finished."""
+    block = found.spec.confirm
+    if block is not None:
+        from .confirm import Request, confirm
+
+        confirm(str(found.home), Request(block.top, block.seeds, block.epochs), address=address)
 
 
 def _resume(args) -> int:
     local_ray_on_loopback(args.address or _stored_address(args.sweep))
     from . import runner
 
-    runner.resume(args.sweep, address=args.address)
+    found = runner.resume(args.sweep, address=args.address)
+    _confirm_block(found, args.address)
     return 0
 
 
@@ -311,10 +340,26 @@ def _best(args) -> int:
     found = load_results(args.sweep)
     if found.best_config is None:
         raise no_best_trial(found, args.sweep)
-    values = found.best_config.to_dict()
+    confirmed = None if args.searched else found.confirmed_config()
+    values = (confirmed or found.best_config).to_dict()
+    if confirmed is not None:  # on stderr: stdout stays the config alone
+        from .confirm import confirmed_best
+
+        best = confirmed_best(found.confirmed())
+        print(f"sweep best: the confirmed best, trial {best['trial_id']}: mean val_loss {best['mean_val_loss']:.6g} "
+              f"over {int(best['seeds'])} seeds, 95% CI [{best['ci_low']:.6g}, {best['ci_high']:.6g}]; the search's "
+              f"own best is trial {found.best_trial} (--searched prints it)", file=sys.stderr)
     print(json.dumps(values, indent=2) if args.format == "json" else yaml.safe_dump(values, sort_keys=False), end="")
     if args.format == "json":
         print()
+    return 0
+
+
+def _confirm(args) -> int:
+    local_ray_on_loopback(args.address or _stored_address(args.sweep))
+    from .confirm import Request, confirm
+
+    confirm(args.sweep, Request(args.top, args.seeds, args.epochs, args.execution), address=args.address)
     return 0
 
 
@@ -326,7 +371,7 @@ def _retrain(args) -> int:
 
 
 COMMANDS = {"run": _run, "check": _check, "resume": _resume, "extend": _extend, "status": _status, "stop": _stop, "ls": _ls,
-            "analyze": _analyze, "best": _best, "retrain": _retrain}
+            "analyze": _analyze, "best": _best, "retrain": _retrain, "confirm": _confirm}
 
 if __name__ == "__main__":
     sys.exit(main())

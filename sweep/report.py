@@ -593,6 +593,46 @@ def _write(path: Path, write: Callable[[str], None]) -> None:
     _atomic(path, write_readable)
 
 
+def confirm_figure(table: pd.DataFrame, summary: pd.DataFrame) -> Optional[Figure]:
+    """`sweep confirm`'s runs: per configuration (in the search's order) each seed's final val_loss as a point,
+    the mean with its 95 % interval, and the one value the search saw; the confirmed best's label in bold."""
+    if summary is None or summary.empty:
+        return None
+    fig = _figure(max(7.0, 1.2 * len(summary) + 3), 4.5)
+    ax = fig.add_subplot()
+    summary = summary.sort_values("rank").reset_index(drop=True)
+    for x, row in summary.iterrows():
+        runs = table[(table["trial_id"] == row["trial_id"]) & (table["status"] == "completed")]
+        losses = runs["final_val_loss"].astype(float)
+        offsets = np.linspace(-0.15, 0.15, len(losses)) if len(losses) > 1 else np.zeros(len(losses))
+        ax.scatter(x + offsets, losses, s=22, color=_color(row["variant"]), edgecolor="black", lw=0.4, zorder=3)
+        if np.isfinite(row["ci_low"]):
+            ax.errorbar([x + 0.3], [row["mean_val_loss"]], yerr=[[row["mean_val_loss"] - row["ci_low"]],
+                                                                 [row["ci_high"] - row["mean_val_loss"]]],
+                        fmt="s", color="black", ms=5, capsize=4, lw=1.3, zorder=4)
+        elif np.isfinite(row["mean_val_loss"]):
+            ax.scatter([x + 0.3], [row["mean_val_loss"]], marker="s", s=25, color="black", zorder=4)
+        ax.scatter([x - 0.3], [row["search_val_loss"]], marker="D", s=30, facecolor="white", edgecolor="crimson",
+                   lw=1.5, zorder=4)
+    ax.set_xticks(range(len(summary)))
+    labels = [f"#{r['rank']} {r['trial_id']}\n{r['variant']}, latent {r['latent_dim']}" for _, r in summary.iterrows()]
+    ax.set_xticklabels(labels, fontsize=8)
+    for tick, (_, row) in zip(ax.get_xticklabels(), summary.iterrows()):
+        if row["confirmed_rank"] == 1 and row["diverged"] == 0:
+            tick.set_fontweight("bold")
+    ax.set_xlim(-0.6, len(summary) - 0.4)
+    ax.set_ylabel("final val_loss (MSE)")
+    ax.grid(True, axis="y", alpha=0.25)
+    handles = [Line2D([], [], marker="o", color="0.5", mec="black", mew=0.4, ls="none", ms=6, label="one seed"),
+               Line2D([], [], marker="s", color="black", ms=5, lw=1.3, label="mean, 95% interval"),
+               Line2D([], [], marker="D", mfc="white", mec="crimson", mew=1.5, ls="none", ms=6,
+                      label="the search's run")]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=9)
+    ax.set_title("Confirmed over several seeds (bold: the best mean)",
+                 fontsize=11)
+    return fig
+
+
 def _save(fig: Figure, path: Path) -> None:
     FigureCanvasAgg(fig)  # render with Agg whatever matplotlib's default backend is
     _write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
@@ -619,6 +659,12 @@ def write_report(results: Results, *, quiet: bool = False) -> Path:
     save("hyperparameters.png", hyperparameter_scatter(trials, spec.space),
          "Final validation loss against each searched hyperparameter. Filled: trials that ran every epoch; hollow: "
          "trials ASHA stopped early (their loss is from an earlier epoch, so not directly comparable).")
+
+    if results.confirm is not None:
+        save("confirm.png", confirm_figure(results.confirm, results.confirmed()),
+             "`sweep confirm`: each confirmed configuration's seeds (points, final val_loss after the same epochs), "
+             "their mean with its 95% Student-t interval (black), and the single run the search saw (red diamond); "
+             "x: the search's rank. A search value below the interval is the winner's curse: a lucky run.")
 
     seed_points = SEED_ARTICLE_POINTS if trains_like_the_seed_article(spec) else ()
     save("pareto.png", pareto_figure(trials, results.pareto(), seed_points),
@@ -814,6 +860,21 @@ def _html(results: Results, best: pd.DataFrame, flags: list[dict], figures: dict
         if name not in figures:
             return ""
         return f"<figure><img src=\"{e(name)}\" alt=\"{e(name)}\"><figcaption>{e(figures[name])}</figcaption></figure>"
+
+    summary = results.confirmed()
+    if summary is not None:
+        from .confirm import confirmed_best
+
+        chosen = confirmed_best(summary)
+        parts.append("<h2>Confirmed over several seeds</h2>")
+        parts.append(_table(summary.sort_values("rank"), ["rank", "trial_id", "variant", "latent_dim", "lr", "seeds",
+                                                         "diverged", "mean_val_loss", "std_val_loss", "ci_low",
+                                                         "ci_high", "search_val_loss", "confirmed_rank"],
+                            None if chosen is None else chosen["trial_id"]))
+        parts.append("<p>The green row has the best mean (<code>best_config.yaml</code> names it); "
+                     "<code>confirm.parquet</code> has every run.</p>" if chosen is not None else
+                     "<p>No configuration ran every seed without diverging.</p>")
+        parts.append(figure("confirm.png"))
 
     parts += ["<h2>Learning curves</h2>", figure("learning_curves.png"),
               "<h2>Loss against the hyperparameters</h2>",

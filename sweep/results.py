@@ -49,7 +49,21 @@ class Results:
     trials: pd.DataFrame
     epochs: pd.DataFrame
     best_trial: Optional[str]
-    best_config: Optional[TrainConfig]
+    best_config: Optional[TrainConfig]  # the search's best trial's; `confirmed_config()` is the confirm's pick
+    confirm: Optional[pd.DataFrame] = None  # confirm.parquet (`sweep confirm`): one row per configuration and seed
+
+    def confirmed(self) -> Optional[pd.DataFrame]:
+        """`sweep confirm`'s summary, one row per configuration: mean, std and 95 % interval of its seeds' final
+        val_loss beside the search's own value and rank; None when the sweep has not been confirmed."""
+        from .confirm import summarise
+
+        return None if self.confirm is None else summarise(self.confirm)
+
+    def confirmed_config(self) -> Optional[TrainConfig]:
+        """The configuration with the best confirmed mean (what best_config.yaml names after a confirm), or None."""
+        from .confirm import confirmed_config
+
+        return None if self.confirm is None else confirmed_config(self)
 
     def best_row(self) -> Optional[pd.Series]:
         if self.best_trial is None:
@@ -369,7 +383,9 @@ def build_tables(home: Path, spec: Optional[SweepSpec] = None) -> Results:
     if best_id is not None:
         params = trials.set_index("trial_id").loc[best_id, list(SEARCHED)].to_dict()
         best_config = spec.train_config({k: _plain(v) for k, v in params.items()})
-    return Results(home, spec, trials, epochs, best_id, best_config)
+    from .confirm import read_table as read_confirm
+
+    return Results(home, spec, trials, epochs, best_id, best_config, read_confirm(home))
 
 
 def _trial_row(record: dict, epochs: Optional[pd.DataFrame], spec: SweepSpec) -> dict:
@@ -435,7 +451,13 @@ def write_tables(results: Results) -> None:
     _atomic(home / "trials.parquet", lambda path: results.trials.to_parquet(path, index=False))
     _atomic(home / "trials.csv", lambda path: results.trials.to_csv(path, index=False))
     _atomic(home / "epochs.parquet", lambda path: results.epochs.to_parquet(path, index=False))
-    if results.best_config is not None:
+    from .confirm import best_config_header
+
+    confirmed = best_config_header(results) if results.confirm is not None else None
+    if confirmed is not None:
+        text = confirmed + yaml.safe_dump(results.confirmed_config().to_dict(), sort_keys=False)
+        _atomic(home / "best_config.yaml", lambda path: Path(path).write_text(text))
+    elif results.best_config is not None:
         row = results.best_row()
         header = (f"# best trial {results.best_trial} of sweep {results.spec.name}: {row['status']}, "
                   f"val_loss {row['final_val_loss']:.6g} after {row['epochs']} epochs\n"
@@ -493,4 +515,10 @@ def load_results(name_or_dir: str, *, rebuild: bool = False, storage_path: str =
             raise ResultsError(f"{path}: not a TrainConfig ({exc}); {fix}") from None
         ranked = _ranked(trials)
         best_trial = None if ranked.empty else ranked.iloc[0]["trial_id"]
-    return Results(home, spec, trials, epochs, best_trial, best_config)
+    from .confirm import read_table as read_confirm
+
+    confirm = read_confirm(home)
+    if confirm is not None and best_trial is not None:  # best_config.yaml names the confirmed best
+        params = trials.set_index("trial_id").loc[best_trial, list(SEARCHED)].to_dict()
+        best_config = spec.train_config({k: _plain(v) for k, v in params.items()})
+    return Results(home, spec, trials, epochs, best_trial, best_config, confirm)

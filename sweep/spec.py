@@ -152,6 +152,16 @@ class TrackingSpec:
 
 
 @dataclass(frozen=True)
+class ConfirmSpec:
+    """`confirm:` runs `sweep confirm` as the last step of `sweep run`: the top `top` configurations, `seeds`
+    seeds each, for `epochs` epochs (None: the sweep's)."""
+
+    top: Optional[int] = None  # None: 5, or every completed trial if fewer
+    seeds: int = 5
+    epochs: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     name: str
     space: dict[str, Param]
@@ -177,6 +187,7 @@ class SweepSpec:
     extensions: tuple[int, ...] = ()
     warm_start: Optional[str] = None  # a finished sweep (name or folder) whose fitting trials seed this study
     tracking: TrackingSpec = TrackingSpec()  # tracking servers that log every trial besides the tables
+    confirm: Optional[ConfirmSpec] = None  # `sweep confirm` after the sweep; None: not run
 
     @property
     def base_samples(self) -> int:
@@ -238,6 +249,7 @@ class SweepSpec:
             "simulate": None if self.simulate is None else dataclasses.asdict(self.simulate),
             "extensions": list(self.extensions), "warm_start": self.warm_start,
             "tracking": self.tracking.to_dict(),
+            "confirm": None if self.confirm is None else dataclasses.asdict(self.confirm),
         }
 
 
@@ -417,7 +429,7 @@ def apply_override(raw: dict, item: str) -> None:
 
 TOP_KEYS = ("name", "description", "dataset", "data_dir", "train", "space", "searcher", "scheduler", "num_samples",
             "resources", "max_concurrent_trials", "max_failures", "drivers", "storage_path", "address", "dashboard",
-            "points", "simulate", "extensions", "warm_start", "tracking")
+            "points", "simulate", "extensions", "warm_start", "tracking", "confirm")
 
 
 def parse(raw: dict, source: str = "sweep") -> SweepSpec:
@@ -526,7 +538,20 @@ def parse(raw: dict, source: str = "sweep") -> SweepSpec:
     if warm_start is not None:
         warm_start = check.string(warm_start, "warm_start")
     tracking = _parse_tracking(raw.get("tracking") or {}, check)
-    return SweepSpec(tracking=tracking, extensions=extensions, warm_start=warm_start, points=points, simulate=simulate, name=name, space=space, train=train, dataset=dataset, data_dir=data_dir, num_samples=num_samples,
+    confirm = raw.get("confirm")
+    if confirm is not None:
+        confirm = ConfirmSpec(**check.section(confirm, "confirm", ConfirmSpec))
+        if confirm.top is not None:
+            check.integer(confirm.top, "confirm.top", low=1)
+        check.integer(confirm.seeds, "confirm.seeds", low=1)
+        if confirm.epochs is not None:
+            check.integer(confirm.epochs, "confirm.epochs", low=1)
+        if confirm.top is not None and confirm.top > num_samples:
+            raise SpecError(f"{source}: confirm.top={confirm.top} exceeds num_samples={num_samples}; confirm at most "
+                            "as many configurations as the sweep tries")
+    return SweepSpec(tracking=tracking, confirm=confirm, extensions=extensions, warm_start=warm_start, points=points,
+                     simulate=simulate, name=name, space=space, train=train, dataset=dataset, data_dir=data_dir,
+                     num_samples=num_samples,
                      searcher=searcher, scheduler=scheduler, resources=resources, max_concurrent_trials=max_concurrent,
                      max_failures=max_failures, drivers=drivers, storage_path=storage_path, address=address,
                      dashboard=dashboard, description=str(description))
