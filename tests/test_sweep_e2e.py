@@ -199,6 +199,7 @@ def test_best_and_analyze_commands(quick, capsys):
     assert main(["analyze", str(quick.home)]) == 0
     out = capsys.readouterr().out
     assert quick.best_trial in out and "best trial of each variant" in out
+    assert "CPU-hours" in out and f"until val_loss {quick.best_row()['final_val_loss']:.5f} was first reached" in out
 
 
 def _tensorboard_scalars(folder, tag: str) -> list[float]:
