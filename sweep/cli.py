@@ -325,6 +325,9 @@ def _analyze(args) -> int:
         print(f"  {variant:10} {points}")
     if front.empty:
         print("  none: no completed trial with a finite val_loss")
+    from .telemetry import describe, summarise
+
+    print("\n" + "\n".join(describe(summarise(trials, found.epochs, found.best_trial))))
     print(f"\ntables: {found.home}/trials.parquet, trials.csv, epochs.parquet, best_config.yaml")
     from .report import write_report
 

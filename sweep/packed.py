@@ -26,13 +26,14 @@ from typing import Optional
 import ray
 from ray import tune
 
-from .trial import Reporting, TrialRecord
+from .trial import ComputeClock, Reporting, TrialRecord
 
 logger = logging.getLogger(__name__)
 NAMESPACE = "aesweep"
 GPU_PACK_SIZE = 256  # a pack this size keeps an H100 busy (../shared/bench: 58-86 model-epochs/s at K=256)
 CPU_PACKS_PER_CORE = 2  # members per single-threaded CPU trainer (one trainer per core)
 STALE_S = 300.0  # a member that has not asked for an epoch this long is dropped (its proxy died)
+IN_PACK = "in_pack_s"  # a row's wall time in its pack's round, for the proxy's wait_s; not kept in the tables
 
 
 # ---- the trainer ------------------------------------------------------------------------------
@@ -191,6 +192,7 @@ class PackTrainer:
 
     def _train_pack(self, key: tuple, batch: list[_Slot]) -> None:
         try:
+            started, started_cpu = time.monotonic(), time.process_time()
             pack = self._restack(key, batch)
             if not batch:
                 return
@@ -198,12 +200,20 @@ class PackTrainer:
             rows = pack.run_epoch()
             self.stats["train_s"] += time.monotonic() - tick
             self.stats["member_epochs"] += len(rows)
+            # Each member's share of this pack's round: the restack and the epoch split evenly, plus the
+            # serializing of its own state; the shares add up to the time the trainer spent on the pack.
+            shared_s = (time.monotonic() - started) / len(batch)
+            shared_cpu = (time.process_time() - started_cpu) / len(batch)
             tick = time.monotonic()
             for slot in batch:
+                own, own_cpu = time.monotonic(), time.process_time()
                 row = {**rows[slot.trial_id], "device": str(pack.device), "trainer": self.name,
                        "trainer_pid": self.pid}
                 wanted = slot.with_state or row["status"] == "completed"
                 payload = self._serialize(pack.snapshot(slot.trial_id)) if wanted and row["status"] != "diverged" else None
+                row["device_s"] = shared_s + time.monotonic() - own
+                row["cpu_s"] = shared_cpu + time.process_time() - own_cpu
+                row[IN_PACK] = time.monotonic() - started  # the wall time the member spent in this round
                 self._resolve(slot, (row, payload))
             self.stats["serialize_s"] += time.monotonic() - tick
             done = {s.trial_id for s in batch if rows[s.trial_id]["status"] in ("completed", "diverged")}
@@ -317,6 +327,7 @@ def run_packed_trial(config: dict, *, base: dict, trainers: list[str], reporting
     trainer = _trainer(trainers, trial_id)
     settings = {**base, **config}
     where = {"execution": "packed", "node_id": ray.get_runtime_context().get_node_id()}
+    clock = ComputeClock()  # the proxy's own CPU time is not counted: the trainer's rows carry the training's
     record = TrialRecord(reporting=reporting)
     # The trainer decodes the state: a checkpoint it cannot read falls back to the one before.
     joined = record.restore(lambda path: ray.get(trainer.join.remote(trial_id, settings, path.read_bytes())))
@@ -328,7 +339,9 @@ def run_packed_trial(config: dict, *, base: dict, trainers: list[str], reporting
             due = record.due((record.history[-1]["epoch"] if record.history else 0) + 1)
             row, payload = ray.get(trainer.next_epoch.remote(trial_id, due))
             write = (lambda path: path.write_bytes(payload)) if payload is not None else None
-            record.report({**row, **where}, write, due=due)
+            waited = clock.lap(row.pop(IN_PACK))
+            record.report({**row, **where, "wait_s": waited["wait_s"], "started_at": waited["started_at"]},
+                          write, due=due)
             if row["status"] in ("completed", "diverged"):
                 return
     finally:  # also when ASHA stops the trial: Tune ends the trial's thread inside tune.report

@@ -16,6 +16,7 @@ from .errors import SweepError
 from .searcher import trial_status
 from .spec import SEARCHED
 from .status import StatusFile
+from .telemetry import LiveTotals
 from .trial import epoch_rows
 
 
@@ -41,6 +42,7 @@ class Progress(Callback):
         # Tune updates trial.last_result after its callbacks: the result in hand is newer, by a whole
         # rung's epochs when trials report only at rungs.
         self.newest_epoch: dict[str, int] = {}
+        self.compute = LiveTotals()
         self.status = StatusFile.from_env()  # None outside `sweep run` / `resume` (a test, a notebook)
         self.finished_at_start: int | None = None  # trials a resumed driver restored finished: not this run's rate
 
@@ -59,6 +61,7 @@ class Progress(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.newest_epoch[trial.trial_id] = int(result.get("epoch", 0))
         for row in epoch_rows(result):  # the best epoch may be one a result carries
+            self.compute.add(trial.trial_id, row)
             value = row.get("val_loss")
             if value is not None and math.isfinite(value) and value < self.best[0]:
                 self.best = (value, trial.trial_id, dict(trial.config))
@@ -67,9 +70,11 @@ class Progress(Callback):
         self.keep_status(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self.compute.ended(trial.trial_id)
         self.keep_status(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self.compute.ended(trial.trial_id)
         self.keep_status(trials)
 
     def on_experiment_end(self, trials, **info):
@@ -103,7 +108,8 @@ class Progress(Callback):
             "val_loss": value, "trial_id": trial_id,
             "params": {k: config[k] for k in SEARCHED if config.get(k) is not None}}
         self.status.write({"state": "running", "counts": counts, "epochs": self.epochs(trials), "best": best,
-                           "num_samples": self.num_samples, "finished_this_run": done - self.finished_at_start},
+                           "num_samples": self.num_samples, "finished_this_run": done - self.finished_at_start,
+                           "compute": self.compute.totals()},
                           force=force)
 
     def counts(self, trials) -> dict[str, int]:

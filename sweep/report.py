@@ -809,6 +809,17 @@ def _table(rows: pd.DataFrame, columns, best: Optional[str] = None, edges: froze
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
+def _compute_section(results: Results) -> str:
+    """What the sweep cost (sweep.telemetry), as the lines `sweep analyze` prints."""
+    from .telemetry import describe, summarise
+
+    lines = describe(summarise(results.trials, results.epochs, results.best_trial))
+    items = "".join(f"<li>{html.escape(line.strip())}</li>" for line in lines)
+    return (f"<h2>Compute</h2><ul>{items}</ul><p>CPU-hours are the trials' training processes' CPU time; "
+            "device-hours the time each trial held its device (its GPU share, its CPU cores, or its share of "
+            "its packed trainer's time); the README's \"Compute telemetry\" has each figure's meaning.</p>")
+
+
 def _html(results: Results, best: pd.DataFrame, flags: list[dict], figures: dict[str, str],
           importances: dict, notes: dict, evaluator: str, why_not: str, model_notes: list[str]) -> str:
     import yaml
@@ -839,6 +850,7 @@ def _html(results: Results, best: pd.DataFrame, flags: list[dict], figures: dict
                  ("folder", f"<code>{e(str(home))}</code>")]),
              "</table>"]
 
+    parts.append(_compute_section(results))
     parts.append("<h2>Best trial of each variant</h2>")
     if best.empty:
         parts.append("<p>No trial completed or was stopped with a finite loss, so there is no best trial.</p>")

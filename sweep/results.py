@@ -26,14 +26,16 @@ from aemodels import ConfigError, TrainConfig
 from . import storage
 from .errors import ResultsError
 from .searcher import (LEGACY_STUDY_FILE, STUDY_FILE, finished_in_study, snapshot_name, snapshot_study,
-                       storage_error, study_path, study_url, trial_status)
+                       storage_error, study_path, study_url, suggested_in_study, trial_status)
 from .trial import HISTORY_FILE, epoch_rows
 from .spec import SEARCHED, FileProblem, SpecError, SweepSpec, load_yaml, parse, read_text, yaml_problem
 
+COMPUTE_COLUMNS = ["cpu_s", "device_s", "wait_s"]  # README, "Compute telemetry", says what each one counts
 EPOCH_COLUMNS = ["trial_id", "epoch", "train_loss", "val_loss", "epoch_s", "train_s", "images_per_s", "pack_size",
-                 "status", "timestamp"]
+                 "status", "timestamp", *COMPUTE_COLUMNS, "trainer"]
 TRIAL_COLUMNS = ["trial_id", *SEARCHED, "status", "epochs", "best_val_loss", "final_val_loss", "final_train_loss",
-                 "wall_s", "node", "node_id", "device", "execution", "num_failures", "error"]
+                 "wall_s", "node", "node_id", "device", "execution", "num_failures", "error", *COMPUTE_COLUMNS,
+                 "queued_s"]
 HYPER_DTYPES = {"latent_dim": "Int64", "lr": "Float64", "noise_factor": "Float64", "sparsity_weight": "Float64"}
 SPEC_FILE, EXPERIMENT_DIR = "sweep.yaml", "ray"
 TABLE_FILES = ("trials.parquet", "trials.csv", "epochs.parquet", "best_config.yaml")
@@ -331,6 +333,18 @@ def _finished_in_study(home: Path, spec: SweepSpec) -> dict[str, str]:
         return {}
 
 
+def _suggested_in_study(home: Path, spec: SweepSpec) -> dict[str, float]:
+    """When the searcher proposed each finished trial, for its `queued_s`; {} when the study cannot say
+    (`_finished_in_study` has already noted why)."""
+    path = study_path(home)
+    if not path.is_file():
+        return {}
+    try:
+        return suggested_in_study(study_url(path), spec.name)
+    except Exception:  # as in _finished_in_study: the queue time is then unknown, nothing else is lost
+        return {}
+
+
 def _trial_folder_record(experiment: Path, trial_id: str, status: str) -> Optional[dict]:
     """A trial the study saw finish but Ray's last snapshot never listed (it started and ended between
     two snapshots, and the driver died before the next): read from its own folder, as Ray wrote it."""
@@ -358,9 +372,11 @@ def build_tables(home: Path, spec: Optional[SweepSpec] = None) -> Results:
     told = _finished_in_study(home, spec)
     experiments = experiment_dirs(home, spec)
     records = [record for experiment in experiments for record in read_experiment(experiment)]
+    suggested = _suggested_in_study(home, spec) if told else {}
     for record in records:
         if record["trial_id"] in told:
             record["study_status"] = told[record["trial_id"]]
+        record["suggested_at"] = suggested.get(record["trial_id"])
     known = {record["trial_id"] for record in records}
     for trial_id, status in sorted(told.items()):
         if trial_id not in known and status != "error":
@@ -411,7 +427,25 @@ def _trial_row(record: dict, epochs: Optional[pd.DataFrame], spec: SweepSpec) ->
         "wall_s": float(last.get("time_total_s", math.nan)), "node": last.get("hostname"), "node_id": last.get("node_id"),
         "device": last.get("device"), "execution": last.get("execution"),
         "num_failures": int(record["num_failures"]), "error": record["error"] if status == "error" else None,
+        **_compute(epochs, record.get("suggested_at")),
     }
+
+
+def _compute(epochs: Optional[pd.DataFrame], suggested_at: Optional[float]) -> dict:
+    """A trial's compute: its epochs' sums, and the wall time it waited in Tune's queue (from the searcher's
+    proposal to its first start) added to its waits. NaN where its rows carry none (an older aesweep)."""
+    def total(column):
+        if epochs is None or column not in epochs:
+            return math.nan
+        return float(pd.to_numeric(epochs[column], errors="coerce").sum(min_count=1))
+
+    queued = math.nan
+    if epochs is not None and "started_at" in epochs and suggested_at is not None:
+        started = pd.to_numeric(epochs["started_at"], errors="coerce").min()
+        queued = max(0.0, float(started) - suggested_at) if math.isfinite(started) else math.nan
+    waited = total("wait_s")
+    return {"cpu_s": total("cpu_s"), "device_s": total("device_s"),
+            "wait_s": waited + (queued if math.isfinite(queued) else 0.0), "queued_s": queued}
 
 
 def _ranked(trials: pd.DataFrame) -> pd.DataFrame:

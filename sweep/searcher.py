@@ -82,6 +82,13 @@ def finished_in_study(storage_url: str, study_name: str) -> dict[str, str]:
             for t in study.get_trials(deepcopy=False) if t.state.is_finished() and "tune_trial_id" in t.user_attrs}
 
 
+def suggested_in_study(storage_url: str, study_name: str) -> dict[str, float]:
+    """Tune trial id -> when the searcher proposed it (epoch seconds), for every finished trial of the study."""
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url, writer=False))
+    return {t.user_attrs["tune_trial_id"]: t.datetime_start.timestamp() for t in study.get_trials(deepcopy=False)
+            if t.state.is_finished() and "tune_trial_id" in t.user_attrs and t.datetime_start is not None}
+
+
 def storage_error(exc: Exception) -> str:
     """The first line of what the storage said, for a one-line message (SQLAlchemy appends pages of context)."""
     return str(getattr(exc, "orig", None) or exc).splitlines()[0]

@@ -145,11 +145,13 @@ def kept(home: Path, spec, driver: int = 0):
 def write_final(found, state: str, why: Optional[str] = None) -> None:
     """The first driver's last word, from the tables it has just written: the whole sweep's counts, every
     driver's, exactly as the tables have them."""
+    from .telemetry import table_totals
+
     status = StatusFile.from_env()
     if status is None or status.driver != 0:
         status = StatusFile(found.home, 0, None)
     status.write({**table_counts(found.trials, found.spec.num_samples), "state": state, "scope": "sweep",
-                  "best": _best_from_tables(found), "why": why}, force=True)
+                  "best": _best_from_tables(found), "why": why, "compute": table_totals(found.trials)}, force=True)
 
 
 def table_counts(trials, num_samples: int) -> dict:
@@ -297,6 +299,7 @@ def _state_from_tables(home: Path) -> str:
 def _from_tables(home: Path, spec) -> dict:
     """The status of a sweep without a status file, from its tables (rebuilt from Ray's folder if it has none)."""
     from .results import build_tables, load_results
+    from .telemetry import table_totals
 
     try:
         found = load_results(str(home)) if (home / "trials.parquet").is_file() else build_tables(home, spec)
@@ -305,18 +308,22 @@ def _from_tables(home: Path, spec) -> dict:
     except Exception as exc:  # Ray's folder half written: the sweep never got going
         raise ResultsError(f"{home}: neither a status file nor tables can be read ({type(exc).__name__}); "
                            f"`sweep analyze {home}` says what is wrong") from None
-    return {**table_counts(found.trials, spec.num_samples), "best": _best_from_tables(found), "source": "tables"}
+    return {**table_counts(found.trials, spec.num_samples), "best": _best_from_tables(found), "source": "tables",
+            "compute": table_totals(found.trials)}
 
 
 def _merged(files: list[dict], num_samples: int) -> dict:
     """The first driver's status with every driver's counts, epochs and trials finished in this run added up,
     and the best of all."""
+    from .telemetry import added
+
     merged = dict(files[0])
     merged["counts"] = {s: sum(int((f.get("counts") or {}).get(s, 0)) for f in files) for s in COUNTED}
     merged["epochs"] = sum(int(f.get("epochs", 0)) for f in files)
     merged["finished_this_run"] = sum(int(f.get("finished_this_run", 0)) for f in files)
     bests = [f["best"] for f in files if f.get("best")]
     merged["best"] = min(bests, key=lambda b: b["val_loss"]) if bests else None
+    merged["compute"] = added([f.get("compute") for f in files])
     merged["counts"]["pending"] = max(0, num_samples - sum(merged["counts"][s] for s in COUNTED if s != "pending"))
     return merged
 
@@ -348,6 +355,7 @@ def live_status(home: Path) -> Optional[dict]:
 
 def format_status(status: dict) -> str:
     from .progress import _short
+    from .telemetry import status_line
 
     counts, name, state = status["counts"], status["name"], status["state"]
     driver = status.get("driver") or {}
@@ -367,6 +375,8 @@ def format_status(status: dict) -> str:
         lines.append(f"best val_loss: {best['val_loss']:.5f} (trial {best['trial_id']}: {params})")
     else:
         lines.append("best val_loss: - (no trial has reported yet)")
+    if status.get("compute"):
+        lines.append(status_line(status["compute"]))
     timing = []
     if status.get("elapsed_s") is not None:
         timing.append(f"elapsed {_duration(status['elapsed_s'])}"

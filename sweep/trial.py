@@ -33,6 +33,31 @@ CARRIED = "carried_epochs"  # a result's earlier epochs since the trial's previo
 logger = logging.getLogger(__name__)
 
 
+class ComputeClock:
+    """A trial's compute per epoch, measured in the process that runs it: `cpu_s` (process time), and
+    `wait_s`, the wall time since the previous epoch's row (or since the trial's process started it)
+    that went to anything but the epoch's own training (`trained_s`): loading, joining a pack, reporting,
+    waiting for the pack's other members. The trial's process runs only this trial (one trial per actor,
+    or a packed proxy), and torch's own threads do part of a CPU trial's work, so it is the process's
+    time, not the training thread's; what Ray's threads spend beside the trial is included."""
+
+    def __init__(self):
+        self.started_at = time.time()
+        self.wall, self.cpu = time.monotonic(), time.process_time()
+
+    def lap(self, trained_s: float) -> dict:
+        """Since the last lap: the process's CPU seconds and the seconds waited; restarts both clocks."""
+        wall, cpu = time.monotonic(), time.process_time()
+        values = {"cpu_s": cpu - self.cpu, "wait_s": max(0.0, wall - self.wall - trained_s),
+                  "started_at": self.started_at}
+        self.wall, self.cpu = wall, cpu
+        return values
+
+    def skip(self) -> None:
+        """Leave out of the next lap's CPU seconds what this process spent since the last one (reporting)."""
+        self.cpu = time.process_time()
+
+
 def epoch_rows(result: dict) -> list[dict]:
     """Every epoch a Tune result stands for, oldest first: its carried rows, then itself."""
     carried = result.get(CARRIED) or []
@@ -237,6 +262,9 @@ def run_trial(config: dict, *, base: dict, threads: int = 1, dataset: Optional[S
         train_config, load = TrainConfig.from_dict({**base, **config}), TrainState.load
         device = "cuda" if train_config.device != "cpu" and torch.cuda.is_available() else "cpu"
     where = {"device": device, "execution": "trial", "node_id": ray.get_runtime_context().get_node_id()}
+    # The trial's share of its GPU (Tune's `gpu` resource); a CPU trial has its cores to itself.
+    share = tune.get_context().get_trial_resources().required_resources.get("GPU", 0.0) if device == "cuda" else 1.0
+    clock = ComputeClock()
     record = TrialRecord(reporting=reporting)
     resume = record.restore(load)
     latest = []
@@ -247,6 +275,8 @@ def run_trial(config: dict, *, base: dict, threads: int = 1, dataset: Optional[S
     def report(metrics):
         state = latest.pop() if latest else None  # a diverged epoch reports no state
         write = (lambda path: state.save(path, durable=False)) if state is not None else None
-        record.report({**metrics, **where}, write)
+        spent = {**clock.lap(metrics["epoch_s"]), "device_s": share * metrics["epoch_s"]}
+        record.report({**metrics, **where, **spent}, write)
+        clock.skip()
 
     train(train_config, report=report, checkpoint=checkpoint, resume=resume)

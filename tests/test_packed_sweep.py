@@ -71,3 +71,26 @@ def test_trainer_time_is_recorded(packed):
     assert len(trainers) == os.cpu_count()  # without a GPU: one single-threaded trainer per core
     assert sum(t["member_epochs"] for t in trainers) == packed.trials["epochs"].sum()
     assert yaml.safe_load((packed.home / "sweep.yaml").read_text())["meta"]["execution"] == "packed"
+
+
+def test_members_device_seconds_add_up_to_their_trainers_busy_time(packed):
+    epochs = packed.epochs
+    values = epochs[["cpu_s", "device_s", "wait_s"]].astype(float)
+    assert values.notna().all().all() and (values >= 0).all().all()
+    values = packed.trials[["cpu_s", "device_s", "wait_s", "queued_s"]].astype(float)
+    assert values.notna().all().all() and (values >= 0).all().all()
+    for trainer in json.loads((packed.home / "trainers.json").read_text()):
+        busy = trainer["train_s"] + trainer["restack_s"] + trainer["serialize_s"]
+        members = epochs.loc[epochs["trainer"] == trainer["name"], "device_s"].sum()
+        assert members == pytest.approx(busy, rel=0.05), trainer["name"]
+
+
+def test_analyze_shows_each_trainers_utilisation(packed, capsys):
+    from sweep.telemetry import summarise
+
+    summary = summarise(packed.trials, packed.epochs, packed.best_trial)
+    assert len(summary["trainers"]) == os.cpu_count()
+    assert all(0 < t["utilisation"] <= 1.0 for t in summary["trainers"]), summary["trainers"]
+    assert summary["to_best"]["trial_epochs"] <= summary["trial_epochs"]
+    assert main(["status", str(packed.home)]) == 0
+    assert "compute:" in capsys.readouterr().out

@@ -126,6 +126,7 @@ def test_index_has_the_best_per_variant_table_and_how_to_open_the_study(quick):
     assert f"optuna-dashboard {quick}/study.journal" in page
     assert f"tensorboard --logdir {quick}/ray" in page
     assert "Hyperparameter importance" in page and "<script" not in page and "http" not in page
+    assert "<h2>Compute</h2>" in page and "CPU-hours" in page and "was first reached" in page
 
 
 def test_report_survives_diverged_errored_trials_and_unreadable_checkpoints(broken):

@@ -36,6 +36,8 @@ def complete(found, trials: int):
     epochs = found.epochs
     assert len(epochs) == found.trials["epochs"].sum() and not epochs.duplicated(["trial_id", "epoch"]).any()
     assert epochs["val_loss"].notna().all() and set(found.trials["device"]) == {"simulated"}
+    telemetry = epochs[["cpu_s", "device_s", "wait_s"]].astype(float)  # simulated device time, real CPU time
+    assert telemetry.notna().all().all() and (telemetry >= 0).all().all()
     study = optuna.load_study(study_name=found.spec.name,
                               storage=open_storage(f"{found.home}/study.journal", writer=False))
     assert sum(len(t.intermediate_values) for t in study.trials) == len(epochs)

@@ -65,6 +65,18 @@ def test_a_running_sweep_of_two_drivers_counts_both_and_estimates_the_time_left(
     assert "(running: 2/4 done, 2 running)" in listed.splitlines()[1] and "0.10000" in listed.splitlines()[1]
 
 
+def test_status_adds_up_every_drivers_compute_so_far(capsys, tiny):
+    write_status(tiny, 0, counts=counts(running=1), epochs=3,
+                 compute={"cpu_s": 1800.0, "device_s": 3600.0, "gpu_s": 3600.0, "gpu_epochs": 30})
+    write_status(tiny, 1, counts=counts(running=1), epochs=2,
+                 compute={"cpu_s": 1800.0, "device_s": 3600.0, "gpu_s": 0.0, "gpu_epochs": 0})
+    with FileLock(str(lock_path(tiny)), timeout=0):
+        status = read_status("tiny")
+        code, out, _ = run_cli(capsys, "status", "tiny")
+    assert code == 0 and status["compute"] == {"cpu_s": 3600.0, "device_s": 7200.0, "gpu_s": 3600.0, "gpu_epochs": 30}
+    assert "compute: 1 CPU-hours, 1 GPU-hours (2 device-hours), 30 trial-epochs per GPU-hour" in out
+
+
 def test_a_driver_that_died_leaves_a_stopped_sweep_and_stop_refuses_it(capsys, tiny):
     write_status(tiny, 0, counts=counts(running=1, completed=1), epochs=3)  # "running", but no lock is held
     status = read_status("tiny")

@@ -199,6 +199,7 @@ def test_best_and_analyze_commands(quick, capsys):
     assert main(["analyze", str(quick.home)]) == 0
     out = capsys.readouterr().out
     assert quick.best_trial in out and "best trial of each variant" in out
+    assert "CPU-hours" in out and f"until val_loss {quick.best_row()['final_val_loss']:.5f} was first reached" in out
 
 
 def _tensorboard_scalars(folder, tag: str) -> list[float]:
@@ -216,6 +217,38 @@ def _tensorboard_scalars(folder, tag: str) -> list[float]:
             at += 12 + length + 4
             values += [v.simple_value for v in event.summary.value if v.tag == tag]
     return values
+
+
+def test_compute_telemetry_is_recorded_for_every_trial_and_epoch(quick):
+    for table, columns in ((quick.trials, ["cpu_s", "device_s", "wait_s", "queued_s"]),
+                           (quick.epochs, ["cpu_s", "device_s", "wait_s"])):
+        values = table[columns].astype(float)
+        assert values.notna().all().all() and (values >= 0).all().all(), values
+    # A CPU trial holds its cores for each epoch's whole training time.
+    per_trial = quick.epochs.groupby("trial_id")["epoch_s"].sum()
+    assert quick.trials.set_index("trial_id")["device_s"].to_dict() == pytest.approx(per_trial.to_dict())
+
+
+def _cpu_share(seconds: float = 1.0) -> float:
+    """The share of a core a busy single-threaded process gets on this machine now."""
+    wall, cpu = time.monotonic(), time.process_time()
+    while time.monotonic() - wall < seconds:
+        pass
+    return (time.process_time() - cpu) / (time.monotonic() - wall)
+
+
+def test_a_cpu_trials_cpu_seconds_are_its_training_time(quick):
+    """One-thread CPU trials: the process time of the training is its epochs' time, within 10%, where the
+    machine gives a busy process its core (elsewhere the wall time includes waiting for one)."""
+    spent = quick.trials.set_index("trial_id")["cpu_s"]
+    trained = quick.epochs.groupby("trial_id")["epoch_s"].sum()
+    ratios = (spent / trained).to_dict()
+    assert all(r <= 1.1 for r in ratios.values()), ratios
+    share = _cpu_share()
+    if share < 0.95:
+        pytest.skip(f"this machine is loaded (a busy process gets {share:.0%} of a core): CPU time cannot match "
+                    f"wall time here; CPU / training time per trial: {ratios}")
+    assert all(r >= 0.9 for r in ratios.values()), ratios
 
 
 def test_tensorboard_logs_hold_every_epochs_val_loss(quick):
