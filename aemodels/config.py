@@ -9,13 +9,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .models import VARIANTS, shown, unknown_name
+from .models import VARIANTS
+from .registry import REGISTRY, knob_user, knobs, shown, unknown_name
 
 DATASETS = ("mnist", "fashion_mnist")
 DEVICES = ("auto", "cpu", "cuda")
 MATMUL_PRECISIONS = ("highest", "high")
-NOISE_DEFAULT = 0.3  # the seed article's Part 3 noise level
-SPARSITY_DEFAULT = 1e-3  # the seed article's lambda
 TRAIN_IMAGES = 60_000
 
 
@@ -30,6 +29,7 @@ class TrainConfig:
     variant: str = "vanilla"
     latent_dim: int = 32
     lr: float = 1e-3
+    # Knobs (aemodels.models registers which variant uses each, its default and its range).
     noise_factor: Optional[float] = None  # denoising only; None means 0.3
     sparsity_weight: Optional[float] = None  # sparse only; None means 1e-3
     batch_size: int = 128
@@ -63,20 +63,20 @@ class TrainConfig:
             raise ConfigError(f"cuda_graphs must be true or false, got {shown(self.cuda_graphs)}")
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             raise ConfigError(f"data_dir must be a path string, got {shown(self.data_dir)}")
-        self._variant_knob("noise_factor", "denoising", NOISE_DEFAULT, check)
-        self._variant_knob("sparsity_weight", "sparse", SPARSITY_DEFAULT, check)
+        for knob in knobs():
+            self._variant_knob(knob, check)
 
-    def _variant_knob(self, name, variant, default, check):
-        value = getattr(self, name)
+    def _variant_knob(self, knob, check):
+        value, variant = getattr(self, knob.name), knob_user(knob.name)
         if self.variant != variant:
             if value is not None:
-                raise ConfigError(f"{name} is only used by the {variant} variant, not {self.variant!r}; "
-                                  f"remove {name} or set variant={variant!r}")
+                raise ConfigError(f"{knob.name} is only used by the {variant} variant, not {self.variant!r}; "
+                                  f"remove {knob.name} or set variant={variant!r}")
             return
         if value is None:
-            object.__setattr__(self, name, default)
+            object.__setattr__(self, knob.name, knob.default)
         else:
-            check.number(name, low=0.0)
+            check.number(knob.name, low=knob.minimum)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only, suitable for YAML, JSON and checkpoints."""
@@ -99,8 +99,7 @@ class TrainConfig:
     @property
     def uses(self) -> tuple[str, ...]:
         """The hyperparameters this run actually uses (the others are None)."""
-        extra = {"denoising": ("noise_factor",), "sparse": ("sparsity_weight",)}.get(self.variant, ())
-        return ("latent_dim", "lr") + extra
+        return ("latent_dim", "lr") + tuple(k.name for k in REGISTRY[self.variant].knobs)
 
 
 class _Checker:

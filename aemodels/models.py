@@ -1,15 +1,15 @@
 """The four autoencoders of the seed article, exactly as it writes them, behind one interface.
 
 Every variant has `encode(x)`, `decode(z)` and `forward(x) -> (x_hat, z)`; x_hat has the shape of x.
-Variants are chosen by name from `VARIANTS`; adding one is a class plus one registry line.
+Each is one entry of the variant registry (`aemodels.registry`), registered at the end of this file;
+adding a variant is a class plus one `register_variant` line. `create_model` builds one by name.
 """
 from __future__ import annotations
 
-import difflib
-import reprlib
-
 import torch
 from torch import nn
+
+from .registry import VARIANTS, Knob, register_variant, shown, unknown_name  # noqa: F401  (re-exported)
 
 IMAGE_PIXELS = 28 * 28
 
@@ -115,39 +115,19 @@ class ConvAE(nn.Module):
         return self.decode(z).view(x.shape), z
 
 
-VARIANTS: dict[str, type[nn.Module]] = {
-    "vanilla": VanillaAE,
-    "denoising": DenoisingAE,
-    "sparse": SparseAE,
-    "conv": ConvAE,
-}
+NOISE_DEFAULT = 0.3  # the seed article's Part 3 noise level
+SPARSITY_DEFAULT = 1e-3  # the seed article's lambda
 
-
-SHOWN_CHARS = 60  # a value quoted in an error message, so that the message stays one short line
-
-
-def shown(value) -> str:
-    """A value's repr for an error message, cut to SHOWN_CHARS; reprlib never walks all of a large value."""
-    text = _SHORT.repr(value)
-    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 3] + "..."
-
-
-_SHORT = reprlib.Repr()
-_SHORT.maxstring = _SHORT.maxother = SHOWN_CHARS
-_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 3, 6, 4
-
-
-def unknown_name(kind: str, name: object, known) -> str:
-    """`unknown variant 'vanila' (did you mean 'vanilla'?; known: conv, denoising, ...)`."""
-    known = sorted(known)
-    short = isinstance(name, str) and len(name) <= SHOWN_CHARS
-    close = difflib.get_close_matches(name, known, n=1) if short else []
-    hint = f"did you mean {close[0]!r}?; " if close else ""
-    return f"unknown {kind} {shown(name)} ({hint}known: {', '.join(known)})"
+register_variant("vanilla", VanillaAE, family="mlp", color="tab:blue")
+register_variant("denoising", DenoisingAE, family="mlp", color="tab:orange",
+                 knobs=[Knob("noise_factor", NOISE_DEFAULT, 0.1, 0.7)], noise="noise_factor")
+register_variant("sparse", SparseAE, family="mlp", color="tab:green",
+                 knobs=[Knob("sparsity_weight", SPARSITY_DEFAULT, 1e-5, 1e-2, log=True)], penalty="sparsity_weight")
+register_variant("conv", ConvAE, family="conv", color="tab:red")
 
 
 def create_model(variant: str, latent_dim: int = 32, **kwargs) -> nn.Module:
-    """Build a variant by name; extra keyword arguments go to its constructor (noise_factor, sparsity_weight)."""
+    """Build a variant by name; extra keyword arguments go to its constructor (its knobs)."""
     if variant not in VARIANTS:
         raise ValueError(unknown_name("variant", variant, VARIANTS))
     return VARIANTS[variant](latent_dim, **kwargs)

@@ -1,9 +1,11 @@
 """K autoencoders of one architecture family trained together as one batched model.
 
-Every parameter is stacked along a leading member dimension: linear layers run as one batched matmul
-(`baddbmm`), convolutions as one grouped convolution (`groups=K`). Members may differ in variant
-(vanilla, denoising and sparse share the MLP family), latent_dim (zero-padded to the pack's widest,
-which gets exactly zero gradient and stays zero), lr, noise_factor, sparsity_weight, seed and epoch:
+Every parameter is stacked along a leading member dimension. The seed's two families run batched:
+linear layers as one batched matmul (`baddbmm`), convolutions as one grouped convolution (`groups=K`).
+A family registered without such a layout runs each member's own module over its share of the stacks
+(`torch.func.functional_call`). Members may differ in variant (the variants of one registry family),
+latent_dim (zero-padded to the pack's widest, which gets exactly zero gradient and stays zero), lr,
+their variant's knobs (the noise and penalty weights the registry names), seed and epoch:
 each draws its own batches and noise from generators keyed by (seed, epoch), and has its own Adam
 state and step count. A member therefore computes what it would compute alone; `aemodels.train`
 is a pack of one. Members join and leave between epochs.
@@ -25,9 +27,9 @@ import torch.nn.functional as F
 from .config import TrainConfig
 from .data import Dataset
 from .models import create_model
+from .registry import FAMILY, REGISTRY
 
-FAMILY = {"vanilla": "mlp", "denoising": "mlp", "sparse": "mlp", "conv": "conv"}
-# (module prefix, kind) in forward order. A linear layer's slot is its weight as nn.Linear keeps it,
+# The seed's families' batched layouts: (module prefix, kind) in forward order. A linear layer's slot is its weight as nn.Linear keeps it,
 # (out, in), used transposed by baddbmm at no cost, and its bias as (1, out); conv slots are as is.
 LAYOUT = {
     "mlp": [("encoder.0", "linear"), ("encoder.2", "linear"), ("encoder.4", "linear"),
@@ -89,10 +91,7 @@ class TrainState:
         return cls(config, 0, weights, zeros(), zeros(), 0)
 
     def to_module(self) -> torch.nn.Module:
-        kwargs = {k: getattr(self.config, k) for k in ("noise_factor", "sparsity_weight")
-                  if getattr(self.config, k) is not None}
-        with torch.device("meta"):  # no random init: the weights are about to be replaced
-            model = create_model(self.config.variant, self.config.latent_dim, **kwargs)
+        model = _meta_module(self.config)
         model.load_state_dict({k: v.clone() for k, v in self.model.items()}, assign=True)
         return model.eval()
 
@@ -136,6 +135,19 @@ class TrainState:
         return cls.from_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
+def _knob(config: TrainConfig, role: str) -> float:
+    """The value of the knob the config's variant gives `role` ("noise" or "penalty"), 0 when it has none."""
+    name = getattr(REGISTRY[config.variant], role)
+    return getattr(config, name) if name is not None else 0.0
+
+
+def _meta_module(config: TrainConfig) -> torch.nn.Module:
+    """The config's module with its knobs, on the meta device: no random init, its weights come from elsewhere."""
+    kwargs = {k.name: getattr(config, k.name) for k in REGISTRY[config.variant].knobs}
+    with torch.device("meta"):
+        return create_model(config.variant, config.latent_dim, **kwargs)
+
+
 # ---- packed parameters --------------------------------------------------------------------------
 
 def _to_slot(name: str, kind: str, tensor: torch.Tensor) -> torch.Tensor:
@@ -148,15 +160,19 @@ def _from_slot(name: str, kind: str, slot: torch.Tensor) -> torch.Tensor:
 
 
 def _param_kinds(family: str):
+    if family not in LAYOUT:  # a registered family the pack runs module by module: its tensors as they are
+        variant = next(v for v in REGISTRY.values() if v.family == family)
+        with torch.device("meta"):
+            names = list(variant.module(1, **{k.name: k.default for k in variant.knobs}).state_dict())
+        yield from ((name, "module") for name in names)
+        return
     for prefix, kind in LAYOUT[family]:
         yield f"{prefix}.weight", kind
         yield f"{prefix}.bias", kind
 
 
 def _slot_shapes(config: TrainConfig) -> dict[str, torch.Size]:
-    with torch.device("meta"):
-        model = create_model(config.variant, config.latent_dim)
-    state = model.state_dict()
+    state = _meta_module(config).state_dict()
     return {name: _to_slot(name, kind, state[name]).shape for name, kind in _param_kinds(FAMILY[config.variant])}
 
 
@@ -225,6 +241,20 @@ def _conv_forward_per_member(p: dict, x: torch.Tensor):
     return torch.stack(decoded), z
 
 
+def _module_forward(members: list, p: dict, x: torch.Tensor):
+    """Each member's own module (in eval mode: the pack adds the noise) over its share of the stacks,
+    cropped to its shapes: a family registered without a batched layout trains the very forward its
+    module defines. z is padded back to the pack's widest, the shape the loss terms take."""
+    x_hats, zs = [], []
+    for i, member in enumerate(members):
+        params = {n: Pack._crop(p[n][i], shape) for n, shape in member.slot_shapes.items()}
+        x_hat, z = torch.func.functional_call(member.module, params, (x[i],))
+        x_hats.append(x_hat)
+        zs.append(z)
+    width = max(z.shape[1] for z in zs)
+    return torch.stack(x_hats), torch.stack([F.pad(z, (0, width - z.shape[1])) for z in zs])
+
+
 FORWARD = {"mlp": _mlp_forward, "conv": _conv_forward}
 # Pack(conv_path=...): which convolutions a conv pack runs. "auto" is FORWARD["conv"]'s choice by
 # device; naming one lets a test run the GPU's grouped path on a CPU against the per-member path.
@@ -250,6 +280,7 @@ class _Member:
     history: list
     status: str
     slot_shapes: dict
+    module: Optional[torch.nn.Module] = None  # on the meta device; set for the families run module by module
 
 
 class Pack:
@@ -260,7 +291,7 @@ class Pack:
         if conv_path not in CONV_PATHS:
             raise ValueError(f"unknown conv_path {conv_path!r} (known: {', '.join(CONV_PATHS)})")
         self.dataset, self.family, self.batch_size, self.train_size = dataset, family, batch_size, train_size
-        self.forward = CONV_PATHS[conv_path] if family == "conv" else FORWARD[family]
+        self.forward = CONV_PATHS[conv_path] if family == "conv" else FORWARD.get(family)
         self.device = dataset.device
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         self.matmul_precision = matmul_precision
@@ -319,7 +350,8 @@ class Pack:
             if key in keep:
                 raise ValueError(f"member {key!r} is already in the pack")
         kept = [m for m in self.members if m.key in keep]
-        new = [_Member(key, s.config, s.epoch, s.adam_step, list(s.history), s.status, _slot_shapes(s.config))
+        new = [_Member(key, s.config, s.epoch, s.adam_step, list(s.history), s.status, _slot_shapes(s.config),
+                       None if self.forward else _meta_module(s.config).eval())
                for key, s in add.items()]
         incoming = {key: {"params": s.model, "exp_avg": s.exp_avg, "exp_avg_sq": s.exp_avg_sq}
                     for key, s in add.items()}
@@ -371,11 +403,11 @@ class Pack:
         as_tensor = lambda values, dtype=torch.float32: torch.tensor(values, dtype=dtype, device=dev)  # noqa: E731
         self.lr = as_tensor([m.config.lr for m in ms], torch.float64)
         self.adam_steps = as_tensor([m.adam_step for m in ms], torch.float64)
-        self.noise_factor = as_tensor([m.config.noise_factor or 0.0 for m in ms])
-        self.sparsity_weight = as_tensor([m.config.sparsity_weight or 0.0 for m in ms])
+        self.noise_scale = as_tensor([_knob(m.config, "noise") for m in ms])
+        self.penalty_weight = as_tensor([_knob(m.config, "penalty") for m in ms])
         self.inv_latent = as_tensor([1.0 / m.config.latent_dim for m in ms])
-        self.has_noise = any(m.config.noise_factor for m in ms)
-        self.has_sparsity = any(m.config.sparsity_weight for m in ms)
+        self.has_noise = any(_knob(m.config, "noise") for m in ms)
+        self.has_penalty = any(_knob(m.config, "penalty") for m in ms)
         self.order = torch.zeros((len(ms), self.train_size), dtype=torch.long, device=dev)
         self.noise = torch.zeros((len(ms), self.batch_size, 784), device=dev) if self.has_noise else None
         self.noise_row = torch.zeros(len(ms), dtype=torch.long, device=dev)
@@ -392,18 +424,23 @@ class Pack:
         x_in = x
         if self.has_noise:
             noise = self.noise[self.noise_row, :size]
-            x_in = torch.clamp(x + self.noise_factor.view(-1, 1, 1) * noise, 0.0, 1.0)
+            x_in = torch.clamp(x + self.noise_scale.view(-1, 1, 1) * noise, 0.0, 1.0)
         with torch.enable_grad():
-            x_hat, z = self.forward(self.params, x_in)
+            x_hat, z = self._forward(x_in)
             objective = (x_hat - x).pow(2).mean(dim=(1, 2))
-            if self.has_sparsity:
+            if self.has_penalty:
                 mean_abs_z = z.abs().sum(dim=(1, 2)) * self.inv_latent / size
-                objective = objective + self.sparsity_weight * mean_abs_z
+                objective = objective + self.penalty_weight * mean_abs_z
             grads = torch.autograd.grad(objective.sum(), [self.params[n] for n in self.names])
         with torch.no_grad():
             self.loss_sum += objective.detach().double()
             self._adam(grads)
             self.batch_no += 1
+
+    def _forward(self, x: torch.Tensor):
+        if self.forward is None:
+            return _module_forward(self.members, self.params, x)
+        return self.forward(self.params, x)
 
     def _adam(self, grads) -> None:
         """torch.optim.Adam's update, with a learning rate and a step count per member."""
@@ -466,7 +503,7 @@ class Pack:
             rows = []
             for m in self.members:  # members with the same seed and epoch share one noise stream
                 key = (m.config.seed, m.epoch)
-                if m.config.noise_factor and key not in self._noise_streams:
+                if _knob(m.config, "noise") and key not in self._noise_streams:
                     self._noise_streams[key] = (len(self._noise_streams),
                                                 generator(m.config.seed, "noise", m.epoch, device=self.device))
                 rows.append(self._noise_streams.get(key, (0, None))[0])
@@ -519,6 +556,6 @@ class Pack:
         total = torch.zeros(k, dtype=torch.float64, device=self.device)
         for chunk in images.split(max(1, EVAL_ROWS // k)):
             x = chunk.float().div_(255).expand(k, -1, -1)
-            x_hat, _ = self.forward(self.params, x)
+            x_hat, _ = self._forward(x)
             total += (x_hat - x).pow(2).sum(dim=(1, 2)).double()
         return total / images.numel()

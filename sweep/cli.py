@@ -307,8 +307,9 @@ def _analyze(args) -> int:
 
     found = load_results(args.sweep, rebuild=True)
     trials = found.trials
-    shown = ["trial_id", "variant", "latent_dim", "lr", "noise_factor", "sparsity_weight", "status", "epochs",
-             "final_val_loss"]
+    from .spec import SEARCHED
+
+    shown = ["trial_id", *SEARCHED, "status", "epochs", "final_val_loss"]
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         counts = ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().sort_index().items())
         print(f"sweep {found.spec.name}: {len(trials)} trials ({counts}), {len(found.epochs)} epoch rows")

@@ -25,14 +25,14 @@ from matplotlib.ticker import LogFormatterSciNotation, LogLocator, MaxNLocator, 
 
 from aemodels import TrainState, load_dataset, train
 from aemodels.models import VARIANTS
+from aemodels.registry import REGISTRY
 
 from .results import EXPERIMENT_DIR, Results, _atomic, _ranked
 from .searcher import open_storage, storage_error, study_path, study_url
-from .spec import CONDITIONAL, Param
+from .spec import CONDITIONAL, SEARCHED, Param
 
 REPORT_DIR = "report"
 DPI = 110
-VARIANT_COLORS = {"vanilla": "tab:blue", "denoising": "tab:orange", "sparse": "tab:green", "conv": "tab:red"}
 NOISE_SIGMAS = (0.3, 0.5, 0.7)  # the denoising figure's test noise levels (std of the added Gaussian)
 NOISE_SEED = 0
 NEAR_ZERO = 1e-2  # |z| below this counts as an inactive latent unit
@@ -48,8 +48,7 @@ SEED_ARTICLE_POINTS = (("vanilla", 2, 0.0401), ("vanilla", 32, 0.0125), ("denois
                        ("sparse", 32, 0.0130), ("conv", 32, 0.0083))
 SEED_ARTICLE_TRAINING = {"epochs": 30, "train_subset": 5000, "batch_size": 128}
 LOG_X_ABOVE = 8  # latent dims spanning more than this factor are drawn on a log axis
-TABLE_COLUMNS = ("variant", "trial_id", "status", "epochs", "latent_dim", "lr", "noise_factor", "sparsity_weight",
-                 *LOSS_COLUMNS)
+TABLE_COLUMNS = ("variant", "trial_id", "status", "epochs", *SEARCHED[1:], *LOSS_COLUMNS)
 
 
 # ---- the trained models the figures look at --------------------------------------------------------
@@ -105,7 +104,7 @@ def load_models(results: Results, say: Callable[[str], None] = print) -> list[Mo
         if state is not None:
             module, source = state.to_module(), f"loaded from {where} (epoch {state.epoch})"
         else:
-            params = {k: _plain(row[k]) for k in ("variant", "latent_dim", "lr", "noise_factor", "sparsity_weight")}
+            params = {k: _plain(row[k]) for k in SEARCHED}
             config = results.spec.train_config(params)
             say(f"report: trial {row['trial_id']} has no readable checkpoint; retraining its config "
                 f"({config.variant}, {config.epochs} epochs)")
@@ -285,7 +284,7 @@ def _room_on_top(ax, share: float = 0.15) -> None:
 
 
 def _color(variant: str) -> str:
-    return VARIANT_COLORS.get(variant, "tab:gray")
+    return REGISTRY[variant].color if variant in REGISTRY else "tab:gray"
 
 
 def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, max_epochs: int, rungs=()) -> Figure:

@@ -22,6 +22,7 @@ import pandas as pd
 import yaml
 
 from aemodels import ConfigError, TrainConfig
+from aemodels.registry import knobs
 
 from . import storage
 from .errors import ResultsError
@@ -36,7 +37,7 @@ EPOCH_COLUMNS = ["trial_id", "epoch", "train_loss", "val_loss", "epoch_s", "trai
 TRIAL_COLUMNS = ["trial_id", *SEARCHED, "status", "epochs", "best_val_loss", "final_val_loss", "final_train_loss",
                  "wall_s", "node", "node_id", "device", "execution", "num_failures", "error", *COMPUTE_COLUMNS,
                  "queued_s"]
-HYPER_DTYPES = {"latent_dim": "Int64", "lr": "Float64", "noise_factor": "Float64", "sparsity_weight": "Float64"}
+HYPER_DTYPES = {"latent_dim": "Int64", "lr": "Float64", **{k.name: "Float64" for k in knobs()}}
 SPEC_FILE, EXPERIMENT_DIR = "sweep.yaml", "ray"
 TABLE_FILES = ("trials.parquet", "trials.csv", "epochs.parquet", "best_config.yaml")
 FINISHED_STATUSES = ("completed", "stopped", "diverged", "error")

@@ -33,7 +33,7 @@ from .errors import Interrupted, SweepError
 from .results import EXPERIMENT_DIR, SPEC_FILE, Results
 from .drivers import other_drivers
 from .searcher import STUDY_URL_ENV, repair_journal, snapshot_name, storage_error, study_path, study_url
-from .spec import SpecError, SweepSpec
+from .spec import SEARCHED, SpecError, SweepSpec
 
 logger = logging.getLogger(__name__)
 TRIALS_PER_GPU_MAX = 16  # "auto" GPU fraction in trial execution: at most this many trials share one GPU
@@ -774,8 +774,7 @@ def _summary(found: Results) -> None:
           f"{int(trials['epochs'].sum())} epochs", flush=True)
     row = found.best_row()
     if row is not None:
-        params = ", ".join(f"{k}={_fmt(row[k])}" for k in ("variant", "latent_dim", "lr", "noise_factor",
-                                                            "sparsity_weight") if not _missing(row[k]))
+        params = ", ".join(f"{k}={_fmt(row[k])}" for k in SEARCHED if not _missing(row[k]))
         print(f"best: trial {found.best_trial} val_loss {row['final_val_loss']:.5f} ({params})", flush=True)
     print(f"tables: {found.home}/trials.parquet, epochs.parquet, best_config.yaml", flush=True)
 

@@ -17,8 +17,11 @@ import yaml
 
 from aemodels import ConfigError, TrainConfig
 from aemodels.models import VARIANTS, shown, unknown_name
+from aemodels.registry import knob_user, knobs
 
-SEARCHED = ("variant", "latent_dim", "lr", "noise_factor", "sparsity_weight")
+# Every variant has these; each knob of the registry belongs to one variant and is searched for it only.
+COMMON = ("variant", "latent_dim", "lr")
+SEARCHED = COMMON + tuple(k.name for k in knobs())
 DISTRIBUTIONS = ("choice", "int", "logint", "uniform", "loguniform")
 EXECUTIONS = ("auto", "trial", "packed")
 FIXED_TRAIN_KEYS = ("epochs", "batch_size", "train_subset", "seed", "device", "cuda_graphs", "matmul_precision")
@@ -26,8 +29,8 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # An image has 784 pixels: a code wider than that compresses nothing, and 10^9 would fail only in the trial.
 MAX_LATENT_DIM = 4096
 MAX_NAME_CHARS = 100  # a sweep's name is a folder name, and file systems allow 255 bytes
-# Which variant uses a conditional hyperparameter: it is sampled only for trials of that variant.
-CONDITIONAL = {"noise_factor": "denoising", "sparsity_weight": "sparse"}
+# Which variant uses a conditional hyperparameter (a knob): it is sampled only for trials of that variant.
+CONDITIONAL = {k.name: knob_user(k.name) for k in knobs()}
 
 
 class SpecError(ValueError):
@@ -691,8 +694,9 @@ def _check_value(name, value, check, where):
     value = check.number(value, where)
     if name == "lr" and value <= 0:
         raise SpecError(f"{check.source}: {where}: lr must be > 0, got {value}")
-    if value < 0:
-        raise SpecError(f"{check.source}: {where}: {name} must be >= 0, got {value}")
+    minimum = next((k.minimum for k in knobs() if k.name == name), 0.0)
+    if value < minimum:
+        raise SpecError(f"{check.source}: {where}: {name} must be >= {minimum:g}, got {value}")
     return value
 
 
