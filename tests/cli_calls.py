@@ -18,6 +18,15 @@ def run_cli(capsys, *args):
     return code, captured.out, captured.err
 
 
+def assert_refused(capsys, folder: Path, *args, message: str) -> None:
+    """`sweep ARGS` refused as bad input must be: exit 2, one line naming `message`, nothing written in `folder`."""
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2, (out, err)
+    assert message in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (folder / "results").exists(), "nothing may be written"
+
+
 def sweep_cli(cwd: Path, *args: str) -> str:
     """The `sweep` command in its own process (Ray's local cluster ends with it); its output."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}

@@ -55,3 +55,15 @@ def small(data_dir):
         return TrainConfig(**values)
 
     return make
+
+
+@pytest.fixture
+def no_ray(monkeypatch, tmp_path, data_dir):
+    """In tmp_path (where a sweep file's results/ would go), with ray.init refused: for commands that must
+    stop, or finish, before Ray starts."""
+    import ray
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("the command started or joined Ray"))
+    return tmp_path

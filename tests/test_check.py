@@ -23,17 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "configs" / "quick.yaml"
 
 
-@pytest.fixture
-def no_ray(monkeypatch, tmp_path, data_dir):
-    """In tmp_path (where quick.yaml's results/ would go), with ray.init refused: a check must not start Ray."""
-    import ray
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("sweep check started or joined Ray"))
-    return tmp_path
-
-
 @pytest.mark.parametrize("command", [["check"], ["run", "--dry-run"]], ids=["check", "run --dry-run"])
 def test_check_prints_spec_plan_and_estimate_without_ray_or_writes(capsys, no_ray, command):
     import ray

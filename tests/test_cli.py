@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from cli_calls import run_cli
+from cli_calls import assert_refused, run_cli
 from sweep.cli import main
 
 TINY = {"name": "tiny", "train": {"epochs": 2, "train_subset": 500},
@@ -47,14 +47,6 @@ def finished_sweep(tmp_path, data_dir, monkeypatch):
     best = spec.train_config({"variant": "vanilla", "latent_dim": 2, "lr": 0.003})
     (home / "best_config.yaml").write_text(yaml.safe_dump(best.to_dict(), sort_keys=False))
     return home
-
-
-def assert_refused(capsys, tmp_path, *args, message):
-    code, out, err = run_cli(capsys, *args)
-    assert code == 2, (out, err)
-    assert message in err, err
-    assert err.count("\n") == 1 and "Traceback" not in err
-    assert not (tmp_path / "results").exists(), "nothing may be written"
 
 
 BAD_FILES = [

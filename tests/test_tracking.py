@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep.cli import main
+from cli_calls import assert_refused, run_cli
 from sweep.spec import SpecError, load, parse
 from sweep.trial import CARRIED
 
@@ -28,31 +28,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def run_cli(capsys, *args):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-@pytest.fixture
-def no_ray(monkeypatch, tmp_path):
-    """In tmp_path, with ray.init refused: a refused tracking server must stop the command before Ray starts."""
-    import ray
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started despite the tracking error"))
-    return tmp_path
-
-
-def assert_refused(capsys, folder, *args, message):
-    code, out, err = run_cli(capsys, *args)
-    assert code == 2, (out, err)
-    assert message in err, err
-    assert err.count("\n") == 1 and "Traceback" not in err
-    assert not (folder / "results").exists(), "nothing may be written"
 
 
 # ---- the sweep file ------------------------------------------------------------------------------
