@@ -4,19 +4,30 @@
     result = train(TrainConfig(variant="denoising", latent_dim=16, epochs=5, train_subset=5000))
     result.history[-1]["val_loss"], result.model
 
-No Ray, no Optuna, and no files written unless asked (`TrainState.save`).
+No Ray, no Optuna, and no files written unless asked (`TrainState.save`). Importing the package
+imports nothing else: each name below loads its module on first use, so `aemodels.files` and
+`aemodels.registry` load without torch.
 """
-from .config import ConfigError, TrainConfig
-from .data import DataError, Dataset, ensure_dataset, load_dataset
-from .models import VARIANTS, ConvAE, DenoisingAE, SparseAE, VanillaAE, create_model
-from .registry import REGISTRY, Knob, Variant, get_variant, import_variant_modules, register_variant
-from .pack import FAMILY, Pack, TrainState
-from .train import TrainResult, resolve_device, train
+import importlib
 
-import_variant_modules()  # last: the modules it names register through the package, now complete
+_EXPORTS = {
+    "ConfigError": "config", "TrainConfig": "config",
+    "DataError": "data", "Dataset": "data", "ensure_dataset": "data", "load_dataset": "data",
+    "VARIANTS": "models", "ConvAE": "models", "DenoisingAE": "models", "SparseAE": "models", "VanillaAE": "models",
+    "create_model": "models",
+    "REGISTRY": "registry", "Knob": "registry", "Variant": "registry", "get_variant": "registry",
+    "register_variant": "registry",
+    "FAMILY": "pack", "Pack": "pack", "TrainState": "pack",
+    "TrainResult": "train", "resolve_device": "train", "train": "train",
+}
+__all__ = list(_EXPORTS)
 
-__all__ = [
-    "ConfigError", "TrainConfig", "DataError", "Dataset", "ensure_dataset", "load_dataset", "VARIANTS", "ConvAE",
-    "DenoisingAE", "SparseAE", "VanillaAE", "create_model", "REGISTRY", "Knob", "Variant", "get_variant",
-    "register_variant", "FAMILY", "Pack", "TrainState", "TrainResult", "resolve_device", "train",
-]
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'aemodels' has no attribute {name!r}")
+    module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+    # Bind all of the module's names at once: importing aemodels/train.py sets `aemodels.train` to the
+    # module, and the function of that name must win.
+    globals().update({key: getattr(module, key) for key, source in _EXPORTS.items() if source == _EXPORTS[name]})
+    return globals()[name]

@@ -8,12 +8,13 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
+
+from .files import write_atomic
 
 DATA_DIR_ENV = "AEMODELS_DATA_DIR"
 OFFLINE_ENV = "AEMODELS_OFFLINE"  # 1: never try to download (clusters without internet fail at once)
@@ -104,9 +105,11 @@ def _gunzip_local_copies(raw: Path) -> None:
     for name in RAW_FILES:
         packed, target = raw / f"{name}.gz", raw / name
         if packed.is_file() and not target.is_file():
-            with gzip.open(packed, "rb") as src, tempfile.NamedTemporaryFile(dir=raw, delete=False) as dst:
-                shutil.copyfileobj(src, dst)
-            os.replace(dst.name, target)
+            def unpack(tmp: str) -> None:
+                with gzip.open(packed, "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+
+            write_atomic(target, unpack, durable=False)
 
 
 # The process's datasets, read once: {(name, data root, device): Dataset}. A per-process cache is the

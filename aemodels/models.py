@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .registry import VARIANTS, Knob, register_variant, shown, unknown_name  # noqa: F401  (re-exported)
+from .registry import VARIANTS, Knob, import_variant_modules, register_variant, shown, unknown_name  # noqa: F401  (re-exported)
 
 IMAGE_PIXELS = 28 * 28
 
@@ -124,6 +124,9 @@ register_variant("denoising", DenoisingAE, family="mlp", color="tab:orange",
 register_variant("sparse", SparseAE, family="mlp", color="tab:green",
                  knobs=[Knob("sparsity_weight", SPARSITY_DEFAULT, 1e-5, 1e-2, log=True)], penalty="sparsity_weight")
 register_variant("conv", ConvAE, family="conv", color="tab:red")
+# After the seed's own, so that a module AEMODELS_VARIANT_MODULES names finds them registered; whatever
+# reads the registry imports this module first (TrainConfig does), so Ray workers see those variants too.
+import_variant_modules()
 
 
 def create_model(variant: str, latent_dim: int = 32, **kwargs) -> nn.Module:

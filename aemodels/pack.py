@@ -113,22 +113,9 @@ class TrainState:
 
         durable=False skips the fsync, for a scratch copy that is about to be copied elsewhere.
         """
-        import os
-        import tempfile
+        from .files import write_atomic
 
-        path = os.fspath(path)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".pt")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(self.to_dict(), fh)
-                fh.flush()
-                if durable:
-                    os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, lambda tmp: torch.save(self.to_dict(), tmp), durable=durable)
 
     @classmethod
     def load(cls, path) -> "TrainState":

@@ -13,6 +13,8 @@ import re
 import subprocess
 from pathlib import Path
 
+from aemodels.files import write_text_atomic
+
 REPO = Path(__file__).resolve().parents[1]
 WHAT = {
     "train_speed": "seconds per epoch, the seed's loop vs aemodels.train (full MNIST, batch 128)",
@@ -117,10 +119,7 @@ def main(argv=None) -> int:
             body = re.sub(r"^#", "###", (folder / f"{step}.md").read_text().strip(), flags=re.MULTILINE)
             details += ["", f"## {step}", "", body]
     text = "\n".join(lines + details) + "\n"
-    out = Path(args.out)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    write_text_atomic(args.out, text)
     return 0
 
 

@@ -445,10 +445,10 @@ def write(runs: dict, settings: dict, command: str, wall: float, out: Path) -> i
 
 
 def atomic_write(path: Path, text: str) -> None:
+    from aemodels.files import write_text_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import os
 import platform
 import shlex
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -32,6 +31,7 @@ sys.path.insert(0, str(REPO))  # so `python benchmarks/train_speed.py` finds aem
 
 from aemodels import TrainConfig, VARIANTS, create_model, ensure_dataset, resolve_device, train  # noqa: E402
 from aemodels.config import ConfigError, TRAIN_IMAGES  # noqa: E402
+from aemodels.files import write_text_atomic  # noqa: E402
 from aemodels.models import unknown_name  # noqa: E402
 
 BATCH_SIZE = 128
@@ -185,9 +185,7 @@ def _graphs_summary(rows: list[dict]) -> str:
 
 def write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
+    write_text_atomic(path, text)
 
 
 # ---- command line ----------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ import math
 import os
 import shutil
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -22,6 +21,7 @@ import pandas as pd
 import yaml
 
 from aemodels import ConfigError, TrainConfig
+from aemodels.files import write_atomic
 from aemodels.registry import knobs
 
 from . import storage
@@ -503,26 +503,12 @@ def write_tables(results: Results) -> None:
 
 
 def _atomic(target: Path, write) -> None:
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        write_atomic(target, write)
     except OSError as exc:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
         raise ResultsError(f"cannot write {target} ({exc.strerror or exc}); the previous file is intact; "
                            f"free space or fix permissions, then `sweep analyze {target.parent.name}` "
                            "rebuilds it") from None
-    except BaseException:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        raise
 
 
 def load_results(name_or_dir: str, *, rebuild: bool = False, storage_path: str = "results") -> Results:

@@ -30,6 +30,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from aemodels.files import write_atomic, write_bytes_atomic
 from aemodels.pack import derived_seed
 
 from .space import SearchSpace
@@ -100,15 +101,16 @@ def snapshot_study(source: str, target: str) -> None:
     A journal is copied up to its last complete line (the driver is its only writer); SQLite through
     its backup API, because the live file may have a write-ahead log beside it.
     """
-    tmp = f"{target}.tmp"
     if _is_rdb(source):
-        with contextlib.closing(sqlite3.connect(source[len("sqlite:///"):])) as src, \
-                contextlib.closing(sqlite3.connect(tmp)) as dst:
-            src.backup(dst)
+        def backup(tmp: str) -> None:
+            with contextlib.closing(sqlite3.connect(source[len("sqlite:///"):])) as src, \
+                    contextlib.closing(sqlite3.connect(tmp)) as dst:
+                src.backup(dst)
+
+        write_atomic(target, backup, durable=False)
     else:
         data = Path(source).read_bytes()
-        Path(tmp).write_bytes(data[:data.rfind(b"\n") + 1])
-    os.replace(tmp, target)
+        write_bytes_atomic(target, data[:data.rfind(b"\n") + 1], durable=False)
 
 
 def snapshot_name(storage_url: str) -> str:

@@ -13,10 +13,11 @@ import math
 import os
 import signal
 import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
+
+from aemodels.files import write_text_atomic
 
 from . import storage
 from .errors import ResultsError, SweepError
@@ -98,15 +99,7 @@ class StatusFile:
 def _replace(path: Path, text: str) -> None:
     """Temp file + rename: a reader sees the old file or the new one, never half of one. No fsync: a status
     lost to a power cut is rewritten within seconds, or rebuilt from the tables."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, text, durable=False)
 
 
 def _plain(value):

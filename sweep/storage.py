@@ -15,6 +15,8 @@ from typing import Iterable, Optional
 
 import pyarrow.fs as pafs
 
+from aemodels.files import write_bytes_atomic
+
 HEAVY = ("state.pt",)  # model weights stay remote; everything else is small
 
 
@@ -62,9 +64,7 @@ def download_tree(uri: str, local: Path, skip: Iterable[str] = HEAVY) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         with fs.open_input_stream(info.path) as src:
             data = src.read()
-        tmp = target.with_name(f".{target.name}.download")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        write_bytes_atomic(target, data, durable=False)
 
 
 def download(uri: str, local: Path) -> bool:
@@ -74,9 +74,7 @@ def download(uri: str, local: Path) -> bool:
     with fs.open_input_stream(path) as src:
         data = src.read()
     local.parent.mkdir(parents=True, exist_ok=True)
-    tmp = local.with_name(f".{local.name}.download")
-    tmp.write_bytes(data)
-    os.replace(tmp, local)
+    write_bytes_atomic(local, data, durable=False)
     return True
 
 

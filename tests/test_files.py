@@ -1,0 +1,28 @@
+"""aemodels.files: the one atomic writer every table, state, status and download goes through."""
+import pytest
+
+from aemodels.files import write_atomic, write_text_atomic
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_a_write_replaces_the_file_whole(tmp_path, durable):
+    target = tmp_path / "table.csv"
+    target.write_text("old\n")
+    write_text_atomic(target, "new\n", durable=durable)
+    assert target.read_text() == "new\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]
+
+
+def test_a_failed_write_leaves_the_previous_file_and_no_temp_file(tmp_path):
+    target = tmp_path / "table.csv"
+    target.write_text("old\n")
+
+    def fails_halfway(tmp):
+        with open(tmp, "w") as fh:
+            fh.write("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        write_atomic(target, fails_halfway)
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]
