@@ -14,6 +14,7 @@ import torch
 from .config import ConfigError, TrainConfig
 from .data import load_dataset
 from .pack import Pack, TrainState
+from .status import Status
 
 # Fields that may differ between a saved state and the config that resumes it: they say how long or
 # where to train, not what is trained.
@@ -26,7 +27,7 @@ Report = Callable[[dict], Optional[bool]]
 class TrainResult:
     config: TrainConfig
     history: list[dict]  # one row per epoch: epoch, train_loss, val_loss, epoch_s, train_s, images_per_s, ...
-    status: str  # completed | stopped | diverged
+    status: Status  # completed | stopped | diverged
     model: torch.nn.Module  # the trained variant, on the CPU, in eval mode
     state: TrainState  # to save, or to continue with train(..., resume=state)
 
@@ -58,21 +59,21 @@ def train(config: TrainConfig, report: Optional[Report] = None, *,
     dataset = load_dataset(config.dataset, config.data_dir, resolve_device(config.device))
     pack = Pack.for_config(config, dataset)
     pack.add(0, state)
-    status = "completed"
+    status = Status.COMPLETED
     while pack.members[0].epoch < config.epochs:
         metrics = pack.run_epoch()[0]
-        if metrics["status"] == "diverged":
-            status = "diverged"
+        if metrics["status"] == Status.DIVERGED:
+            status = Status.DIVERGED
             if report is not None:
                 report(metrics)
             break
         if checkpoint is not None:
             checkpoint(pack.snapshot(0))
-        if report is not None and report(metrics) and metrics["status"] != "completed":
-            status = "stopped"
+        if report is not None and report(metrics) and metrics["status"] != Status.COMPLETED:
+            status = Status.STOPPED
             break
     final = pack.snapshot(0)
-    final.status = status
+    final.status = status.value  # a plain str: torch.load(weights_only=True) reads no enum
     return TrainResult(config, final.history, status, final.to_module(), final)
 
 

@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from aemodels.status import RANKED
+
 EXIT_USAGE = 2
 
 
@@ -267,7 +269,7 @@ def _ls(args) -> int:
                 trials, best, note = "?", "unreadable", f"  ({exc})"
             else:
                 trials = str(len(table))
-                done = table[table["status"].isin(["completed", "stopped"])]["final_val_loss"]
+                done = table[table["status"].isin(RANKED)]["final_val_loss"]
                 best = f"{done.min():.5f}" if done.notna().any() else "-"
         print(f"{home.name:24} {trials:>6} {best:>14}  {home}{note}")
     return 0

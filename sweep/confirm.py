@@ -19,6 +19,8 @@ from typing import Optional
 
 import pandas as pd
 
+from aemodels.status import Status
+
 from . import results as results_mod
 from . import storage
 from .errors import Interrupted, SweepError
@@ -69,7 +71,7 @@ def candidates(found: Results, top: Optional[int]) -> pd.DataFrame:
 
     Completed trials only: a trial ASHA stopped has a val_loss from an earlier epoch, not comparable."""
     ranked = results_mod._ranked(found.trials)
-    ranked = ranked[ranked["status"] == "completed"].reset_index(drop=True)
+    ranked = ranked[ranked["status"] == Status.COMPLETED].reset_index(drop=True)
     if top is None:
         top = max(1, min(DEFAULT_TOP, len(ranked)))
     if top > len(ranked):
@@ -191,7 +193,7 @@ def read_runs(home: Path, epochs: int) -> list[dict]:
             last = rows[-1] if rows else None
             error = _error_line(folder, None)
             reported = results_mod._result_rows(folder)  # Tune's own rows: the trial's time_total_s
-            ended = last is not None and (last.get("status") == "diverged" or last["epoch"] >= config.get("epochs", epochs))
+            ended = last is not None and (last.get("status") == Status.DIVERGED or last["epoch"] >= config.get("epochs", epochs))
             status = trial_status(last, False, config.get("epochs", epochs)) if ended else \
                 ("error" if error else "unfinished")
             losses = [r["val_loss"] for r in rows if r.get("val_loss") is not None and math.isfinite(r["val_loss"])]
@@ -211,7 +213,7 @@ def finished_runs(records: list[dict]) -> dict[str, dict]:
     """The newest finished (completed or diverged) record of each run key."""
     done: dict[str, dict] = {}
     for record in sorted(records, key=lambda r: r["mtime"]):
-        if record["status"] in ("completed", "diverged"):
+        if record["status"] in (Status.COMPLETED, Status.DIVERGED):
             done[record["key"]] = record
     return done
 
@@ -260,12 +262,12 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     (a configuration with a diverged seed ranks after every one without)."""
     rows = []
     for (rank, trial_id), runs in table.groupby(["rank", "trial_id"], sort=True):
-        completed = runs[runs["status"] == "completed"]["final_val_loss"]
+        completed = runs[runs["status"] == Status.COMPLETED]["final_val_loss"]
         completed = completed[completed.map(lambda v: math.isfinite(v))]
         mean, std, low, high = interval(completed)
         first = runs.iloc[0]
         rows.append({"rank": int(rank), "trial_id": trial_id, **{k: first[k] for k in SEARCHED},
-                     "seeds": int(len(completed)), "diverged": int((runs["status"] == "diverged").sum()),
+                     "seeds": int(len(completed)), "diverged": int((runs["status"] == Status.DIVERGED).sum()),
                      "mean_val_loss": mean, "std_val_loss": std, "ci_low": low, "ci_high": high,
                      "search_val_loss": float(first["search_val_loss"])})
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS[:-1])
@@ -452,8 +454,8 @@ def _finished_in_run(run: Path, epochs: int) -> dict[str, str]:
     ended = {}
     for record in results_mod.read_experiment(run):
         rows = [r for r in record["rows"] if "epoch" in r]
-        if rows and (rows[-1].get("status") == "diverged" or rows[-1]["epoch"] >= record["config"].get("epochs", epochs)):
-            ended[record["trial_id"]] = "diverged" if rows[-1].get("status") == "diverged" else "completed"
+        if rows and (rows[-1].get("status") == Status.DIVERGED or rows[-1]["epoch"] >= record["config"].get("epochs", epochs)):
+            ended[record["trial_id"]] = Status.DIVERGED if rows[-1].get("status") == Status.DIVERGED else Status.COMPLETED
     return ended
 
 
@@ -474,7 +476,7 @@ def _finish(found: Results, chosen: pd.DataFrame, seeds: list[int], epochs: int,
     found = dataclasses.replace(found, confirm=table)
     results_mod.write_tables(found)
     results_mod.sync_up(home, found.spec, TABLE_FILES)
-    missing = table[~table["status"].isin(["completed", "diverged"])]
+    missing = table[~table["status"].isin([Status.COMPLETED, Status.DIVERGED])]
     if received:
         raise Interrupted(received[0], f"stopped by {signal_name(received)}: {len(table) - len(missing)} of "
                                        f"{len(table)} runs done; tables written; `sweep confirm {home.name}` with the "

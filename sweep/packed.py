@@ -26,6 +26,8 @@ from typing import Optional
 import ray
 from ray import tune
 
+from aemodels.status import Status
+
 from .trial import ComputeClock, Reporting, TrialRecord
 
 logger = logging.getLogger(__name__)
@@ -209,14 +211,15 @@ class PackTrainer:
                 own, own_cpu = time.monotonic(), time.process_time()
                 row = {**rows[slot.trial_id], "device": str(pack.device), "trainer": self.name,
                        "trainer_pid": self.pid}
-                wanted = slot.with_state or row["status"] == "completed"
-                payload = self._serialize(pack.snapshot(slot.trial_id)) if wanted and row["status"] != "diverged" else None
+                wanted = slot.with_state or row["status"] == Status.COMPLETED
+                wanted = wanted and row["status"] != Status.DIVERGED
+                payload = self._serialize(pack.snapshot(slot.trial_id)) if wanted else None
                 row["device_s"] = shared_s + time.monotonic() - own
                 row["cpu_s"] = shared_cpu + time.process_time() - own_cpu
                 row[IN_PACK] = time.monotonic() - started  # the wall time the member spent in this round
                 self._resolve(slot, (row, payload))
             self.stats["serialize_s"] += time.monotonic() - tick
-            done = {s.trial_id for s in batch if rows[s.trial_id]["status"] in ("completed", "diverged")}
+            done = {s.trial_id for s in batch if rows[s.trial_id]["status"] in (Status.COMPLETED, Status.DIVERGED)}
             if done:
                 pack.retain([k for k in pack.keys if k not in done])
                 for trial_id in done:
@@ -342,7 +345,7 @@ def run_packed_trial(config: dict, *, base: dict, trainers: list[str], reporting
             waited = clock.lap(row.pop(IN_PACK))
             record.report({**row, **where, "wait_s": waited["wait_s"], "started_at": waited["started_at"]},
                           write, due=due)
-            if row["status"] in ("completed", "diverged"):
+            if row["status"] in (Status.COMPLETED, Status.DIVERGED):
                 return
     finally:  # also when ASHA stops the trial: Tune ends the trial's thread inside tune.report
         with contextlib.suppress(Exception):

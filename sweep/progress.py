@@ -12,6 +12,8 @@ import time
 
 from ray.tune import Callback
 
+from aemodels.status import FINISHED, Status
+
 from .errors import SweepError
 from .searcher import trial_status
 from .spec import SEARCHED
@@ -98,10 +100,10 @@ class Progress(Callback):
         if self.status is None or not (force or self.status.due()):
             return
         counts = self.counts(trials)
-        done = sum(n for s, n in counts.items() if s != "running")
+        done = sum(n for s, n in counts.items() if s != Status.RUNNING)
         if self.finished_at_start is None:
             self.finished_at_start = done
-        counts["pending"] = max(0, self.num_samples - len(trials)) + sum(
+        counts[Status.PENDING.value] = max(0, self.num_samples - len(trials)) + sum(
             1 for t in trials if t.status in ("PENDING", "PAUSED"))
         value, trial_id, config = self.best
         best = None if trial_id is None else {
@@ -114,22 +116,23 @@ class Progress(Callback):
 
     def counts(self, trials) -> dict[str, int]:
         """Derived from Tune's own trial list, so a resumed sweep counts what it restored too."""
-        counts = {s: 0 for s in ("running", "completed", "stopped", "diverged", "error")}
+        counts = {s.value: 0 for s in (Status.RUNNING, *FINISHED)}
         for trial in trials:
             if trial.status == "RUNNING":
-                counts["running"] += 1
+                counts[Status.RUNNING] += 1
             elif trial.status == "TERMINATED":
                 counts[trial_status(trial.last_result, False, self.max_epochs)] += 1
             elif trial.status == "ERROR":
-                counts["error"] += 1
+                counts[Status.ERROR] += 1
         return counts
 
     def status_line(self, trials) -> str:
         self.last_print = time.monotonic()
         counts = self.counts(trials)
-        done = sum(n for s, n in counts.items() if s != "running")
+        done = sum(n for s, n in counts.items() if s != Status.RUNNING)
         epochs = self.epochs(trials)
-        parts = [f"{counts['running']} running"] + [f"{n} {s}" for s, n in counts.items() if n and s != "running"]
+        parts = [f"{counts[Status.RUNNING]} running"] + [f"{n} {s}" for s, n in counts.items()
+                                                         if n and s != Status.RUNNING]
         line = (f"[{time.monotonic() - self.start:6.0f}s] {done}/{self.num_samples} trials done | "
                 f"{', '.join(parts)} | {epochs} epochs | best val_loss {self._best_text()}")
         if self.others is not None:

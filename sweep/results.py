@@ -23,6 +23,7 @@ import yaml
 from aemodels import ConfigError, TrainConfig
 from aemodels.files import write_atomic
 from aemodels.registry import knobs
+from aemodels.status import FINISHED, RANKED, Status
 
 from . import storage
 from .errors import ResultsError
@@ -40,7 +41,7 @@ TRIAL_COLUMNS = ["trial_id", *SEARCHED, "status", "epochs", "best_val_loss", "fi
 HYPER_DTYPES = {"latent_dim": "Int64", "lr": "Float64", **{k.name: "Float64" for k in knobs()}}
 SPEC_FILE, EXPERIMENT_DIR = "sweep.yaml", "ray"
 TABLE_FILES = ("trials.parquet", "trials.csv", "epochs.parquet", "best_config.yaml")
-FINISHED_STATUSES = ("completed", "stopped", "diverged", "error")
+FINISHED_STATUSES = FINISHED
 
 
 @dataclass
@@ -85,7 +86,7 @@ class Results:
         epoch); diverged and errored trials and non-finite losses never. Trials with the same latent_dim and
         the same loss dominate neither other, so all of them are kept. The rows keep every trials column.
         """
-        statuses = ["completed", "stopped"] if include_stopped else ["completed"]
+        statuses = list(RANKED) if include_stopped else [Status.COMPLETED]
         table = self.trials.reset_index(drop=True)  # one label per row: the masks below align by it
         loss = pd.to_numeric(table["final_val_loss"], errors="coerce").astype(float)
         latent = pd.to_numeric(table["latent_dim"], errors="coerce").astype(float)
@@ -360,7 +361,7 @@ def _trial_folder_record(experiment: Path, trial_id: str, status: str) -> Option
     results = _result_rows(folder)
     return {"trial_id": trial_id, "config": config, "ray_status": "TERMINATED",
             "last_result": results[-1] if results else {}, "num_failures": 0,
-            "error": _error_line(folder, None) if status == "error" else None, "rows": _epoch_rows(folder),
+            "error": _error_line(folder, None) if status == Status.ERROR else None, "rows": _epoch_rows(folder),
             "study_status": status}
 
 
@@ -380,7 +381,7 @@ def build_tables(home: Path, spec: Optional[SweepSpec] = None) -> Results:
         record["suggested_at"] = suggested.get(record["trial_id"])
     known = {record["trial_id"] for record in records}
     for trial_id, status in sorted(told.items()):
-        if trial_id not in known and status != "error":
+        if trial_id not in known and status != Status.ERROR:
             orphan = next(filter(None, (_trial_folder_record(e, trial_id, status) for e in experiments)), None)
             if orphan is not None:
                 records.append(orphan)
@@ -413,7 +414,7 @@ def _trial_row(record: dict, epochs: Optional[pd.DataFrame], spec: SweepSpec) ->
     elif record["ray_status"] == "TERMINATED":
         status = trial_status(last, False, spec.epochs)
     elif record["ray_status"] == "ERROR":
-        status = "error"
+        status = Status.ERROR
     else:
         status = record["ray_status"].lower()  # running / pending / paused: the sweep did not finish
     finite = epochs["val_loss"][epochs["val_loss"].map(lambda v: v is not None and math.isfinite(v))] \
@@ -427,7 +428,7 @@ def _trial_row(record: dict, epochs: Optional[pd.DataFrame], spec: SweepSpec) ->
         "final_train_loss": float(final["train_loss"]) if epochs is not None else math.nan,
         "wall_s": float(last.get("time_total_s", math.nan)), "node": last.get("hostname"), "node_id": last.get("node_id"),
         "device": last.get("device"), "execution": last.get("execution"),
-        "num_failures": int(record["num_failures"]), "error": record["error"] if status == "error" else None,
+        "num_failures": int(record["num_failures"]), "error": record["error"] if status == Status.ERROR else None,
         **_compute(epochs, record.get("suggested_at")),
     }
 
@@ -451,8 +452,8 @@ def _compute(epochs: Optional[pd.DataFrame], suggested_at: Optional[float]) -> d
 
 def _ranked(trials: pd.DataFrame) -> pd.DataFrame:
     """Trials that can be the best, best first: completed ones by final val_loss, then stopped ones."""
-    usable = trials[trials["status"].isin(["completed", "stopped"]) & trials["final_val_loss"].notna()]
-    order = usable.assign(_rank=(usable["status"] != "completed").astype(int))
+    usable = trials[trials["status"].isin(RANKED) & trials["final_val_loss"].notna()]
+    order = usable.assign(_rank=(usable["status"] != Status.COMPLETED).astype(int))
     return order.sort_values(["_rank", "final_val_loss"]).drop(columns="_rank")
 
 

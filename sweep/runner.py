@@ -24,6 +24,7 @@ from typing import Optional
 import yaml
 
 from aemodels import DataError, load_dataset
+from aemodels.status import Status
 
 from . import results as results_mod
 from . import status as status_mod
@@ -547,7 +548,7 @@ def reconcile_experiment(experiment: Path, spec: SweepSpec, finished: dict[str, 
         if status is None or trial["status"] in ("TERMINATED", "ERROR"):
             continue
         rows = results_mod._result_rows(experiment / trial["relative_logdir"])
-        trial["status"] = "ERROR" if status == "error" else "TERMINATED"
+        trial["status"] = "ERROR" if status == Status.ERROR else "TERMINATED"
         if rows:
             runtime["last_result"] = rows[-1]
         entry[0], entry[1] = json.dumps(trial, indent=2), json.dumps(runtime)

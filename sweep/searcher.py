@@ -32,6 +32,7 @@ from ray.tune.search import Searcher
 
 from aemodels.files import write_atomic, write_bytes_atomic
 from aemodels.pack import derived_seed
+from aemodels.status import Status
 
 from .space import SearchSpace
 from .spec import SearcherSpec
@@ -50,15 +51,15 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 STATE_FORMAT = "aesweep.searcher/2"
 
 
-def trial_status(result: dict | None, error: bool, max_epochs: int) -> str:
+def trial_status(result: dict | None, error: bool, max_epochs: int) -> Status:
     """completed | stopped | diverged | error, from a trial's last result."""
     if error or not result:
-        return "error"
-    if result.get("status") == "diverged":
-        return "diverged"
+        return Status.ERROR
+    if result.get("status") == Status.DIVERGED:
+        return Status.DIVERGED
     if result.get("epoch", 0) >= max_epochs:
-        return "completed"
-    return "stopped"
+        return Status.COMPLETED
+    return Status.STOPPED
 
 
 def study_path(home: Path) -> Path:
@@ -79,7 +80,7 @@ def _is_rdb(url: str) -> bool:
 def finished_in_study(storage_url: str, study_name: str) -> dict[str, str]:
     """Tune trial id -> status, for every trial the study has recorded as finished."""
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url, writer=False))
-    return {t.user_attrs["tune_trial_id"]: t.user_attrs.get("status", "completed")
+    return {t.user_attrs["tune_trial_id"]: t.user_attrs.get("status", Status.COMPLETED)
             for t in study.get_trials(deepcopy=False) if t.state.is_finished() and "tune_trial_id" in t.user_attrs}
 
 
@@ -438,9 +439,9 @@ class StudySearch(Searcher):
         status = trial_status(result, error, self._max_epochs)
         values = record["values"]
         value, state = None, TrialState.FAIL
-        if status == "completed" and math.isfinite(float(result.get(self.metric, math.nan))):
+        if status == Status.COMPLETED and math.isfinite(float(result.get(self.metric, math.nan))):
             value, state = float(result[self.metric]), TrialState.COMPLETE
-        elif status in ("stopped", "diverged"):
+        elif status in (Status.STOPPED, Status.DIVERGED):
             state = TrialState.PRUNED  # as Optuna's tell(PRUNED): the value is the last epoch's, if any
             value = values[max(values)] if values else None
         frozen = optuna.trial.FrozenTrial(

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Callable, Hashable, Optional
 
+from aemodels.status import Status
+
 CURVES_FILE = Path(__file__).parent / "data" / "curves.json"
 EPOCH_NOISE = 0.01  # relative per-epoch jitter of a simulated val_loss (seeded per trial)
 TRIAL_NOISE = 0.03  # relative per-trial offset: two trials of one config differ as two seeds would
@@ -89,7 +91,8 @@ class Curve:
         """The metrics row aemodels.Pack.run_epoch would give for this epoch (same keys)."""
         val = self.val_loss(epoch)
         return {"epoch": epoch, "train_loss": val * 1.05, "val_loss": val, "epoch_s": epoch_s, "train_s": epoch_s,
-                "images_per_s": None, "pack_size": pack_size, "status": "completed" if epoch >= epochs else "running"}
+                "images_per_s": None, "pack_size": pack_size,
+                "status": Status.COMPLETED if epoch >= epochs else Status.RUNNING}
 
 
 # ---- a trial's state: a few hundred bytes instead of a model --------------------------------------
@@ -141,7 +144,7 @@ def train(settings: dict, report: Optional[Callable[[dict], object]] = None, *,
         state = state.advanced(row)
         if checkpoint is not None:
             checkpoint(state)
-        if report is not None and report(row) and row["status"] != "completed":
+        if report is not None and report(row) and row["status"] != Status.COMPLETED:
             break
     return state
 

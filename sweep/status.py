@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from aemodels.files import write_text_atomic
+from aemodels.status import FINISHED, Status
 
 from . import storage
 from .errors import ResultsError, SweepError
@@ -28,8 +29,7 @@ STATUS_ENV = "AESWEEP_STATUS"  # which status file this process's Tune driver ke
 WRITE_EVERY_S = 3.0  # a local write is a few hundred bytes: cheap, and `sweep status` is never older than this
 UPLOAD_EVERY_S = 10.0  # an object-store PUT per write would cost more than the sweep's other traffic
 SILENT_S = 120.0  # a driver on another host that has not written for this long is taken as gone
-COUNTED = ("running", "pending", "completed", "stopped", "diverged", "error")
-FINISHED = ("completed", "stopped", "diverged", "error")
+COUNTED = tuple(s.value for s in (Status.RUNNING, Status.PENDING, *FINISHED))
 
 
 def status_name(driver: int = 0) -> str:
@@ -150,7 +150,7 @@ def write_final(found, state: str, why: Optional[str] = None) -> None:
 def table_counts(trials, num_samples: int) -> dict:
     counts = {s: 0 for s in COUNTED}
     for status, n in trials["status"].value_counts().items():
-        counts[status if status in counts else "running"] += int(n)
+        counts[status if status in counts else Status.RUNNING.value] += int(n)
     return {"counts": counts, "epochs": int(trials["epochs"].sum()) if len(trials) else 0, "num_samples": num_samples}
 
 
@@ -237,7 +237,7 @@ def read_status(name_or_dir: str, storage_path: str = "results") -> dict:
     status["counts"] = {s: int(status["counts"].get(s, 0)) for s in COUNTED}
     if state not in ("running", "stopping"):  # nothing runs, and nothing starts until `sweep resume`
         status["counts"]["pending"] = 0
-        status["counts"]["running"] = 0
+        status["counts"][Status.RUNNING] = 0
     status["done"] = sum(status["counts"][s] for s in FINISHED)
     started, updated = status.get("started"), status.get("updated")
     end = time.time() if state in ("running", "stopping") else updated
@@ -406,7 +406,7 @@ def _duration(seconds: float) -> str:
 def counted(status: dict) -> str:
     """The counts in one phrase, as the driver's own last line has them."""
     counts = status["counts"]
-    parts = [f"{counts[s]} {s}" for s in ("completed", "diverged", "error", "stopped") if counts[s]]
+    parts = [f"{counts[s]} {s}" for s in (Status.COMPLETED, Status.DIVERGED, Status.ERROR, Status.STOPPED) if counts[s]]
     return ", ".join(parts) or "no trials"
 
 

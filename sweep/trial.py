@@ -24,6 +24,8 @@ import ray
 from ray import tune
 from ray.tune import Checkpoint
 
+from aemodels.status import Status
+
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
 RAM_FOLDER = "/dev/shm"
@@ -139,7 +141,7 @@ class TrialRecord:
         self.history = [r for r in self.history if r["epoch"] < row["epoch"]] + [row]
         self.unreported = [r for r in self.unreported if r["epoch"] < row["epoch"]]
         due = self.due(row["epoch"]) if due is None else due
-        if row.get("status") not in ("completed", "diverged") and not due:
+        if row.get("status") not in (Status.COMPLETED, Status.DIVERGED) and not due:
             self.unreported.append(row)
             return
         carried, self.unreported = self.unreported, []
