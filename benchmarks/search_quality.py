@@ -72,7 +72,7 @@ def anytime():
     and per trial the epochs it reached and its config (a function: Ray is imported only once it is wanted)."""
     from ray.tune import Callback
 
-    from sweep.trial import epoch_rows
+    from sweep.epochs import epoch_rows
 
     class Anytime(Callback):
         def __init__(self):

@@ -173,7 +173,7 @@ def run_mode(execution: str, args, storage: str) -> dict:
 def _iterations(home: Path) -> pd.DataFrame:
     """Every reported result of every trial (Ray's result.json), for the time accounting. A result at a
     rung stands for the epochs it carries too: its epoch_s is theirs summed, as time_this_iter_s spans them."""
-    from sweep.trial import epoch_rows
+    from sweep.epochs import epoch_rows
 
     frames = []
     for path in (home / "ray").glob("*/result.json"):  # not pd.read_json: it makes `reported_at` a datetime

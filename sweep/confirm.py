@@ -177,7 +177,7 @@ def run_dirs(home: Path) -> list[Path]:
 def read_runs(home: Path, epochs: int) -> list[dict]:
     """Every confirm run's record, from the trials' own folders (not Ray's snapshot, which can lag them):
     key, config, status (completed, diverged, error, or unfinished), its rows' last epoch and losses."""
-    from .searcher import trial_status
+    from .study import trial_status
 
     records = []
     for experiment in run_dirs(home):

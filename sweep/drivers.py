@@ -135,7 +135,8 @@ def run_driver(home: Path, driver: int, address: str) -> None:
     from . import results as results_mod
     from . import runner
     from . import status as status_mod
-    from .searcher import STUDY_URL_ENV, finished_in_study, study_path, study_url
+    from .searcher import STUDY_URL_ENV
+    from .study import finished_in_study, study_path, study_url
 
     spec = results_mod.read_spec(home)
     os.environ[STUDY_URL_ENV] = study_url(study_path(home))

@@ -15,11 +15,11 @@ from ray.tune import Callback
 from aemodels.status import FINISHED, Status
 
 from .errors import SweepError
-from .searcher import trial_status
+from .study import trial_status
 from .spec import SEARCHED
 from .status import StatusFile
 from .telemetry import LiveTotals
-from .trial import epoch_rows
+from .epochs import epoch_rows
 
 
 RESUMED_TRIALS_ENV = "AESWEEP_RESUMED_TRIALS"  # how many trials `sweep resume` expects Ray to restore

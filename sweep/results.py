@@ -27,9 +27,9 @@ from aemodels.status import FINISHED, RANKED, Status
 
 from . import storage
 from .errors import ResultsError
-from .searcher import (LEGACY_STUDY_FILE, STUDY_FILE, finished_in_study, snapshot_name, snapshot_study,
-                       storage_error, study_path, study_url, suggested_in_study, trial_status)
-from .trial import HISTORY_FILE, epoch_rows
+from .epochs import HISTORY_FILE, epoch_rows
+from .study import (LEGACY_STUDY_FILE, STUDY_FILE, finished_trials, snapshot_name, snapshot_study, storage_error,
+                    study_path, study_url, trial_status)
 from .spec import SEARCHED, FileProblem, SpecError, SweepSpec, load_yaml, parse, read_text, yaml_problem
 
 COMPUTE_COLUMNS = ["cpu_s", "device_s", "wait_s"]  # README, "Compute telemetry", says what each one counts
@@ -317,8 +317,9 @@ def _error_line(folder: Path, filename: Optional[str]) -> Optional[str]:
 
 # ---- tables ---------------------------------------------------------------------------------------
 
-def _finished_in_study(home: Path, spec: SweepSpec) -> dict[str, str]:
-    """The study's record of finished trials; {} (Ray's word stands) when there is none or it cannot be read.
+def _finished_in_study(home: Path, spec: SweepSpec) -> dict[str, tuple[str, float | None]]:
+    """The study's record of finished trials: (status, when the searcher proposed it) per trial id; {}
+    (Ray's word stands, the queue time is unknown) when there is none or it cannot be read.
 
     A study that cannot be read (a journal damaged by hand; an older sweep's SQLite study on a
     read-only mount, where SQLite cannot create its -shm file) leaves the tables worth rebuilding from
@@ -328,22 +329,10 @@ def _finished_in_study(home: Path, spec: SweepSpec) -> dict[str, str]:
     if not path.is_file():
         return {}
     try:
-        return finished_in_study(study_url(path), spec.name)
+        return finished_trials(study_url(path), spec.name)
     except Exception as exc:  # SQLAlchemy's errors, a journal's ValueError / OSError, a missing study (KeyError)
         print(f"note: cannot read {path} ({storage_error(exc)}); trial statuses come from Ray's "
               "records alone")
-        return {}
-
-
-def _suggested_in_study(home: Path, spec: SweepSpec) -> dict[str, float]:
-    """When the searcher proposed each finished trial, for its `queued_s`; {} when the study cannot say
-    (`_finished_in_study` has already noted why)."""
-    path = study_path(home)
-    if not path.is_file():
-        return {}
-    try:
-        return suggested_in_study(study_url(path), spec.name)
-    except Exception:  # as in _finished_in_study: the queue time is then unknown, nothing else is lost
         return {}
 
 
@@ -371,14 +360,14 @@ def build_tables(home: Path, spec: Optional[SweepSpec] = None) -> Results:
     # The study records each trial's end as it happens; Ray's snapshot can lag (it may still say
     # RUNNING for a trial that has since ended, or miss a trial that started and ended between two
     # snapshots), so the study's word on how a trial ended wins.
-    told = _finished_in_study(home, spec)
+    in_study = _finished_in_study(home, spec)
+    told = {trial_id: status for trial_id, (status, _) in in_study.items()}
     experiments = experiment_dirs(home, spec)
     records = [record for experiment in experiments for record in read_experiment(experiment)]
-    suggested = _suggested_in_study(home, spec) if told else {}
     for record in records:
         if record["trial_id"] in told:
             record["study_status"] = told[record["trial_id"]]
-        record["suggested_at"] = suggested.get(record["trial_id"])
+        record["suggested_at"] = in_study[record["trial_id"]][1] if record["trial_id"] in in_study else None
     known = {record["trial_id"] for record in records}
     for trial_id, status in sorted(told.items()):
         if trial_id not in known and status != Status.ERROR:

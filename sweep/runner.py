@@ -33,7 +33,8 @@ from . import tracking
 from .errors import Interrupted, SweepError
 from .results import EXPERIMENT_DIR, SPEC_FILE, Results
 from .drivers import other_drivers
-from .searcher import STUDY_URL_ENV, repair_journal, snapshot_name, storage_error, study_path, study_url
+from .searcher import STUDY_URL_ENV
+from .study import repair_journal, snapshot_name, storage_error, study_path, study_url
 from .spec import SEARCHED, SpecError, SweepSpec
 
 logger = logging.getLogger(__name__)
@@ -527,7 +528,7 @@ def reconcile(home: Path, spec: SweepSpec) -> None:
     ends, so it knows better: such trials become TERMINATED (or ERROR) with their last result, taken
     from their result.json, before Ray restores the experiment.
     """
-    from .searcher import finished_in_study
+    from .study import finished_in_study
 
     finished = finished_in_study(study_url(study_path(home)), spec.name)
     for driver in range(spec.all_drivers):
@@ -566,7 +567,7 @@ def check_consistent(home: Path, spec: SweepSpec) -> None:
     list as finished must be in the study, which is written as each trial ends and so is never behind
     them unless it was damaged. (Ray would otherwise fail to restore its searcher and silently start a
     fresh experiment over the sweep, ray#30861.) Changes nothing."""
-    from .searcher import finished_in_study
+    from .study import finished_in_study
 
     path = study_path(home)
     try:

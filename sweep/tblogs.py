@@ -14,7 +14,7 @@ from ray.tune.logger import TBXLoggerCallback
 from ray.tune.result import TRAINING_ITERATION
 from tensorboardX import SummaryWriter
 
-from .trial import CARRIED, epoch_rows
+from .epochs import CARRIED, epoch_rows
 
 
 class _Writer(SummaryWriter):

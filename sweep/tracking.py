@@ -21,9 +21,9 @@ from ray.tune.logger import LoggerCallback
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from .errors import SweepError
-from .searcher import trial_status
+from .study import trial_status
 from .spec import SweepSpec
-from .trial import CARRIED, epoch_rows
+from .epochs import CARRIED, epoch_rows
 
 PROBE_TIMEOUT_S = 10.0
 # Result keys that are bookkeeping, not metrics (Ray's own are AUTO_RESULT_KEYS).

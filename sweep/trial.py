@@ -26,12 +26,12 @@ from ray.tune import Checkpoint
 
 from aemodels.status import Status
 
+from .epochs import CARRIED, HISTORY_FILE
+
 STATE_FILE = "state.pt"
-HISTORY_FILE = "history.json"
 RAM_FOLDER = "/dev/shm"
 STAGING_PREFIX = "aesweep-epoch-"  # then the writing process's id
 RAM_HEADROOM = 1 << 30  # bytes free in RAM_FOLDER for a trial to stage its checkpoints there
-CARRIED = "carried_epochs"  # a result's earlier epochs since the trial's previous result: a list of rows
 logger = logging.getLogger(__name__)
 
 
@@ -58,13 +58,6 @@ class ComputeClock:
     def skip(self) -> None:
         """Leave out of the next lap's CPU seconds what this process spent since the last one (reporting)."""
         self.cpu = time.process_time()
-
-
-def epoch_rows(result: dict) -> list[dict]:
-    """Every epoch a Tune result stands for, oldest first: its carried rows, then itself."""
-    carried = result.get(CARRIED) or []
-    own = {k: v for k, v in result.items() if k != CARRIED}
-    return [*carried, own]
 
 
 @dataclass(frozen=True)

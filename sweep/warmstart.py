@@ -13,7 +13,8 @@ import pandas as pd
 
 from . import results as results_mod
 from .errors import ResultsError, SweepError
-from .searcher import FINISHED, distributions, open_storage, storage_error, study_path, study_url
+from .searcher import FINISHED, distributions
+from .study import open_storage, storage_error, study_path, study_url
 from .spec import CONDITIONAL, SEARCHED, Param, SweepSpec
 
 TABLE = "warm_start.parquet"  # in the new sweep's folder: the trials its study started with, apart from its own

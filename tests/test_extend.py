@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from cli_calls import run_cli, sweep_cli
-from sweep.searcher import StudySearch, _key, open_storage
+from sweep.searcher import StudySearch, _key
+from sweep.study import open_storage
 from sweep.space import SearchSpace
 from sweep.results import read_spec
 

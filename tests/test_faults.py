@@ -22,7 +22,7 @@ import torch
 from aemodels import TrainState, train
 from sweep import load_results
 from sweep.results import read_spec
-from sweep.searcher import open_storage
+from sweep.study import open_storage
 
 pytestmark = pytest.mark.slow
 REPORT: list[dict] = []

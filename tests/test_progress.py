@@ -3,7 +3,7 @@ import io
 from types import SimpleNamespace
 
 from sweep.progress import Progress
-from sweep.trial import CARRIED
+from sweep.epochs import CARRIED
 
 
 def test_the_status_line_counts_carried_epochs_and_finds_the_best_among_them():

@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from sweep import runner
-from sweep.searcher import open_storage
+from sweep.study import open_storage
 from sweep.spec import load
 
 DECLARED_GPUS, EPOCHS = 2, 9

@@ -9,7 +9,8 @@ import pytest
 from optuna.trial import TrialState
 
 from sweep.results import _finished_in_study
-from sweep.searcher import LEGACY_STUDY_FILE, STUDY_FILE, StudySearch, open_storage, snapshot_study, study_path
+from sweep.searcher import StudySearch
+from sweep.study import LEGACY_STUDY_FILE, STUDY_FILE, open_storage, snapshot_study, study_path
 from sweep.space import SearchSpace
 from sweep.spec import parse
 
@@ -114,7 +115,9 @@ def test_an_older_sweeps_sqlite_study_is_still_read(tmp_path, capsys):
     trial.set_user_attr("status", "stopped")
     study.tell(trial, state=TrialState.PRUNED)
     assert study_path(tmp_path) == tmp_path / LEGACY_STUDY_FILE
-    assert _finished_in_study(tmp_path, SPEC) == {"old1": "stopped"}
+    [(status, proposed)] = _finished_in_study(tmp_path, SPEC).values()
+    assert list(_finished_in_study(tmp_path, SPEC)) == ["old1"] and status == "stopped"
+    assert proposed == trial.datetime_start.timestamp()
     (tmp_path / STUDY_FILE).write_text("not a journal\n")  # a journal, once there, is the study
     assert study_path(tmp_path) == tmp_path / STUDY_FILE
     assert _finished_in_study(tmp_path, SPEC) == {}
@@ -286,7 +289,7 @@ def test_resume_refuses_the_searcher_state_of_an_older_aesweep(tmp_path):
 
 def test_a_result_carrying_earlier_epochs_gives_the_study_every_intermediate_value(tmp_path):
     """Trials report at ASHA's rungs only; each result carries the epochs since the one before."""
-    from sweep.trial import CARRIED
+    from sweep.epochs import CARRIED
 
     path = tmp_path / STUDY_FILE
     search = searcher(str(path))

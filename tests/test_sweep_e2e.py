@@ -15,7 +15,7 @@ import yaml
 from sweep import load_results
 from sweep.cli import main
 from sweep.results import EPOCH_COLUMNS, TRIAL_COLUMNS
-from sweep.searcher import open_storage
+from sweep.study import open_storage
 
 pytestmark = pytest.mark.slow
 TRIALS, EPOCHS = 8, 8

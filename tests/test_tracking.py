@@ -16,7 +16,7 @@ import pytest
 
 from cli_calls import assert_refused, run_cli
 from sweep.spec import SpecError, load, parse
-from sweep.trial import CARRIED
+from sweep.epochs import CARRIED
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "configs" / "quick.yaml"
