@@ -52,9 +52,8 @@ class Dataset:
     def __reduce__(self):
         """Pickled as NumPy arrays (arriving on the CPU), which Ray's object store passes without a copy.
 
-        Ray pickles a torch tensor through torch.save: putting MNIST took 89 ms (336 ms the first time)
-        and a worker's get 53 ms (350 ms beside another worker's imports), against 23 ms and 14 ms as
-        arrays (BENCHMARKS.md).
+        Ray pickles a torch tensor through torch.save, a copy and a serialisation on every put and
+        get; arrays are put and read in place, several times faster (BENCHMARKS.md, sweep throughput).
         """
         return _from_arrays, (self.name, *(t.cpu().numpy() for t in self.tensors))
 
@@ -128,8 +127,8 @@ def read_idx(path: Path) -> torch.Tensor:
     """An unsigned-byte IDX file (the MNIST format) as a uint8 tensor of its shape.
 
     Written here rather than taken from torchvision.datasets, which reads the same bytes, because
-    importing torchvision costs 1.3-2.6 s in every process that reads the data (the sweep's driver,
-    `sweep analyze`, retraining); torchvision is still what downloads the files.
+    importing torchvision costs seconds in every process that reads the data (the sweep's driver,
+    `sweep analyze`, retraining; BENCHMARKS.md); torchvision is still what downloads the files.
     tests/test_train.py checks the result against torchvision's reading, byte for byte.
     """
     import numpy as np

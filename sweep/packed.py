@@ -365,9 +365,9 @@ def packed_plan(spec, cpus: float, gpus: float):
     """Trainers and members per trainer: one trainer per GPU, or, without GPUs, one per core.
 
     On a CPU, packing saves per-trial overhead, not arithmetic, and one single-threaded trainer per
-    core keeps each core as busy as a one-thread trial would (a 2-thread pack measured ~30% less
-    efficient per member-epoch here). Trainers reserve no Ray CPU: the proxies' shares account
-    for every core, so Ray starts exactly as many members as the packs hold.
+    core keeps each core as busy as a one-thread trial would, which a multi-threaded pack does not
+    (BENCHMARKS.md). Trainers reserve no Ray CPU: the proxies' shares account for every core, so Ray
+    starts exactly as many members as the packs hold.
     """
     from .runner import Plan
 

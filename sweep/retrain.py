@@ -21,7 +21,7 @@ def retrain(name_or_dir: str, epochs: Optional[int] = None, quiet: bool = False,
             threads: Optional[int] = None) -> TrainResult:
     """On a CPU, train with the torch threads the trial had (or `threads`): with another count the
     kernels split their sums differently, and Adam can amplify that to a visibly different val_loss
-    (a conv model at lr 5.5e-3: 0.026056 at one thread, 0.025677 at two; README)."""
+    (README has an example)."""
     import torch
 
     found = load_results(name_or_dir)

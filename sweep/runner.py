@@ -193,7 +193,7 @@ def connect(address: Optional[str], dashboard: bool, spec: Optional[SweepSpec] =
                          "or start Ray yourself and pass its address")
     preload = preload_modules(spec) if spec is not None else TRIAL_CODE
     # enable_worker_prestart: those workers start with the raylet, not when this driver joins, so their
-    # imports (~2 s of a 2-core machine) overlap the rest of Ray's start-up (BENCHMARKS.md, worker prestart).
+    # imports (torch, seconds on a small machine) overlap the rest of Ray's start-up (BENCHMARKS.md, worker prestart).
     wanted = {"preload_python_modules": list(preload), "enable_worker_prestart": True}
     config = {name: value for name, value in wanted.items() if f"RAY_{name}" not in os.environ}  # Ray's own wins
     # "local", not None: None would join whatever cluster `ray start` last left on this machine.
@@ -243,9 +243,9 @@ def idle_workers_for_trials():
 
     Tune gives every trainable a runtime_env setting PL_DISABLE_FORK (for PyTorch Lightning, which no
     aesweep trial runs), and Ray never hands a worker started without that runtime_env to an actor that
-    has one: each trial actor waited for a fresh process instead (~0.6 s, and the imports above again).
+    has one: each trial actor would wait for a fresh process and pay the imports above again.
     Without the variable Tune's runtime_env is empty (unless Tune finds AWS credentials in the driver's
-    environment, which it passes on the same way: then trials start on fresh workers, as before).
+    environment, which it passes on the same way: then trials start on fresh workers).
     Restored afterwards for other Tune runs in this process.
     """
     try:

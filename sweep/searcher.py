@@ -39,8 +39,8 @@ logger = logging.getLogger(__name__)
 MAX_REDRAWS = 20
 STUDY_URL_ENV = "AESWEEP_STUDY_URL"  # where a restored searcher reopens its study
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-# What a searcher-state pickle of this searcher holds under "format"; the OptunaSearch-based searcher of
-# aesweep before 2026-12-03 wrote none (its state cannot drive this one: `runner.check_resumable`).
+# What a searcher-state pickle of this searcher holds under "format"; a pickle without it is of another
+# searcher, whose state cannot drive this one (`runner.check_resumable` refuses it).
 STATE_FORMAT = "aesweep.searcher/2"
 
 
@@ -64,7 +64,7 @@ class StudySearch(Searcher):
 
     _LIVE = ("_study", "_tpe", "_rows", "_tried", "_finished", "_seen", "_synced", "_others")  # from the study
     SYNC_S = 1.0
-    _driver, _drivers = 0, 1  # what a searcher pickled before sweeps had several drivers was
+    _driver, _drivers = 0, 1  # class defaults: a pickle without these fields is a single driver's
 
     def __init__(self, space: SearchSpace, spec: SearcherSpec, storage_url: str, study_name: str, max_epochs: int,
                  points: tuple = (), num_samples: int | None = None, driver: int = 0, drivers: int = 1):

@@ -20,7 +20,7 @@ from aemodels.status import Status
 
 logger = logging.getLogger(__name__)
 STUDY_FILE = "study.journal"  # the study, in the sweep's folder: Optuna's journal file
-LEGACY_STUDY_FILE = "study.db"  # where sweeps of aesweep before 2026-12-02 kept it (SQLite); still read
+LEGACY_STUDY_FILE = "study.db"  # a SQLite study, as older sweeps keep it; still read
 STUDY_SNAPSHOT = "study-snapshot"  # + the study file's suffix: the study as of Ray's last snapshot, in Ray's folder
 
 
@@ -114,11 +114,11 @@ class SweepJournal(JournalFileBackend):
 
     Optuna's backend takes a lock file and fsyncs for every append: one of each per reported epoch,
     on the Tune driver's only thread, where the fsync waits behind the checkpoints the trials are
-    writing to the same disk (the study's per-epoch report took 18 ms median in one reference CPU
-    sweep, 2 ms in others). The driver is the study's only writer, so no lock is needed (and none
-    is left for the next driver to wait 30 s on when one is killed). A killed driver loses nothing
-    it wrote (the kernel holds it); a machine that loses power may lose the last appends, as the
-    SQLite study of older sweeps (WAL, synchronous=NORMAL) could. Reading is Optuna's own.
+    writing to the same disk (BENCHMARKS.md, study report). The driver is the study's only writer,
+    so no lock is needed (and none is left for the next driver to wait 30 s on when one is killed).
+    A killed driver loses nothing it wrote (the kernel holds it); a machine that loses power may lose
+    the last appends, as the SQLite study of older sweeps (WAL, synchronous=NORMAL) could. Reading is
+    Optuna's own.
 
     A `shared` journal (a sweep of several drivers) takes Optuna's lock file around each append, as
     Optuna's own backend does, so that the take-back of a write cut short cuts no other driver's.
@@ -160,10 +160,9 @@ def open_storage(url: str, writer: bool = True, shared: bool = False) -> optuna.
     """The study's storage: Optuna's journal file (a path), or a SQLite study of an older sweep (a URL).
 
     A journal is an append-only log of the study's operations, replayed into memory: the driver asks
-    TPE and tells Optuna without a database round trip per call (in a study of 50 trials, a
-    suggestion takes 7 ms and a trial's three epoch reports and end 1 ms on a 2-core CPU, against
-    44 and 17 ms with SQLite in WAL mode; `benchmarks/scaling.py`). Each write is one appended
-    line (SweepJournal). A writer first drops a torn last line; readers open nothing for writing
+    TPE and tells Optuna without a database round trip per call, several times cheaper per suggestion
+    and per report than SQLite in WAL mode (BENCHMARKS.md, `benchmarks/scaling.py`). Each write is one
+    appended line (SweepJournal). A writer first drops a torn last line; readers open nothing for writing
     (a missing journal is an error, not a new study). A `shared` journal has several drivers writing
     to it at once: each append takes Optuna's lock file, and nothing is cut on opening (a line another
     driver is writing would look torn; the sweep repairs the journal before its drivers start).

@@ -153,8 +153,8 @@ class TrialRecord:
     def _stage(self, write_state: Callable[[Path], None]) -> Path:
         """A new folder holding the state and the history, for Ray to copy to the trial's storage.
 
-        A new folder each time: a file renamed over the last epoch's makes ext4 write it out at once,
-        which costs more than the write (13 MB: 14 ms against 7 ms; BENCHMARKS.md). In RAM when there
+        A new folder each time: a file renamed over the last epoch's makes ext4 write it out at once
+        (auto_da_alloc), which costs more than the write itself (BENCHMARKS.md). In RAM when there
         is room, so that Ray's copy is the only write to disk; on disk if RAM runs out mid-write.
         """
         root = self.scratch if self.scratch is not None else staging_folder()
@@ -221,8 +221,8 @@ class SharedDataset:
     """The sweep's dataset in Ray's object store, fetched by each worker process once, not once per trial.
 
     Passed to `tune.with_parameters` in this box, Ray hands every trial the reference, not the data:
-    a reused actor then skips deserialising the whole dataset again (57 ms per trial for MNIST on a
-    CPU, ~30% of a trial's set-up; BENCHMARKS.md).
+    a reused actor then skips deserialising the whole dataset again, a large share of a short trial's
+    set-up (BENCHMARKS.md).
     """
 
     def __init__(self, dataset):
