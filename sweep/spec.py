@@ -71,7 +71,7 @@ Text = Annotated[str, PlainValidator(_text)]  # non-empty
 Count = Annotated[StrictInt, Field(ge=1)]  # StrictInt: YAML's `yes`, 3.0 and "3" are refused
 NonNegative = Annotated[StrictInt, Field(ge=0)]
 # An unknown key is refused with the closest known one (extra="forbid"); a section's value is frozen once made.
-schema = partial(pydantic_dataclass, frozen=True, config=ConfigDict(extra="forbid"))
+_schema = partial(pydantic_dataclass, frozen=True, config=ConfigDict(extra="forbid"))
 
 
 def _gpu_fraction(value):
@@ -127,7 +127,7 @@ class Param:
         return out
 
 
-@schema
+@_schema
 class SearcherSpec:
     seed: NonNegative = 0
     n_startup_trials: NonNegative = 10
@@ -135,7 +135,7 @@ class SearcherSpec:
     constant_liar: StrictBool = True
 
 
-@schema
+@_schema
 class SchedulerSpec:
     grace_period: Count = 1
     reduction_factor: Annotated[Number, Field(gt=1)] = 3.0
@@ -160,7 +160,7 @@ def rung_epochs(grace_period: int, reduction_factor: float, max_t: int, brackets
     return tuple(sorted(e for e in epochs if 1 <= e <= max_t))
 
 
-@schema
+@_schema
 class ResourceSpec:
     # trial: one Ray actor per trial; packed: trials sharing a device train as one model
     execution: Literal[EXECUTIONS] = "auto"
@@ -175,7 +175,7 @@ class ResourceSpec:
         return max(1, int(self.cpu))
 
 
-@schema
+@_schema
 class SimulateSpec:
     """Simulated training (sweep/simulate.py): recorded learning curves replayed instead of training."""
 
@@ -183,7 +183,7 @@ class SimulateSpec:
     seconds_per_epoch: Annotated[Number, Field(ge=0)] = 0.0
 
 
-@schema
+@_schema
 class MlflowSpec:
     """An MLflow tracking server (or store) that gets one run per trial (sweep/tracking.py)."""
 
@@ -191,7 +191,7 @@ class MlflowSpec:
     experiment: Optional[Text] = None  # None: the sweep's name
 
 
-@schema
+@_schema
 class WandbSpec:
     """A Weights & Biases project that gets one run per trial (sweep/tracking.py)."""
 
@@ -201,7 +201,7 @@ class WandbSpec:
     dir: Optional[Text] = None  # where wandb/ with the run files goes; None: the sweep's folder
 
 
-@schema
+@_schema
 class TrackingSpec:
     """Where else every trial is logged (parameters, per-epoch metrics, final status): none by default."""
 
@@ -213,7 +213,7 @@ class TrackingSpec:
                 if value is not None}
 
 
-@schema
+@_schema
 class ConfirmSpec:
     """`confirm:` runs `sweep confirm` as the last step of `sweep run`: the top `top` configurations, `seeds`
     seeds each, for `epochs` epochs (None: the sweep's)."""
@@ -241,7 +241,7 @@ FIXED_TRAIN_KEYS = tuple(TrainSection.__annotations__)
 TRAIN_DEFAULTS = {"epochs": 10, "batch_size": 128, "train_subset": None, "seed": 0, "device": "auto"}
 
 
-@schema
+@_schema
 class SweepSpec:
     name: Text
     space: Annotated[dict[str, Param], PlainValidator(lambda raw: _parse_space(raw))]
@@ -540,7 +540,7 @@ _HINTED = {"": TOP_KEYS, "train.": FIXED_TRAIN_KEYS, "space.": SEARCHED,
                                 ("simulate", SimulateSpec), ("tracking", TrackingSpec),
                                 ("tracking.mlflow", MlflowSpec), ("tracking.wandb", WandbSpec))}}
 _SECTIONS = {**_HINTED, "confirm.": tuple(f.name for f in dataclasses.fields(ConfirmSpec))}
-UNKNOWN_KEY = ("unexpected_keyword_argument", "extra_forbidden", "invalid_key")  # pydantic's, for a key not a field
+_UNKNOWN_KEY = ("unexpected_keyword_argument", "extra_forbidden", "invalid_key")  # pydantic's, for a key not a field
 _EXAMPLES = {"tracking.mlflow.uri": "{uri: http://127.0.0.1:5000} (the address of `mlflow server`)"}
 
 
@@ -551,7 +551,7 @@ def parse(raw: dict, source: str = "sweep") -> SweepSpec:
         spec = _SWEEP.validate_python({k: v for k, v in raw.items() if v is not None})
     except ValidationError as exc:
         # An unknown key first: a misspelt key's value is often what the other errors are about.
-        error = min(exc.errors(), key=lambda e: e["type"] not in UNKNOWN_KEY)
+        error = min(exc.errors(), key=lambda e: e["type"] not in _UNKNOWN_KEY)
         raise SpecError(f"{source}: {_message(error)}") from None
     problem = _between_sections(spec)
     if problem:
@@ -586,7 +586,7 @@ def _message(error: dict, where: Optional[str] = None) -> str:
     """One of pydantic's errors as the one line a user reads: the key, what is wrong, what would do."""
     kind, ctx, value = error["type"], error.get("ctx") or {}, error["input"]
     where = _where(error["loc"]) if where is None else where
-    if kind in UNKNOWN_KEY:
+    if kind in _UNKNOWN_KEY:
         section = _where(error["loc"][:-1])
         return _unknown_key(section + "." if section else "", error["loc"][-1])
     if kind == "missing":
@@ -601,28 +601,24 @@ def _message(error: dict, where: Optional[str] = None) -> str:
         if isinstance(ctx["error"], SpecError):  # it names its own place
             return problem
         return where + ("" if problem.startswith("=") else " ") + problem
-    bound = next((f"{op} {ctx[key]:g}" for key, op in (("gt", ">"), ("ge", ">="), ("le", "<=")) if key in ctx), "")
-    problem = {"int_type": f"must be an integer, got {shown(value)}",
-               "bool_type": f"must be true or false, got {shown(value)}",
-               "string_type": f"must be a string, got {shown(value)}",
-               "greater_than": f"must be {bound}, got {shown(value)}",
-               "greater_than_equal": f"must be {bound}, got {shown(value)}",
-               "less_than_equal": f"must be {bound}, got {shown(value)}",
-               "dataclass_type": f"must be a mapping of keys, not a {_yaml_type(value)}",
-               "dict_type": f"must be a mapping of keys, not a {_yaml_type(value)}",
-               "tuple_type": f"must be a list, not a {_yaml_type(value)}"}.get(kind, f"{error['msg']}, got "
-                                                                               f"{shown(value)}")
-    return f"{where} {problem}"
+    shape = {"dataclass_type": "a mapping of keys", "dict_type": "a mapping of keys", "tuple_type": "a list"}.get(kind)
+    if shape:
+        return f"{where} must be {shape}, not a {_yaml_type(value)}"
+    bounds = [f"{op} {ctx[key]:g}" for key, op in (("gt", ">"), ("ge", ">="), ("le", "<=")) if key in ctx]
+    wanted = {"int_type": "an integer", "bool_type": "true or false", "string_type": "a string"}.get(kind)
+    if wanted or bounds:
+        return f"{where} must be {wanted or bounds[0]}, got {shown(value)}"
+    return f"{where}: {error['msg']}, got {shown(value)}"  # a rule of pydantic's the schema has no words for
 
 
 def _unknown_key(prefix: str, key, known=None) -> str:
-    known = _SECTIONS[prefix] if known is None else known
+    known = _SECTIONS.get(prefix, ()) if known is None else known
     # `train.lr` for `space.lr`: the key exists, in another section, and that is the hint to give.
     elsewhere = [where + key for where, keys in _HINTED.items() if prefix in _HINTED and where != prefix
                  and key in keys]
     if elsewhere:
-        return (f"unknown key {shown(f'{prefix}{key}')} (did you mean {' or '.join(map(repr, elsewhere))}?; {key} is a "
-                "key of another section)")
+        return (f"unknown key {shown(f'{prefix}{key}')} (did you mean {' or '.join(map(repr, elsewhere))}?; {key} "
+                "is a key of another section)")
     return unknown_name("key", f"{prefix}{key}", [prefix + k for k in known])
 
 
@@ -689,23 +685,21 @@ def _parse_points(raw, space: Optional[dict[str, Param]]) -> tuple:
     for i, point in enumerate(raw):
         where = f"points[{i}]"
         _check_keys(_mapping(point, where), where + ".", SEARCHED)
+        point = {name: _check_value(name, value, f"{where}.{name}") for name, value in point.items()}
         variant = point.get("variant", space["variant"].values[0] if space["variant"].kind == "fixed" else None)
         for name, param in space.items():
-            needed = name not in CONDITIONAL or CONDITIONAL[name] == variant
-            if param.kind == "fixed" or not needed:
-                if name in point and param.kind == "fixed" and \
-                        _check_value(name, point[name], where) != param.values[0]:
+            if param.kind == "fixed":
+                if name in point and point[name] != param.values[0]:
                     raise SpecError(f"{where}.{name}={shown(point[name])} but the space fixes {name} to "
                                     f"{shown(param.values[0])}")
-                continue
-            if name not in point:
-                raise SpecError(f"{where} does not set {name}; give every searched parameter a value")
-            value = _check_value(name, point[name], f"{where}.{name}")
-            inside = value in param.values if param.kind == "choice" else param.low <= value <= param.high
-            if not inside:
-                raise SpecError(f"{where}.{name}={shown(value)} is outside space.{name}; widen the space")
-        points.append({k: _check_value(k, v, f"{where}.{k}") for k, v in point.items()
-                       if k in space and space[k].kind != "fixed"})
+            elif name not in CONDITIONAL or CONDITIONAL[name] == variant:
+                if name not in point:
+                    raise SpecError(f"{where} does not set {name}; give every searched parameter a value")
+                inside = point[name] in param.values if param.kind == "choice" else \
+                    param.low <= point[name] <= param.high
+                if not inside:
+                    raise SpecError(f"{where}.{name}={shown(point[name])} is outside space.{name}; widen the space")
+        points.append({k: v for k, v in point.items() if k in space and space[k].kind != "fixed"})
     return tuple(points)
 
 

@@ -1,7 +1,6 @@
 """Sweep files: what a valid one resolves to, and a one-line error naming the fix for every bad one."""
 import copy
 import dataclasses
-import math
 
 import pytest
 import yaml
