@@ -652,7 +652,7 @@ def _check_value(name, value, where):
         if value not in VARIANTS:
             raise SpecError(f"{where}: {unknown_name('variant', value, VARIANTS)}")
         return value
-    if name not in _VALUE:
+    if name not in _VALUE:  # a knob's rule is made when first needed, so a variant registered later has one
         minimum = next(k.minimum for k in knobs() if k.name == name)
         _VALUE[name] = TypeAdapter(Annotated[Number, Field(ge=minimum)])
     return _checked(_VALUE[name], value, where if where.endswith(name) else f"{where}: {name}")
