@@ -1,6 +1,7 @@
 """A sweep file (YAML) -> a validated SweepSpec. Every problem is a one-line SpecError naming the key and the fix.
 
-Nothing here starts Ray or touches the results folder: a spec is checked whole before anything runs.
+The schema is the pydantic dataclasses below, one per section: each value's type and range is declared once, in
+its field. Nothing here starts Ray or touches the results folder: a spec is checked whole before anything runs.
 """
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ import math
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
+from pydantic import (AfterValidator, BeforeValidator, ConfigDict, Field, PlainValidator, StrictBool, StrictInt,
+                      TypeAdapter, ValidationError, field_validator)
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from typing_extensions import TypedDict
 
 from aemodels import ConfigError, TrainConfig
 from aemodels.models import VARIANTS, shown, unknown_name
@@ -24,7 +30,8 @@ COMMON = ("variant", "latent_dim", "lr")
 SEARCHED = COMMON + tuple(k.name for k in knobs())
 DISTRIBUTIONS = ("choice", "int", "logint", "uniform", "loguniform")
 EXECUTIONS = ("auto", "trial", "packed")
-FIXED_TRAIN_KEYS = ("epochs", "batch_size", "train_subset", "seed", "device", "cuda_graphs", "matmul_precision")
+REPORTS = ("rungs", "epoch")
+WANDB_MODES = ("online", "offline")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # An image has 784 pixels: a code wider than that compresses nothing, and 10^9 would fail only in the trial.
 MAX_LATENT_DIM = 4096
@@ -36,6 +43,59 @@ CONDITIONAL = {k.name: knob_user(k.name) for k in knobs()}
 class SpecError(ValueError):
     """A sweep file that cannot run; the message is one line: where, what, and what to do."""
 
+
+# ---- the value types the sections share -----------------------------------------------------------
+
+def _number(value) -> float:
+    # PyYAML reads 1e-4 (no dot) as a string: accept any string that is plainly a number.
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"must be a number, got {shown(value)}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"must be a number, got {shown(value)}")
+    if not math.isfinite(value):
+        raise ValueError(f"must be finite, got {shown(value)}")
+    return float(value)
+
+
+def _text(value) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"must be a non-empty string, got {shown(value)}")
+    return value
+
+
+Number = Annotated[float, PlainValidator(_number)]  # finite; YAML's `yes` and `.inf` are refused
+Text = Annotated[str, PlainValidator(_text)]  # non-empty
+Count = Annotated[StrictInt, Field(ge=1)]  # StrictInt: YAML's `yes`, 3.0 and "3" are refused
+NonNegative = Annotated[StrictInt, Field(ge=0)]
+# An unknown key is refused with the closest known one (extra="forbid"); a section's value is frozen once made.
+_schema = partial(pydantic_dataclass, frozen=True, config=ConfigDict(extra="forbid"))
+
+
+def _gpu_fraction(value):
+    if value == "auto":
+        return value
+    value = _number(value)
+    if value != 0 and not 0 < value <= 1:
+        raise ValueError(f"={value} is outside (0, 1]; give a fraction of one GPU per trial, 'auto', or 0 for CPU only")
+    return value
+
+
+def _positive_seconds(value: float) -> float:
+    if not value > 0:
+        raise ValueError(f"must be a positive number of seconds, got {value}")
+    return value
+
+
+def _latent_dim(value: int) -> int:
+    if not 1 <= value <= MAX_LATENT_DIM:
+        raise ValueError(f"must be between 1 and {MAX_LATENT_DIM}, got {shown(value)}")
+    return value
+
+
+# ---- the schema ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Param:
@@ -67,24 +127,23 @@ class Param:
         return out
 
 
-@dataclass(frozen=True)
+@_schema
 class SearcherSpec:
-    seed: int = 0
-    n_startup_trials: int = 10
-    multivariate: bool = True
-    constant_liar: bool = True
+    seed: NonNegative = 0
+    n_startup_trials: NonNegative = 10
+    multivariate: StrictBool = True
+    constant_liar: StrictBool = True
 
 
-@dataclass(frozen=True)
+@_schema
 class SchedulerSpec:
-    grace_period: int = 1
-    reduction_factor: float = 3
-    brackets: int = 1
-    report: str = "rungs"  # rungs: report to Tune where ASHA decides, carrying the epochs between; epoch: every epoch
-    checkpoint_every_s: float = 60.0  # between reports, a checkpoint (with a report) at most this often
-
-
-REPORTS = ("rungs", "epoch")
+    grace_period: Count = 1
+    reduction_factor: Annotated[Number, Field(gt=1)] = 3.0
+    brackets: Count = 1
+    # rungs: report to Tune where ASHA decides, carrying the epochs between; epoch: every epoch
+    report: Literal[REPORTS] = "rungs"
+    # between reports, a checkpoint (with a report) at most this often
+    checkpoint_every_s: Annotated[Number, AfterValidator(_positive_seconds)] = 60.0
 
 
 def rung_epochs(grace_period: int, reduction_factor: float, max_t: int, brackets: int = 1) -> tuple[int, ...]:
@@ -101,12 +160,14 @@ def rung_epochs(grace_period: int, reduction_factor: float, max_t: int, brackets
     return tuple(sorted(e for e in epochs if 1 <= e <= max_t))
 
 
-@dataclass(frozen=True)
+@_schema
 class ResourceSpec:
-    execution: str = "auto"  # trial: one Ray actor per trial; packed: trials sharing a device train as one model
-    cpu: float = 1.0  # CPUs per trial (trial execution)
-    gpu: Any = "auto"  # GPU fraction per trial (trial execution): "auto" packs several trials per GPU, 0 = CPU only
-    pack_size: Optional[int] = None  # members per packed trainer; None = 256 per GPU, 2 per CPU core
+    # trial: one Ray actor per trial; packed: trials sharing a device train as one model
+    execution: Literal[EXECUTIONS] = "auto"
+    cpu: Annotated[Number, Field(gt=0)] = 1.0  # CPUs per trial (trial execution)
+    # GPU fraction per trial (trial execution): "auto" packs several trials per GPU, 0 = CPU only
+    gpu: Annotated[Union[Literal["auto"], float], PlainValidator(_gpu_fraction)] = "auto"
+    pack_size: Optional[Count] = None  # members per packed trainer; None = 256 per GPU, 2 per CPU core
 
     @property
     def threads_per_trial(self) -> int:
@@ -114,35 +175,33 @@ class ResourceSpec:
         return max(1, int(self.cpu))
 
 
-@dataclass(frozen=True)
+@_schema
 class SimulateSpec:
     """Simulated training (sweep/simulate.py): recorded learning curves replayed instead of training."""
 
-    seconds_per_epoch: float = 0.0  # simulated time per member-epoch (a packed round takes this per member)
+    # simulated time per member-epoch (a packed round takes this per member)
+    seconds_per_epoch: Annotated[Number, Field(ge=0)] = 0.0
 
 
-@dataclass(frozen=True)
+@_schema
 class MlflowSpec:
     """An MLflow tracking server (or store) that gets one run per trial (sweep/tracking.py)."""
 
-    uri: str = ""  # http(s)://host:port of `mlflow server`, or a local store: a folder, sqlite:///file.db
-    experiment: Optional[str] = None  # None: the sweep's name
+    uri: Text  # http(s)://host:port of `mlflow server`, or a local store: a folder, sqlite:///file.db
+    experiment: Optional[Text] = None  # None: the sweep's name
 
 
-@dataclass(frozen=True)
+@_schema
 class WandbSpec:
     """A Weights & Biases project that gets one run per trial (sweep/tracking.py)."""
 
-    project: Optional[str] = None  # None: the sweep's name
-    mode: str = "online"  # online: to the W&B server; offline: run files only, for `wandb sync` later
-    entity: Optional[str] = None  # the W&B user or team; None: the API key's default
-    dir: Optional[str] = None  # where wandb/ with the run files goes; None: the sweep's folder
+    project: Optional[Text] = None  # None: the sweep's name
+    mode: Literal[WANDB_MODES] = "online"  # online: to the W&B server; offline: run files only, for `wandb sync` later
+    entity: Optional[Text] = None  # the W&B user or team; None: the API key's default
+    dir: Optional[Text] = None  # where wandb/ with the run files goes; None: the sweep's folder
 
 
-WANDB_MODES = ("online", "offline")
-
-
-@dataclass(frozen=True)
+@_schema
 class TrackingSpec:
     """Where else every trial is logged (parameters, per-epoch metrics, final status): none by default."""
 
@@ -154,43 +213,83 @@ class TrackingSpec:
                 if value is not None}
 
 
-@dataclass(frozen=True)
+@_schema
 class ConfirmSpec:
     """`confirm:` runs `sweep confirm` as the last step of `sweep run`: the top `top` configurations, `seeds`
     seeds each, for `epochs` epochs (None: the sweep's)."""
 
-    top: Optional[int] = None  # None: 5, or every completed trial if fewer
-    seeds: int = 5
-    epochs: Optional[int] = None
+    top: Optional[Count] = None  # None: 5, or every completed trial if fewer
+    seeds: Count = 5
+    epochs: Optional[Count] = None
 
 
-@dataclass(frozen=True)
+class TrainSection(TypedDict, total=False):
+    """`train:`, the TrainConfig fields every trial shares. TrainConfig judges their values (aemodels owns those
+    rules, and a checkpoint's config is judged by them without a sweep file); the sweep adds one rule of its own."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
+    epochs: Annotated[StrictInt, Field(ge=1)]  # TrainConfig allows 0 (an untrained model); ASHA's max_t must be >= 1
+    batch_size: Any
+    train_subset: Any
+    seed: Any
+    device: Any
+    cuda_graphs: Any
+    matmul_precision: Any
+
+
+FIXED_TRAIN_KEYS = tuple(TrainSection.__annotations__)
+TRAIN_DEFAULTS = {"epochs": 10, "batch_size": 128, "train_subset": None, "seed": 0, "device": "auto"}
+
+
+@_schema
 class SweepSpec:
-    name: str
-    space: dict[str, Param]
-    train: dict[str, Any] = field(default_factory=dict)  # fixed TrainConfig fields
-    dataset: str = "mnist"
-    data_dir: Optional[str] = None
-    num_samples: int = 12
+    name: Text
+    space: Annotated[dict[str, Param], PlainValidator(lambda raw: _parse_space(raw))]
+    dataset: Any = "mnist"  # judged by TrainConfig, with train
+    data_dir: Optional[Text] = None
+    train: TrainSection = Field(default_factory=dict, validate_default=True)  # fixed TrainConfig fields
+    num_samples: Count = 12
     searcher: SearcherSpec = SearcherSpec()
     scheduler: SchedulerSpec = SchedulerSpec()
     resources: ResourceSpec = ResourceSpec()
-    max_concurrent_trials: Optional[int] = None
-    max_failures: int = 3
-    drivers: int = 1  # Tune drivers sharing the sweep's study, each with its share of the trials (sweep.drivers)
-    storage_path: str = "results"
-    address: Optional[str] = None
-    dashboard: bool = False
-    description: str = ""
-    points: tuple = ()  # configurations to evaluate first, as {name: value} mappings (Optuna enqueue_trial)
+    max_concurrent_trials: Optional[Count] = None
+    max_failures: NonNegative = 3
+    drivers: Count = 1  # Tune drivers sharing the sweep's study, each with its share of the trials (sweep.drivers)
+    storage_path: Text = "results"
+    address: Optional[Text] = None
+    dashboard: StrictBool = False
+    description: Annotated[str, BeforeValidator(str)] = ""
+    # configurations to evaluate first, as {name: value} mappings (Optuna enqueue_trial)
+    points: Annotated[tuple, PlainValidator(lambda raw, info: _parse_points(raw, info.data.get("space")))] = ()
     simulate: Optional[SimulateSpec] = None  # None: real training
     # Trials added by each `sweep extend`, in order: extension i is driver `drivers + i` of the sweep, with its
     # own Tune experiment; num_samples counts them (it is the whole sweep's budget), the first drivers share
     # what is left (`base_samples`).
-    extensions: tuple[int, ...] = ()
-    warm_start: Optional[str] = None  # a finished sweep (name or folder) whose fitting trials seed this study
+    extensions: tuple[Count, ...] = ()
+    warm_start: Optional[Text] = None  # a finished sweep (name or folder) whose fitting trials seed this study
     tracking: TrackingSpec = TrackingSpec()  # tracking servers that log every trial besides the tables
     confirm: Optional[ConfirmSpec] = None  # `sweep confirm` after the sweep; None: not run
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, name: str) -> str:
+        if not NAME_PATTERN.match(name):
+            raise ValueError(f"{shown(name)} must be letters, digits, '.', '_' or '-' (it names a folder)")
+        if len(name) > MAX_NAME_CHARS:
+            raise ValueError(f"{shown(name)} is {len(name)} characters; it names a folder, so keep it to "
+                             f"{MAX_NAME_CHARS} or fewer")
+        return name
+
+    @field_validator("train")
+    @classmethod
+    def _train_config(cls, train: dict, info) -> dict:
+        train = {**TRAIN_DEFAULTS, **train}
+        if {"dataset", "data_dir"} <= info.data.keys():  # else their own error is the one reported
+            try:
+                TrainConfig(**train, dataset=info.data["dataset"], data_dir=info.data["data_dir"])
+            except ConfigError as exc:
+                raise SpecError(f"train: {exc}") from None
+        return train
 
     @property
     def base_samples(self) -> int:
@@ -254,6 +353,7 @@ class SweepSpec:
             "tracking": self.tracking.to_dict(),
             "confirm": None if self.confirm is None else dataclasses.asdict(self.confirm),
         }
+
 
 
 # ---- reading ------------------------------------------------------------------------------------
@@ -430,343 +530,233 @@ def apply_override(raw: dict, item: str) -> None:
 
 # ---- validation ---------------------------------------------------------------------------------
 
-TOP_KEYS = ("name", "description", "dataset", "data_dir", "train", "space", "searcher", "scheduler", "num_samples",
-            "resources", "max_concurrent_trials", "max_failures", "drivers", "storage_path", "address", "dashboard",
-            "points", "simulate", "extensions", "warm_start", "tracking", "confirm")
+_SWEEP = TypeAdapter(SweepSpec)
+TOP_KEYS = tuple(f.name for f in dataclasses.fields(SweepSpec))
+# The sections an unknown key is looked for in, to say `train.lr` belongs in `space.lr`. confirm's keys repeat
+# train's (epochs, seeds), so pointing there from a misplaced `epochs` would mislead.
+_HINTED = {"": TOP_KEYS, "train.": FIXED_TRAIN_KEYS, "space.": SEARCHED,
+           **{f"{name}.": tuple(f.name for f in dataclasses.fields(cls))
+              for name, cls in (("searcher", SearcherSpec), ("scheduler", SchedulerSpec), ("resources", ResourceSpec),
+                                ("simulate", SimulateSpec), ("tracking", TrackingSpec),
+                                ("tracking.mlflow", MlflowSpec), ("tracking.wandb", WandbSpec))}}
+_SECTIONS = {**_HINTED, "confirm.": tuple(f.name for f in dataclasses.fields(ConfirmSpec))}
+_UNKNOWN_KEY = ("unexpected_keyword_argument", "extra_forbidden", "invalid_key")  # pydantic's, for a key not a field
+_EXAMPLES = {"tracking.mlflow.uri": "{uri: http://127.0.0.1:5000} (the address of `mlflow server`)"}
 
 
 def parse(raw: dict, source: str = "sweep") -> SweepSpec:
-    check = _Check(source)
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: a sweep must be a mapping, not a {_yaml_type(raw)}")
-    check.keys(raw, TOP_KEYS, "")
-    for required in ("name", "space"):
-        if required not in raw:
-            raise SpecError(f"{source}: missing `{required}`; add it (see configs/quick.yaml)")
-    name = check.string(raw["name"], "name")
-    if not NAME_PATTERN.match(name):
-        raise SpecError(f"{source}: name {shown(name)} must be letters, digits, '.', '_' or '-' (it names a folder)")
-    if len(name) > MAX_NAME_CHARS:
-        raise SpecError(f"{source}: name {shown(name)} is {len(name)} characters; it names a folder, so keep it to "
-                        f"{MAX_NAME_CHARS} or fewer")
-
-    train = check.mapping(raw.get("train", {}), "train")
-    check.keys(train, FIXED_TRAIN_KEYS, "train.")
-    train = {"epochs": 10, "batch_size": 128, "train_subset": None, "seed": 0, "device": "auto", **train}
-    # TrainConfig allows 0 epochs (an untrained model); a sweep needs ASHA's max_t >= 1, so that rule speaks first.
-    check.integer(train["epochs"], "train.epochs", low=1)
-    dataset = raw.get("dataset", "mnist")
-    data_dir = raw.get("data_dir")
-    if data_dir is not None:
-        data_dir = check.string(data_dir, "data_dir")
-    try:  # the fixed training settings are TrainConfig's own fields: let it judge them
-        TrainConfig(**train, dataset=dataset, data_dir=data_dir)
-    except ConfigError as exc:
-        raise SpecError(f"{source}: train: {exc}") from None
-    except TypeError as exc:
-        raise SpecError(f"{source}: train: {exc}") from None
-
-    space = _parse_space(check.mapping(raw["space"], "space"), check)
-
-    searcher = SearcherSpec(**check.section(raw.get("searcher", {}), "searcher", SearcherSpec))
-    check.integer(searcher.seed, "searcher.seed", low=0)
-    check.integer(searcher.n_startup_trials, "searcher.n_startup_trials", low=0)
-    check.boolean(searcher.multivariate, "searcher.multivariate")
-    check.boolean(searcher.constant_liar, "searcher.constant_liar")
-
-    scheduler = SchedulerSpec(**check.section(raw.get("scheduler", {}), "scheduler", SchedulerSpec))
-    check.integer(scheduler.grace_period, "scheduler.grace_period", low=1)
-    if scheduler.grace_period > train["epochs"]:
-        raise SpecError(f"{source}: scheduler.grace_period={scheduler.grace_period} exceeds train.epochs="
-                        f"{train['epochs']}; ASHA needs grace_period <= epochs")
-    reduction = check.number(scheduler.reduction_factor, "scheduler.reduction_factor")
-    if reduction <= 1:
-        raise SpecError(f"{source}: scheduler.reduction_factor must be > 1, got {reduction}")
-    check.integer(scheduler.brackets, "scheduler.brackets", low=1)
-    if scheduler.report not in REPORTS:
-        raise SpecError(f"{source}: {unknown_name('scheduler.report', scheduler.report, REPORTS)}")
-    every = check.number(scheduler.checkpoint_every_s, "scheduler.checkpoint_every_s")
-    if not every > 0 or math.isinf(every):
-        raise SpecError(f"{source}: scheduler.checkpoint_every_s must be a positive number of seconds, got {every}")
-    scheduler = dataclasses.replace(scheduler, reduction_factor=reduction, checkpoint_every_s=every)
-
-    resources = ResourceSpec(**check.section(raw.get("resources", {}), "resources", ResourceSpec))
-    if resources.execution not in EXECUTIONS:
-        raise SpecError(f"{source}: {unknown_name('resources.execution', resources.execution, EXECUTIONS)}")
-    cpu = check.number(resources.cpu, "resources.cpu")
-    if cpu <= 0:
-        raise SpecError(f"{source}: resources.cpu must be > 0, got {cpu}")
-    gpu = resources.gpu
-    if gpu != "auto":
-        gpu = check.number(gpu, "resources.gpu")
-        if gpu != 0 and not 0 < gpu <= 1:
-            raise SpecError(f"{source}: resources.gpu={gpu} is outside (0, 1]; give a fraction of one GPU per trial, "
-                            "'auto', or 0 for CPU only")
-    if resources.pack_size is not None:
-        check.integer(resources.pack_size, "resources.pack_size", low=1)
-    resources = dataclasses.replace(resources, cpu=cpu, gpu=gpu)
-
-    num_samples = check.integer(raw.get("num_samples", 12), "num_samples", low=1)
-    max_concurrent = raw.get("max_concurrent_trials")
-    if max_concurrent is not None:
-        check.integer(max_concurrent, "max_concurrent_trials", low=1)
-    max_failures = check.integer(raw.get("max_failures", 3), "max_failures", low=0)
-    drivers = check.integer(raw.get("drivers", 1), "drivers", low=1)
-    extensions = raw.get("extensions") or []
-    if not isinstance(extensions, list):
-        raise SpecError(f"{source}: extensions must be a list of trial counts (`sweep extend` writes it), got "
-                        f"{_yaml_type(extensions)}; remove it or restore the file")
-    extensions = tuple(check.integer(n, "extensions", low=1) for n in extensions)
-    if sum(extensions) >= num_samples:
-        raise SpecError(f"{source}: extensions add {sum(extensions)} trials but num_samples={num_samples} counts "
-                        "them all; raise num_samples or remove extensions")
-    if drivers > num_samples - sum(extensions):
-        raise SpecError(f"{source}: drivers={drivers} but num_samples={num_samples}: a driver would have no trial; "
-                        "lower drivers or raise num_samples")
-    storage_path = check.string(raw.get("storage_path", "results"), "storage_path")
-    address = raw.get("address")
-    if address is not None:
-        address = check.string(address, "address")
-    dashboard = check.boolean(raw.get("dashboard", False), "dashboard")
-    description = raw.get("description") or ""
-    points = _parse_points(raw.get("points") or [], space, check)
-    simulate = raw.get("simulate")
-    if simulate is not None:
-        simulate = SimulateSpec(**check.section(simulate, "simulate", SimulateSpec))
-        seconds = check.number(simulate.seconds_per_epoch, "simulate.seconds_per_epoch")
-        if seconds < 0:
-            raise SpecError(f"{source}: simulate.seconds_per_epoch must be >= 0, got {seconds:g}")
-        simulate = SimulateSpec(seconds_per_epoch=seconds)
-    warm_start = raw.get("warm_start")
-    if warm_start is not None:
-        warm_start = check.string(warm_start, "warm_start")
-    tracking = _parse_tracking(raw.get("tracking") or {}, check)
-    confirm = raw.get("confirm")
-    if confirm is not None:
-        confirm = ConfirmSpec(**check.section(confirm, "confirm", ConfirmSpec))
-        if confirm.top is not None:
-            check.integer(confirm.top, "confirm.top", low=1)
-        check.integer(confirm.seeds, "confirm.seeds", low=1)
-        if confirm.epochs is not None:
-            check.integer(confirm.epochs, "confirm.epochs", low=1)
-        if confirm.top is not None and confirm.top > num_samples:
-            raise SpecError(f"{source}: confirm.top={confirm.top} exceeds num_samples={num_samples}; confirm at most "
-                            "as many configurations as the sweep tries")
-    return SweepSpec(tracking=tracking, confirm=confirm, extensions=extensions, warm_start=warm_start, points=points,
-                     simulate=simulate, name=name, space=space, train=train, dataset=dataset, data_dir=data_dir,
-                     num_samples=num_samples,
-                     searcher=searcher, scheduler=scheduler, resources=resources, max_concurrent_trials=max_concurrent,
-                     max_failures=max_failures, drivers=drivers, storage_path=storage_path, address=address,
-                     dashboard=dashboard, description=str(description))
+    try:  # a key set to null means its default, as `--set key=null` removes it
+        spec = _SWEEP.validate_python({k: v for k, v in raw.items() if v is not None})
+    except ValidationError as exc:
+        # An unknown key first: a misspelt key's value is often what the other errors are about.
+        error = min(exc.errors(), key=lambda e: e["type"] not in _UNKNOWN_KEY)
+        raise SpecError(f"{source}: {_message(error)}") from None
+    problem = _between_sections(spec)
+    if problem:
+        raise SpecError(f"{source}: {problem}")
+    return spec
 
 
-def _parse_space(raw: dict, check: "_Check") -> dict[str, Param]:
-    check.keys(raw, SEARCHED, "space.")
+def _between_sections(spec: SweepSpec) -> Optional[str]:
+    """The rules that tie sections together. They hold for a sweep file, not for a spec derived from one in code
+    (`sweep confirm` runs fewer trials than the extensions count), so they are checked here and not in the schema."""
+    if spec.scheduler.grace_period > spec.epochs:
+        return (f"scheduler.grace_period={spec.scheduler.grace_period} exceeds train.epochs={spec.epochs}; "
+                "ASHA needs grace_period <= epochs")
+    extended = sum(spec.extensions)
+    if extended >= spec.num_samples:
+        return (f"extensions add {extended} trials but num_samples={spec.num_samples} counts them all; raise "
+                "num_samples or remove extensions")
+    if spec.drivers > spec.num_samples - extended:
+        return (f"drivers={spec.drivers} but num_samples={spec.num_samples}: a driver would have no trial; lower "
+                "drivers or raise num_samples")
+    if spec.confirm is not None and spec.confirm.top is not None and spec.confirm.top > spec.num_samples:
+        return (f"confirm.top={spec.confirm.top} exceeds num_samples={spec.num_samples}; confirm at most as many "
+                "configurations as the sweep tries")
+    return None
+
+
+def _where(loc) -> str:
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+
+
+def _message(error: dict, where: Optional[str] = None) -> str:
+    """One of pydantic's errors as the one line a user reads: the key, what is wrong, what would do."""
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error["input"]
+    where = _where(error["loc"]) if where is None else where
+    if kind in _UNKNOWN_KEY:
+        section = _where(error["loc"][:-1])
+        return _unknown_key(section + "." if section else "", error["loc"][-1])
+    if kind == "missing":
+        section, _, key = where.rpartition(".")
+        if not section:
+            return f"missing `{key}`; add it (see configs/quick.yaml)"
+        return f"{section} needs a {key}" + (f", e.g. {_EXAMPLES[where]}" if where in _EXAMPLES else "; add it")
+    if kind == "literal_error":
+        return unknown_name(where, value, re.findall(r"'([^']*)'", ctx["expected"]))
+    if kind == "value_error":
+        problem = str(ctx["error"])
+        if isinstance(ctx["error"], SpecError):  # it names its own place
+            return problem
+        return where + ("" if problem.startswith("=") else " ") + problem
+    shape = {"dataclass_type": "a mapping of keys", "dict_type": "a mapping of keys", "tuple_type": "a list"}.get(kind)
+    if shape:
+        return f"{where} must be {shape}, not a {_yaml_type(value)}"
+    bounds = [f"{op} {ctx[key]:g}" for key, op in (("gt", ">"), ("ge", ">="), ("le", "<=")) if key in ctx]
+    wanted = {"int_type": "an integer", "bool_type": "true or false", "string_type": "a string"}.get(kind)
+    if wanted or bounds:
+        return f"{where} must be {wanted or bounds[0]}, got {shown(value)}"
+    return f"{where}: {error['msg']}, got {shown(value)}"  # a rule of pydantic's the schema has no words for
+
+
+def _unknown_key(prefix: str, key, known=None) -> str:
+    known = _SECTIONS.get(prefix, ()) if known is None else known
+    # `train.lr` for `space.lr`: the key exists, in another section, and that is the hint to give.
+    elsewhere = [where + key for where, keys in _HINTED.items() if prefix in _HINTED and where != prefix
+                 and key in keys]
+    if elsewhere:
+        return (f"unknown key {shown(f'{prefix}{key}')} (did you mean {' or '.join(map(repr, elsewhere))}?; {key} "
+                "is a key of another section)")
+    return unknown_name("key", f"{prefix}{key}", [prefix + k for k in known])
+
+
+def _mapping(value, where) -> dict:
+    if not isinstance(value, dict):
+        raise SpecError(f"{where} must be a mapping of keys, not a {_yaml_type(value)}")
+    return value
+
+
+def _check_keys(mapping: dict, prefix: str, known) -> None:
+    for key in mapping:
+        if key not in known:
+            raise SpecError(_unknown_key(prefix, key, known))
+
+
+def _checked(rule: TypeAdapter, value, where: str):
+    try:
+        return rule.validate_python(value)
+    except ValidationError as exc:
+        raise SpecError(_message(exc.errors()[0], where)) from None
+
+
+_INTEGER, _NUMBER = TypeAdapter(StrictInt), TypeAdapter(Number)
+_VALUE = {"latent_dim": TypeAdapter(Annotated[StrictInt, AfterValidator(_latent_dim)]),
+          "lr": TypeAdapter(Annotated[Number, Field(gt=0)])}
+
+
+def _check_value(name, value, where):
+    """A single value of a searched hyperparameter, as TrainConfig would accept it."""
+    if name == "variant":  # the registry, read when checked: a variant registered after import counts
+        if value not in VARIANTS:
+            raise SpecError(f"{where}: {unknown_name('variant', value, VARIANTS)}")
+        return value
+    if name not in _VALUE:  # a knob's rule is made when first needed, so a variant registered later has one
+        minimum = next(k.minimum for k in knobs() if k.name == name)
+        _VALUE[name] = TypeAdapter(Annotated[Number, Field(ge=minimum)])
+    return _checked(_VALUE[name], value, where if where.endswith(name) else f"{where}: {name}")
+
+
+def _parse_space(raw) -> dict[str, Param]:
+    _mapping(raw, "space")
+    if raw and all(isinstance(p, Param) for p in raw.values()):  # a spec's own, as `dataclasses.replace` passes it
+        return raw
+    _check_keys(raw, "space.", SEARCHED)
     if not raw:
-        raise SpecError(f"{check.source}: space is empty; give at least lr or latent_dim a range")
+        raise SpecError("space is empty; give at least lr or latent_dim a range")
     raw = {"variant": "vanilla", **raw}
-    space = {name: _parse_param(name, value, check) for name, value in raw.items()}
+    space = {name: _parse_param(name, value) for name, value in raw.items()}
     variants = space["variant"].options()
     for name, variant in CONDITIONAL.items():
         if name in space and variant not in variants:
-            raise SpecError(f"{check.source}: space.{name} is only used by the {variant} variant, which the space "
-                            f"never samples (variant: {', '.join(variants)}); remove it or add {variant}")
+            raise SpecError(f"space.{name} is only used by the {variant} variant, which the space never samples "
+                            f"(variant: {', '.join(variants)}); remove it or add {variant}")
     return space
 
 
-def _parse_tracking(raw, check: "_Check") -> TrackingSpec:
-    check.section(raw, "tracking", TrackingSpec)
-    mlflow = raw.get("mlflow")
-    if mlflow is not None:
-        mlflow = MlflowSpec(**check.section(mlflow, "tracking.mlflow", MlflowSpec))
-        if "uri" not in raw["mlflow"]:
-            raise SpecError(f"{check.source}: tracking.mlflow needs a uri, e.g. {{uri: http://127.0.0.1:5000}} "
-                            "(the address of `mlflow server`)")
-        check.string(mlflow.uri, "tracking.mlflow.uri")
-        if mlflow.experiment is not None:
-            check.string(mlflow.experiment, "tracking.mlflow.experiment")
-    wandb = raw.get("wandb")
-    if wandb is not None:
-        wandb = WandbSpec(**check.section(wandb, "tracking.wandb", WandbSpec))
-        for key in ("project", "entity", "dir"):
-            if getattr(wandb, key) is not None:
-                check.string(getattr(wandb, key), f"tracking.wandb.{key}")
-        if wandb.mode not in WANDB_MODES:
-            raise SpecError(f"{check.source}: {unknown_name('tracking.wandb.mode', wandb.mode, WANDB_MODES)}")
-    return TrackingSpec(mlflow=mlflow, wandb=wandb)
-
-
-def _parse_points(raw, space: dict[str, Param], check: "_Check") -> tuple:
+def _parse_points(raw, space: Optional[dict[str, Param]]) -> tuple:
     """Explicit configurations to try first: each must set every searched parameter the space would sample."""
-    if not isinstance(raw, list):
-        raise SpecError(f"{check.source}: points must be a list of mappings, e.g. [{{variant: vanilla, lr: 0.001}}]")
+    if not isinstance(raw, (list, tuple)):
+        raise SpecError("points must be a list of mappings, e.g. [{variant: vanilla, lr: 0.001}]")
+    if space is None:  # the space's own error is the one reported
+        return tuple(raw)
     points = []
     for i, point in enumerate(raw):
         where = f"points[{i}]"
-        check.mapping(point, where)
-        check.keys(point, SEARCHED, where + ".")
+        _check_keys(_mapping(point, where), where + ".", SEARCHED)
+        point = {name: _check_value(name, value, f"{where}.{name}") for name, value in point.items()}
         variant = point.get("variant", space["variant"].values[0] if space["variant"].kind == "fixed" else None)
         for name, param in space.items():
-            needed = name not in CONDITIONAL or CONDITIONAL[name] == variant
-            if param.kind == "fixed" or not needed:
-                if name in point and param.kind == "fixed" and _check_value(name, point[name], check, where) != param.values[0]:
-                    raise SpecError(f"{check.source}: {where}.{name}={shown(point[name])} but the space fixes {name} to "
+            if param.kind == "fixed":
+                if name in point and point[name] != param.values[0]:
+                    raise SpecError(f"{where}.{name}={shown(point[name])} but the space fixes {name} to "
                                     f"{shown(param.values[0])}")
-                continue
-            if name not in point:
-                raise SpecError(f"{check.source}: {where} does not set {name}; give every searched parameter a value")
-            value = _check_value(name, point[name], check, f"{where}.{name}")
-            inside = value in param.values if param.kind == "choice" else param.low <= value <= param.high
-            if not inside:
-                raise SpecError(f"{check.source}: {where}.{name}={shown(value)} is outside space.{name}; widen the space")
-        points.append({k: _check_value(k, v, check, f"{where}.{k}") for k, v in point.items()
-                       if k in space and space[k].kind != "fixed"})
+            elif name not in CONDITIONAL or CONDITIONAL[name] == variant:
+                if name not in point:
+                    raise SpecError(f"{where} does not set {name}; give every searched parameter a value")
+                inside = point[name] in param.values if param.kind == "choice" else \
+                    param.low <= point[name] <= param.high
+                if not inside:
+                    raise SpecError(f"{where}.{name}={shown(point[name])} is outside space.{name}; widen the space")
+        points.append({k: v for k, v in point.items() if k in space and space[k].kind != "fixed"})
     return tuple(points)
 
 
-def _parse_param(name: str, value, check: "_Check") -> Param:
+def _parse_param(name: str, value) -> Param:
     where = f"space.{name}"
     if isinstance(value, dict):
         kinds = [k for k in value if k in DISTRIBUTIONS]
-        check.keys(value, DISTRIBUTIONS + ("step",), where + ".")
+        _check_keys(value, where + ".", DISTRIBUTIONS + ("step",))
         if len(kinds) != 1:
-            raise SpecError(f"{check.source}: {where} needs exactly one of {', '.join(DISTRIBUTIONS)}, "
-                            f"e.g. {{loguniform: [1.0e-4, 1.0e-2]}}")
+            raise SpecError(f"{where} needs exactly one of {', '.join(DISTRIBUTIONS)}, "
+                            "e.g. {loguniform: [1.0e-4, 1.0e-2]}")
         kind = kinds[0]
         if kind == "choice":
             options = value["choice"]
             if not isinstance(options, list) or not options:
-                raise SpecError(f"{check.source}: {where}.choice must be a non-empty list of values")
+                raise SpecError(f"{where}.choice must be a non-empty list of values")
             if "step" in value:
-                raise SpecError(f"{check.source}: {where}: step applies to ranges, not to choice")
-            options = tuple(_check_value(name, v, check, f"{where}.choice") for v in options)
+                raise SpecError(f"{where}: step applies to ranges, not to choice")
+            options = tuple(_check_value(name, v, f"{where}.choice") for v in options)
             if len(set(options)) != len(options):
-                raise SpecError(f"{check.source}: {where}.choice lists a value twice; list each once")
+                raise SpecError(f"{where}.choice lists a value twice; list each once")
             return Param(name, "choice", options)
-        return _parse_range(name, kind, value, check, where)
+        return _parse_range(name, kind, value, where)
     if isinstance(value, list):
-        raise SpecError(f"{check.source}: {where} is a bare list; write {{choice: {shown(value)}}} to search over it")
-    return Param(name, "fixed", (_check_value(name, value, check, where),))
+        raise SpecError(f"{where} is a bare list; write {{choice: {shown(value)}}} to search over it")
+    return Param(name, "fixed", (_check_value(name, value, where),))
 
 
-def _parse_range(name, kind, value, check, where) -> Param:
+def _parse_range(name, kind, value, where) -> Param:
     bounds = value[kind]
     if not isinstance(bounds, list) or len(bounds) != 2:
-        raise SpecError(f"{check.source}: {where}.{kind} must be [low, high], got {shown(bounds)}")
+        raise SpecError(f"{where}.{kind} must be [low, high], got {shown(bounds)}")
     if name == "variant":
-        raise SpecError(f"{check.source}: {where} is a name; search it with {{choice: [...]}}")
+        raise SpecError(f"{where} is a name; search it with {{choice: [...]}}")
     integer = kind in ("int", "logint")
     if name == "latent_dim" and not integer:
-        raise SpecError(f"{check.source}: {where}: latent_dim is an integer; use int or logint instead of {kind}")
+        raise SpecError(f"{where}: latent_dim is an integer; use int or logint instead of {kind}")
     if name != "latent_dim" and integer:
-        raise SpecError(f"{check.source}: {where}: {name} is a real number; use uniform or loguniform instead of {kind}")
-    low, high = (check.integer(b, f"{where}.{kind}") if integer else check.number(b, f"{where}.{kind}")
-                 for b in bounds)
+        raise SpecError(f"{where}: {name} is a real number; use uniform or loguniform instead of {kind}")
+    low, high = (_checked(_INTEGER if integer else _NUMBER, b, f"{where}.{kind}") for b in bounds)
     if low > high:
-        raise SpecError(f"{check.source}: {where}: the range [{low}, {high}] is inverted; write [{high}, {low}]")
+        raise SpecError(f"{where}: the range [{low}, {high}] is inverted; write [{high}, {low}]")
     if low == high:
-        raise SpecError(f"{check.source}: {where}: the range [{low}, {high}] is empty; widen it or give the value alone")
+        raise SpecError(f"{where}: the range [{low}, {high}] is empty; widen it or give the value alone")
     if kind.startswith("log") and low <= 0:
-        raise SpecError(f"{check.source}: {where}: a log range must be above 0, got low={low}; use a positive low "
+        raise SpecError(f"{where}: a log range must be above 0, got low={low}; use a positive low "
                         f"(e.g. {1 if integer else 1e-6}) or {'int' if integer else 'uniform'}")
     for bound in (low, high):
-        _check_value(name, bound, check, f"{where}.{kind}")
+        _check_value(name, bound, f"{where}.{kind}")
     step = value.get("step")
     if step is not None:
-        step = check.integer(step, f"{where}.step", low=1) if integer else check.number(step, f"{where}.step")
+        step = _checked(_INTEGER if integer else _NUMBER, step, f"{where}.step")
         if step <= 0 or kind.startswith("log"):
-            raise SpecError(f"{check.source}: {where}.step must be > 0 and is not allowed on log ranges")
+            raise SpecError(f"{where}.step must be > 0 and is not allowed on log ranges")
     return Param(name, kind, (), low, high, step)
-
-
-def _check_value(name, value, check, where):
-    """A single value of a searched hyperparameter, as TrainConfig would accept it."""
-    if name == "variant":
-        if value not in VARIANTS:
-            raise SpecError(f"{check.source}: {where}: {unknown_name('variant', value, VARIANTS)}")
-        return value
-    if name == "latent_dim":
-        value = check.integer(value, where)
-        if not 1 <= value <= MAX_LATENT_DIM:
-            raise SpecError(f"{check.source}: {where}: latent_dim must be between 1 and {MAX_LATENT_DIM}, got "
-                            f"{shown(value)}")
-        return value
-    value = check.number(value, where)
-    if name == "lr" and value <= 0:
-        raise SpecError(f"{check.source}: {where}: lr must be > 0, got {value}")
-    minimum = next((k.minimum for k in knobs() if k.name == name), 0.0)
-    if value < minimum:
-        raise SpecError(f"{check.source}: {where}: {name} must be >= {minimum:g}, got {value}")
-    return value
 
 
 def _yaml_type(value) -> str:
     return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(value),
                                                                                           type(value).__name__)
-
-
-def _section_keys() -> dict[str, tuple]:
-    """Each section's prefix and keys: the top level (""), train., space., searcher., scheduler., resources."""
-    return {"": TOP_KEYS, "train.": FIXED_TRAIN_KEYS, "space.": SEARCHED,
-            **{f"{name}.": tuple(f.name for f in dataclasses.fields(cls))
-               for name, cls in (("searcher", SearcherSpec), ("scheduler", SchedulerSpec), ("resources", ResourceSpec),
-                                    ("simulate", SimulateSpec), ("tracking", TrackingSpec),
-                                    ("tracking.mlflow", MlflowSpec), ("tracking.wandb", WandbSpec))}}
-
-
-@dataclass
-class _Check:
-    source: str
-
-    def keys(self, mapping: dict, known, prefix: str) -> None:
-        sections = _section_keys()
-        for key in mapping:
-            if key in known:
-                continue
-            # `train.lr` for `space.lr`: the key exists, in another section, and that is the hint to give.
-            elsewhere = [where + key for where, keys in sections.items()
-                         if prefix in sections and where != prefix and key in keys]
-            if elsewhere:
-                raise SpecError(f"{self.source}: unknown key {shown(prefix + key)} (did you mean "
-                                f"{' or '.join(map(repr, elsewhere))}?; {key} is a key of another section)")
-            raise SpecError(f"{self.source}: {unknown_name('key', f'{prefix}{key}', [prefix + k for k in known])}")
-
-    def mapping(self, value, where) -> dict:
-        if not isinstance(value, dict):
-            raise SpecError(f"{self.source}: {where} must be a mapping of keys, not a {_yaml_type(value)}")
-        return value
-
-    def section(self, value, where, cls) -> dict:
-        value = self.mapping(value, where)
-        self.keys(value, [f.name for f in dataclasses.fields(cls)], f"{where}.")
-        return value
-
-    def string(self, value, where) -> str:
-        if not isinstance(value, str) or not value.strip():
-            raise SpecError(f"{self.source}: {where} must be a non-empty string, got {shown(value)}")
-        return value
-
-    def boolean(self, value, where) -> bool:
-        if not isinstance(value, bool):
-            raise SpecError(f"{self.source}: {where} must be true or false, got {shown(value)}")
-        return value
-
-    def number(self, value, where) -> float:
-        # PyYAML reads 1e-4 (no dot) as a string: accept any string that is plainly a number.
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise SpecError(f"{self.source}: {where} must be a number, got {shown(value)}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SpecError(f"{self.source}: {where} must be a number, got {shown(value)}")
-        if not math.isfinite(value):
-            raise SpecError(f"{self.source}: {where} must be finite, got {shown(value)}")
-        return float(value)
-
-    def integer(self, value, where, low=None) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(f"{self.source}: {where} must be an integer, got {shown(value)}")
-        if low is not None and value < low:
-            raise SpecError(f"{self.source}: {where} must be >= {low}, got {value}")
-        return value

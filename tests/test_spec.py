@@ -1,6 +1,6 @@
 """Sweep files: what a valid one resolves to, and a one-line error naming the fix for every bad one."""
 import copy
-import math
+import dataclasses
 
 import pytest
 import yaml
@@ -51,6 +51,19 @@ def test_simulate_section_is_read_and_round_trips():
     assert spec.simulate.seconds_per_epoch == 0.02 and parse(spec.to_dict()) == spec
     assert spec.space["sparsity_weight"].low == 1e-5  # YAML 1.1 reads 1e-5 as a string; it is still a number
     assert parse(spec.to_dict()) == spec
+
+
+def test_a_section_left_empty_in_the_file_means_its_defaults():
+    raw = yaml.safe_load("name: t\nspace: {lr: 0.001}\nsearcher:\nscheduler:\ntrain:\ntracking:\npoints:\n")
+    assert parse(raw) == parse({"name": "t", "space": {"lr": 0.001}})
+
+
+def test_a_spec_derived_in_code_is_not_judged_by_the_rules_between_sections():
+    # `sweep confirm` reruns a few configurations of an extended sweep: fewer trials than its extensions add.
+    spec = parse(with_("num_samples", 20) | {"extensions": [5]})
+    assert dataclasses.replace(spec, num_samples=3).num_samples == 3
+    with pytest.raises(SpecError, match="extensions add 5 trials but num_samples=3"):
+        parse(spec.to_dict() | {"num_samples": 3})
 
 
 def test_train_config_of_a_trial_has_the_fixed_settings_and_the_sampled_values():
