@@ -275,7 +275,6 @@ def _write(path: Path, write: Callable[[str], None]) -> None:
     _atomic(path, write_readable)
 
 
-
 def _save(fig: Figure, path: Path) -> None:
     FigureCanvasAgg(fig)  # render with Agg whatever matplotlib's default backend is
     _write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
@@ -285,7 +284,7 @@ def _save(fig: Figure, path: Path) -> None:
 def write_report(results: Results, *, quiet: bool = False) -> Path:
     """Write every figure and index.html under results/<name>/report/; return the index.html path."""
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    # Retraining takes minutes and shows a different model than the sweep trained: said even when quiet.
+    # Retraining takes minutes and shows a model other than the one the sweep trained: said even when quiet.
     announce = (lambda line: print(line, file=sys.stderr, flush=True)) if quiet else say
     out = results.home / REPORT_DIR
     out.mkdir(exist_ok=True)
