@@ -1,44 +1,43 @@
 """A finished sweep -> results/<name>/report/: PNG figures and an index.html that needs nothing but them.
 
-Reads the tables (Results), the Optuna study and the trials' checkpoints; writes only under report/.
-It trains nothing unless a variant's best trial has no readable checkpoint (then that config once).
+Gathers what the page shows (the tables, the Optuna study, the chosen trials' models), draws it with sweep.figures,
+renders the page from templates/report.html.j2 and writes every file atomically under report/. It trains nothing
+unless a chosen trial has no readable checkpoint; then it retrains that config once and says so, on the console
+and on the page.
 """
 from __future__ import annotations
 
 import contextlib
-import html
 import math
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+import jinja2
 import numpy as np
 import pandas as pd
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
-from matplotlib.ticker import LogFormatterSciNotation, LogLocator, MaxNLocator, NullFormatter
 
 from aemodels import TrainState, load_dataset, train
 from aemodels.models import VARIANTS
-from aemodels.registry import REGISTRY
 
+from .figures import (DPI, NEAR_ZERO, confirm_figure, denoising_grid, hyperparameter_scatter, importance_figure,
+                      latent_scatter, learning_curves, pareto_figure, reconstruction_grid, sparsity_histogram)
 from .results import EXPERIMENT_DIR, Results, _atomic, _ranked
 from .searcher import open_storage, storage_error, study_path, study_url
-from .spec import CONDITIONAL, SEARCHED, Param
+from .spec import SEARCHED, Param
 
 REPORT_DIR = "report"
-DPI = 110
+TEMPLATE = "report.html.j2"
 NOISE_SIGMAS = (0.3, 0.5, 0.7)  # the denoising figure's test noise levels (std of the added Gaussian)
 NOISE_SEED = 0
-NEAR_ZERO = 1e-2  # |z| below this counts as an inactive latent unit
 EDGE_FRACTION = 0.05  # a best value within 5% of a range's end (log-scaled for log ranges) is on the edge
 MIN_IMPORTANCE_TRIALS = 5  # complete trials of one variant needed before its importances mean anything
-END_LABELS_UP_TO = 8  # learning curves of this many trials or fewer are labelled with their latent_dim
 LOSS_COLUMNS = ("final_train_loss", "final_val_loss", "best_val_loss")
 # The seed article's Part 3 table ("Deconstructing Autoencoders from Scratch, Part 3: What the Bottleneck
 # Learns", https://soveshmohapatra.com/projects/autoencoders-benchmark/): (variant, latent_dim, final loss) after
@@ -47,8 +46,9 @@ LOSS_COLUMNS = ("final_train_loss", "final_val_loss", "best_val_loss")
 SEED_ARTICLE_POINTS = (("vanilla", 2, 0.0401), ("vanilla", 32, 0.0125), ("denoising", 32, 0.0191),
                        ("sparse", 32, 0.0130), ("conv", 32, 0.0083))
 SEED_ARTICLE_TRAINING = {"epochs": 30, "train_subset": 5000, "batch_size": 128}
-LOG_X_ABOVE = 8  # latent dims spanning more than this factor are drawn on a log axis
 TABLE_COLUMNS = ("variant", "trial_id", "status", "epochs", *SEARCHED[1:], *LOSS_COLUMNS)
+
+
 
 
 # ---- the trained models the figures look at --------------------------------------------------------
@@ -61,6 +61,7 @@ class Model:
     row: pd.Series  # the trial's row of the trials table
     module: torch.nn.Module  # in eval mode, on the CPU
     source: str
+    retrained: str = ""  # why it was trained again for the report (its checkpoint missing or wrong); "" if loaded
 
     @property
     def variant(self) -> str:
@@ -96,23 +97,24 @@ def checkpoint_state(home: Path, trial_id: str) -> tuple[Optional[TrainState], s
 
 
 def load_models(results: Results, say: Callable[[str], None] = print) -> list[Model]:
+    """The chosen trials' models from their checkpoints; a trial without a usable one is retrained from its
+    config, and `say` is told which trial and why before it trains."""
     models = []
     for _, row in chosen_trials(results.trials).iterrows():
         state, where = checkpoint_state(results.home, row["trial_id"])
         if state is not None and state.config.variant != row["variant"]:
             state, where = None, f"{where} holds a {state.config.variant} model"
         if state is not None:
-            module, source = state.to_module(), f"loaded from {where} (epoch {state.epoch})"
-        else:
-            params = {k: _plain(row[k]) for k in SEARCHED}
-            config = results.spec.train_config(params)
-            say(f"report: trial {row['trial_id']} has no readable checkpoint; retraining its config "
-                f"({config.variant}, {config.epochs} epochs)")
-            trained = train(config)
-            module = trained.model
-            source = f"retrained ({where}): {trained.status} after {len(trained.history)} epochs, " \
-                     f"val_loss {trained.val_loss:.4g}"
-        models.append(Model(row["role"], row.drop("role"), module.cpu().eval(), source))
+            models.append(Model(row["role"], row.drop("role"), state.to_module().cpu().eval(),
+                                f"loaded from {where} (epoch {state.epoch})"))
+            continue
+        config = results.spec.train_config({k: _plain(row[k]) for k in SEARCHED})
+        say(f"report: retraining trial {row['trial_id']} ({row['role']}) for the model figures: {where}; "
+            f"its config trains again ({config.variant}, {config.epochs} epochs)")
+        trained = train(config)
+        source = f"retrained ({where}): {trained.status} after {len(trained.history)} epochs, " \
+                 f"val_loss {trained.val_loss:.4g}"
+        models.append(Model(row["role"], row.drop("role"), trained.model.cpu().eval(), source, retrained=where))
     return models
 
 
@@ -252,175 +254,6 @@ def load_study(results: Results):
         return None, f"cannot open the study {results.spec.name!r} in {path} ({storage_error(exc)})"
 
 
-# ---- figures: each takes its data and returns a Figure -------------------------------------------
-
-def _figure(width: float, height: float) -> Figure:
-    # A bare Figure (no pyplot): no global figure registry to leak into; saved through Agg.
-    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-
-
-class _PlainLogFormatter(LogFormatterSciNotation):
-    """Log-axis labels as plain numbers (0.03, not 3x10^-2), on the ticks matplotlib would label anyway."""
-
-    def __call__(self, x, pos=None):
-        return f"{x:g}" if super().__call__(x, pos) else ""
-
-
-def _log_axis(axis, integer: bool = False) -> None:
-    """A log axis with readable labels: powers of two for integers (latent_dim), plain numbers for losses."""
-    if integer:
-        axis.set_major_locator(LogLocator(base=2))
-        axis.set_major_formatter(lambda v, _: f"{v:g}")
-        axis.set_minor_formatter(NullFormatter())
-    else:
-        axis.set_major_formatter(_PlainLogFormatter())
-        axis.set_minor_formatter(_PlainLogFormatter(minor_thresholds=(1, 0.4)))
-
-
-def _room_on_top(ax, share: float = 0.15) -> None:
-    """Raise a log y-axis's top so the upper `share` of the plot is free for markers of losses that are NaN."""
-    low, high = ax.get_ylim()
-    ax.set_ylim(low, high * (high / low) ** (share / (1 - share)))
-
-
-def _color(variant: str) -> str:
-    return REGISTRY[variant].color if variant in REGISTRY else "tab:gray"
-
-
-def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, max_epochs: int, rungs=()) -> Figure:
-    """val_loss per epoch of every trial, coloured by variant; where ASHA stopped a trial, and where one diverged."""
-    fig = _figure(9, 5.2)
-    ax = fig.add_subplot()
-    alpha = 0.9 if len(trials) <= 20 else max(0.25, 20 / len(trials))
-    status = trials.set_index("trial_id")["status"]
-    variant = trials.set_index("trial_id")["variant"]
-    latent = trials.set_index("trial_id")["latent_dim"]
-    label_ends = len(trials) <= END_LABELS_UP_TO
-    shared = (trials["variant"].value_counts() > 1).to_dict()
-    stopped, diverged, diverged_at_start = [], [], []
-    for trial_id, rows in epochs.sort_values("epoch").groupby("trial_id", sort=False):
-        if trial_id not in variant.index:
-            continue
-        loss = pd.to_numeric(rows["val_loss"], errors="coerce")
-        finite = rows[np.isfinite(loss)]
-        ax.plot(finite["epoch"], finite["val_loss"], color=_color(variant[trial_id]), alpha=alpha, lw=1.2,
-                marker="." if len(finite) == 1 else None)
-        if label_ends and shared[variant[trial_id]] and len(finite):  # one colour, several curves: which is which
-            ax.annotate(f" latent {int(latent[trial_id])}", (finite["epoch"].iloc[-1], finite["val_loss"].iloc[-1]),
-                        fontsize=8, color=_color(variant[trial_id]), va="center")
-        if status[trial_id] == "stopped" and len(finite):
-            stopped.append((finite["epoch"].iloc[-1], finite["val_loss"].iloc[-1], variant[trial_id]))
-        elif status[trial_id] == "diverged":
-            if len(finite):
-                diverged.append((finite["epoch"].iloc[-1], finite["val_loss"].iloc[-1]))
-            else:
-                diverged_at_start.append(rows["epoch"].iloc[-1])
-    for x, y, v in stopped:
-        ax.plot(x, y, marker="s", ms=6, mfc="white", mec=_color(v), mew=1.6, ls="none", zorder=3)
-    for x, y in diverged:
-        ax.plot(x, y, marker="X", ms=9, color="black", ls="none", zorder=4)
-    ax.set_yscale("log")
-    if diverged_at_start:
-        _room_on_top(ax)
-    top = ax.get_xaxis_transform()  # x in epochs, y in axes fraction: a strip above every finite loss
-    for x in diverged_at_start:
-        ax.plot(x, 0.96, marker="X", ms=9, color="black", ls="none", transform=top, clip_on=False, zorder=4)
-    for rung in rungs:
-        ax.axvline(rung, color="0.6", ls=":", lw=1)
-    _log_axis(ax.yaxis)
-    right = 0.3 + (0.09 * max_epochs + 0.5 if label_ends and any(shared.values()) else 0)
-    ax.set_xlim(0.7, max_epochs + right)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xticks([t for t in ax.get_xticks() if 1 <= t <= max_epochs])  # no epoch ticks beside the end labels
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation loss (MSE, log scale)")
-    ax.grid(True, which="both", alpha=0.25)
-    present = [v for v in VARIANTS if v in set(trials["variant"])]
-    handles = [Line2D([], [], color=_color(v), lw=2, label=v) for v in present]
-    handles.append(Line2D([], [], marker="s", mfc="white", mec="0.3", mew=1.6, ls="none",
-                          label=f"stopped by ASHA ({len(stopped)})"))
-    if diverged or diverged_at_start:
-        handles.append(Line2D([], [], marker="X", color="black", ms=9, ls="none",
-                              label=f"diverged ({len(diverged) + len(diverged_at_start)}; last finite loss, "
-                                    "or top edge)"))
-    if len(rungs):
-        handles.append(Line2D([], [], color="0.6", ls=":", label="ASHA rung"))
-    no_epochs = int((~trials["trial_id"].isin(epochs["trial_id"])).sum())
-    if no_epochs:
-        handles.append(Line2D([], [], ls="none", label=f"not shown: {no_epochs} trial{'s' if no_epochs != 1 else ''}\n"
-                                                       "without epochs (errored)"))
-    fig.legend(handles=handles, loc="outside right upper", fontsize=9)
-    ax.set_title(f"Validation loss per epoch, {len(trials)} trials", fontsize=11)
-    return fig
-
-
-def hyperparameter_scatter(trials: pd.DataFrame, space: dict[str, Param]) -> Optional[Figure]:
-    """Final val_loss against each searched hyperparameter, coloured by variant (log axes where sampled log)."""
-    names = [n for n, p in space.items() if p.kind != "fixed" and n != "variant"]
-    if space.get("variant") is not None and space["variant"].kind != "fixed":
-        names.append("variant")
-    if not names:
-        return None
-    ncols = min(3, len(names))
-    nrows = math.ceil(len(names) / ncols)
-    fig = _figure(max(4.2 * ncols + 2.2, 7.5), 3.4 * nrows + 0.3)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    rng = np.random.default_rng(0)  # jitter of categorical positions only
-    loss = pd.to_numeric(trials["final_val_loss"], errors="coerce").astype(float)
-    for ax, name in zip(axes.flat, names):
-        param = space[name]
-        has = trials[name].notna()
-        if name in CONDITIONAL:
-            has &= trials["variant"] == CONDITIONAL[name]
-        shown = pd.DataFrame({"variant": trials["variant"], "status": trials["status"], "y": loss})[has]
-        if param.kind == "choice":
-            options = list(param.values)
-            shown["x"] = trials.loc[has, name].map({v: i for i, v in enumerate(options)}).astype(float) + \
-                rng.uniform(-0.15, 0.15, int(has.sum()))
-            ax.set_xticks(range(len(options)), [f"{o:g}" if isinstance(o, float) else str(o) for o in options])
-            ax.set_xlim(-0.6, len(options) - 0.4)
-        else:
-            shown["x"] = trials.loc[has, name].astype(float)
-            if param.log:
-                ax.set_xscale("log")
-                _log_axis(ax.xaxis, integer=param.kind == "logint")
-            ax.axvspan(param.low, param.high, color="0.93", zorder=0)  # the searched range
-        finite = np.isfinite(shown["y"])
-        for variant, mine in shown.groupby("variant", sort=False):
-            ok = mine[np.isfinite(mine["y"])]
-            done = ok[ok["status"] == "completed"]
-            early = ok[ok["status"] != "completed"]
-            ax.scatter(done["x"], done["y"], s=36, color=_color(variant), edgecolor="black", lw=0.4, zorder=3)
-            ax.scatter(early["x"], early["y"], s=36, facecolor="white", edgecolor=_color(variant), lw=1.5, zorder=3)
-        bad = shown[~finite]
-        if finite.any():
-            ax.set_yscale("log")
-            _log_axis(ax.yaxis)
-            if len(bad):
-                _room_on_top(ax)
-        ax.scatter(bad["x"], np.full(len(bad), 0.96), marker="X", s=60, color="black",
-                   transform=ax.get_xaxis_transform(), clip_on=False, zorder=4)
-        ax.set_xlabel(name + (" (log scale)" if param.log else ""))
-        ax.set_ylabel("final val_loss")
-        ax.grid(True, which="major", alpha=0.25)
-        if name in CONDITIONAL:
-            ax.set_title(f"{CONDITIONAL[name]} trials only", fontsize=9)
-    for ax in list(axes.flat)[len(names):]:
-        ax.remove()
-    present = [v for v in VARIANTS if v in set(trials["variant"])]
-    handles = [Line2D([], [], marker="o", color=_color(v), mec="black", mew=0.4, ls="none", ms=7, label=v)
-               for v in present]
-    if (trials["status"].isin(["stopped", "running"]) & np.isfinite(loss)).any():
-        handles.append(Line2D([], [], marker="o", mfc="white", mec="0.3", mew=1.5, ls="none", ms=7,
-                              label="stopped early\n(loss at its last epoch)"))
-    if (~np.isfinite(loss)).any():
-        handles.append(Line2D([], [], marker="X", color="black", ls="none", ms=8, label="diverged / errored\n(no loss)"))
-    if any(space[n].kind not in ("choice", "fixed") for n in names):
-        handles.append(Patch(color="0.88", label="searched range"))
-    fig.legend(handles=handles, loc="outside right upper", fontsize=9)
-    fig.suptitle("Final val_loss per searched hyperparameter", fontsize=11, x=0.01, ha="left")
-    return fig
-
 
 def trains_like_the_seed_article(spec) -> bool:
     """Whether the sweep's trials train as the seed article's Part 3 did (configs/seed.yaml under any name):
@@ -429,156 +262,6 @@ def trains_like_the_seed_article(spec) -> bool:
             and all(spec.train.get(k) == v for k, v in SEED_ARTICLE_TRAINING.items()))
 
 
-def pareto_figure(trials: pd.DataFrame, front: pd.DataFrame, seed_points=()) -> Optional[Figure]:
-    """Final val_loss against latent_dim per variant, each variant's Pareto front (Results.pareto()) as a step
-    line; stopped trials hollow; `seed_points` ((variant, latent_dim, loss), ...) as black crosses."""
-    loss = pd.to_numeric(trials["final_val_loss"], errors="coerce").astype(float)
-    latent = pd.to_numeric(trials["latent_dim"], errors="coerce").astype(float)
-    shown = pd.DataFrame({"variant": trials["variant"], "status": trials["status"], "x": latent, "y": loss})
-    shown = shown[shown["status"].isin(["completed", "stopped"]) & np.isfinite(shown["y"]) & shown["x"].notna()]
-    if shown.empty:
-        return None
-    fig = _figure(8.5, 5)
-    ax = fig.add_subplot()
-    present = [v for v in VARIANTS if v in set(shown["variant"])]
-    for variant in present:
-        mine = shown[shown["variant"] == variant]
-        done, early = mine[mine["status"] == "completed"], mine[mine["status"] == "stopped"]
-        ax.scatter(done["x"], done["y"], s=36, color=_color(variant), edgecolor="black", lw=0.4, zorder=3)
-        ax.scatter(early["x"], early["y"], s=36, facecolor="white", edgecolor=_color(variant), lw=1.5, zorder=3)
-        steps = front[front["variant"] == variant]
-        if len(steps):
-            ax.step(steps["latent_dim"].astype(float), steps["final_val_loss"].astype(float), where="post",
-                    color=_color(variant), lw=1.8, zorder=2)
-    xs = list(shown["x"]) + [p[1] for p in seed_points]
-    if max(xs) > LOG_X_ABOVE * min(xs):
-        ax.set_xscale("log")
-        _log_axis(ax.xaxis, integer=True)
-    else:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    for variant, x, y in seed_points:
-        ax.scatter([x], [y], marker="x", s=70, color="black", lw=1.8, zorder=4)
-        ax.annotate(variant, (x, y), xytext=(6, 0), textcoords="offset points", fontsize=8, color=_color(variant),
-                    va="center")
-    ax.set_yscale("log")
-    _log_axis(ax.yaxis)
-    ax.set_xlabel("latent_dim" + (" (log scale)" if ax.get_xscale() == "log" else ""))
-    ax.set_ylabel("final val_loss (MSE, log scale)")
-    ax.grid(True, which="major", alpha=0.25)
-    handles = [Line2D([], [], marker="o", color=_color(v), mec="black", mew=0.4, ms=7, lw=1.8, label=v)
-               for v in present]
-    handles.append(Line2D([], [], color="0.3", lw=1.8, label="Pareto front\n(completed trials)"))
-    if (shown["status"] == "stopped").any():
-        handles.append(Line2D([], [], marker="o", mfc="white", mec="0.3", mew=1.5, ls="none", ms=7,
-                              label="stopped by ASHA\n(loss at its last epoch)"))
-    if len(seed_points):
-        handles.append(Line2D([], [], marker="x", color="black", mew=1.8, ms=8, ls="none",
-                              label="seed article, Part 3\n(its final training loss)"))
-    fig.legend(handles=handles, loc="outside right upper", fontsize=9)
-    ax.set_title("Final val_loss against latent_dim: the smallest bottleneck for each loss", fontsize=11)
-    return fig
-
-
-def importance_figure(importances: dict[str, dict[str, float]], evaluator: str) -> Optional[Figure]:
-    """Horizontal bars of each variant's hyperparameter importances."""
-    variants = [v for v in importances if importances[v]]
-    if not variants:
-        return None
-    fig = _figure(max(3.6 * len(variants) + 0.6, 6), 0.5 * max(len(i) for i in importances.values()) + 1.8)
-    axes = fig.subplots(1, len(variants), squeeze=False)[0]
-    for ax, variant in zip(axes, variants):
-        names = list(importances[variant])[::-1]  # largest on top
-        values = [importances[variant][n] for n in names]
-        ax.barh(names, values, color=_color(variant))
-        for y, v in enumerate(values):
-            ax.text(v, y, f" {v:.2f}", va="center", fontsize=9)
-        ax.set_xlim(0, 1.15)
-        ax.set_xlabel("importance (sums to 1)")
-        ax.set_title(variant)
-    fig.suptitle(f"Hyperparameter importance per variant\n{evaluator} over each variant's complete trials",
-                 fontsize=11)
-    return fig
-
-
-def _image_grid(rows: list[tuple[str, torch.Tensor]], title: str, label_width: float = 1.6) -> Figure:
-    """Rows of 28x28 images, each row labelled on its left."""
-    ncols = max(len(images) for _, images in rows)
-    fig = _figure(0.85 * ncols + label_width, 0.9 * len(rows) + 0.5)
-    axes = fig.subplots(len(rows), ncols, squeeze=False)
-    fig.get_layout_engine().set(w_pad=0.01, h_pad=0.01, wspace=0.02, hspace=0.02)
-    for r, (label, images) in enumerate(rows):
-        for c in range(ncols):
-            ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c < len(images):
-                ax.imshow(images[c].reshape(28, 28).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            else:
-                ax.set_axis_off()
-        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
-    fig.suptitle(title, fontsize=11)
-    return fig
-
-
-def reconstruction_grid(originals: torch.Tensor, reconstructions: list[tuple[str, torch.Tensor]]) -> Figure:
-    """Test images (one per digit) on top, each model's reconstruction of them below."""
-    return _image_grid([("original", originals), *reconstructions],
-                       "Test images and their reconstructions by each variant's best model")
-
-
-def denoising_grid(clean: torch.Tensor, noisy: dict[float, torch.Tensor], denoised: dict[float, torch.Tensor],
-                   labels: dict[float, tuple[str, str]], model_label: str) -> Figure:
-    rows = [("clean", clean)]
-    for sigma in noisy:
-        rows += [(labels[sigma][0], noisy[sigma]), (labels[sigma][1], denoised[sigma])]
-    return _image_grid(rows, f"Denoising by the best denoising model ({model_label})\n"
-                             "test images + Gaussian noise of std σ, clamped to [0, 1]", label_width=2.0)
-
-
-def sparsity_histogram(codes: list[tuple[str, torch.Tensor]], threshold: float = NEAR_ZERO) -> Figure:
-    """Histogram of |z| (log x) per model, as a fraction of all latent values; the near-zero line marked."""
-    fig = _figure(8.5, 4.2)
-    ax = fig.add_subplot()
-    floor = 1e-6
-    magnitudes = [(label, z.abs().flatten().clamp_min(floor).numpy()) for label, z in codes]
-    high = max(float(m.max()) for _, m in magnitudes)
-    bins = np.logspace(math.log10(floor), math.ceil(math.log10(max(high, 10 * floor))), 61)
-    for label, m in magnitudes:
-        share = float((m < threshold).mean())
-        variant = label.split(" ")[0]
-        ax.hist(m, bins=bins, weights=np.full(len(m), 1 / len(m)), histtype="stepfilled", alpha=0.35,
-                color=_color(variant))
-        ax.hist(m, bins=bins, weights=np.full(len(m), 1 / len(m)), histtype="step", lw=1.6, color=_color(variant),
-                label=f"{label}: {share:.1%} of |z| < {threshold:g}")
-    ax.axvline(threshold, color="black", ls="--", lw=1)
-    ax.set_xscale("log")
-    ax.set_xlabel(f"|z| over all latent units and test images (log scale; values below {floor:g} in the first bin)")
-    ax.set_ylabel("fraction of latent values")
-    ax.legend(loc="upper left", fontsize=9)
-    ax.set_title("Latent code magnitudes: sparse vs vanilla", fontsize=11)
-    return fig
-
-
-def latent_scatter(panels: list[tuple[str, np.ndarray, tuple[str, str]]], labels: np.ndarray) -> Figure:
-    """One panel per model: its test-set codes in 2-D (raw when latent_dim is 2, else PCA), coloured by digit."""
-    ncols = 2 if len(panels) in (2, 4) else min(3, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
-    fig = _figure(4.3 * ncols + 1.0, 4.0 * nrows + 0.4)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    colors = np.array([f"C{d}" for d in range(10)])  # tab10: one colour per digit
-    order = np.random.default_rng(0).permutation(len(labels))  # no digit is drawn entirely on top
-    for ax, (title, xy, (xlabel, ylabel)) in zip(axes.flat, panels):
-        ax.scatter(xy[order, 0], xy[order, 1], c=colors[labels[order] % 10], s=2.5, alpha=0.5, lw=0, rasterized=True)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel(xlabel, fontsize=9)
-        ax.set_ylabel(ylabel, fontsize=9)
-        ax.tick_params(labelsize=8)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.remove()
-    handles = [Line2D([], [], marker="o", ls="none", color=f"C{d}", ms=6, label=str(d)) for d in range(10)]
-    fig.legend(handles=handles, title="digit", loc="outside right center", fontsize=9)
-    fig.suptitle(f"Latent codes of the {len(labels):,} test images", fontsize=11)
-    return fig
 
 
 # ---- writing --------------------------------------------------------------------------------------
@@ -592,46 +275,6 @@ def _write(path: Path, write: Callable[[str], None]) -> None:
     _atomic(path, write_readable)
 
 
-def confirm_figure(table: pd.DataFrame, summary: pd.DataFrame) -> Optional[Figure]:
-    """`sweep confirm`'s runs: per configuration (in the search's order) each seed's final val_loss as a point,
-    the mean with its 95 % interval, and the one value the search saw; the confirmed best's label in bold."""
-    if summary is None or summary.empty:
-        return None
-    fig = _figure(max(7.0, 1.2 * len(summary) + 3), 4.5)
-    ax = fig.add_subplot()
-    summary = summary.sort_values("rank").reset_index(drop=True)
-    for x, row in summary.iterrows():
-        runs = table[(table["trial_id"] == row["trial_id"]) & (table["status"] == "completed")]
-        losses = runs["final_val_loss"].astype(float)
-        offsets = np.linspace(-0.15, 0.15, len(losses)) if len(losses) > 1 else np.zeros(len(losses))
-        ax.scatter(x + offsets, losses, s=22, color=_color(row["variant"]), edgecolor="black", lw=0.4, zorder=3)
-        if np.isfinite(row["ci_low"]):
-            ax.errorbar([x + 0.3], [row["mean_val_loss"]], yerr=[[row["mean_val_loss"] - row["ci_low"]],
-                                                                 [row["ci_high"] - row["mean_val_loss"]]],
-                        fmt="s", color="black", ms=5, capsize=4, lw=1.3, zorder=4)
-        elif np.isfinite(row["mean_val_loss"]):
-            ax.scatter([x + 0.3], [row["mean_val_loss"]], marker="s", s=25, color="black", zorder=4)
-        ax.scatter([x - 0.3], [row["search_val_loss"]], marker="D", s=30, facecolor="white", edgecolor="crimson",
-                   lw=1.5, zorder=4)
-    ax.set_xticks(range(len(summary)))
-    labels = [f"#{r['rank']} {r['trial_id']}\n{r['variant']}, latent {r['latent_dim']}" for _, r in summary.iterrows()]
-    ax.set_xticklabels(labels, fontsize=8)
-    for tick, (_, row) in zip(ax.get_xticklabels(), summary.iterrows()):
-        if row["confirmed_rank"] == 1 and row["diverged"] == 0:
-            tick.set_fontweight("bold")
-    ax.set_xlim(-0.6, len(summary) - 0.4)
-    ax.set_ylabel("final val_loss (MSE)")
-    ax.grid(True, axis="y", alpha=0.25)
-    handles = [Line2D([], [], marker="o", color="0.5", mec="black", mew=0.4, ls="none", ms=6, label="one seed"),
-               Line2D([], [], marker="s", color="black", ms=5, lw=1.3, label="mean, 95% interval"),
-               Line2D([], [], marker="D", mfc="white", mec="crimson", mew=1.5, ls="none", ms=6,
-                      label="the search's run")]
-    fig.legend(handles=handles, loc="outside right upper", fontsize=9)
-    ax.set_title("Confirmed over several seeds (bold: the best mean)",
-                 fontsize=11)
-    return fig
-
-
 def _save(fig: Figure, path: Path) -> None:
     FigureCanvasAgg(fig)  # render with Agg whatever matplotlib's default backend is
     _write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
@@ -641,6 +284,8 @@ def _save(fig: Figure, path: Path) -> None:
 def write_report(results: Results, *, quiet: bool = False) -> Path:
     """Write every figure and index.html under results/<name>/report/; return the index.html path."""
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    # Retraining takes minutes and shows a model other than the one the sweep trained: said even when quiet.
+    announce = (lambda line: print(line, file=sys.stderr, flush=True)) if quiet else say
     out = results.home / REPORT_DIR
     out.mkdir(exist_ok=True)
     trials, epochs, spec = results.trials, results.epochs, results.spec
@@ -679,11 +324,12 @@ def write_report(results: Results, *, quiet: bool = False) -> Path:
     save("importance.png", importance_figure(importances, evaluator),
          f"Hyperparameter importance ({evaluator}) per variant, from the study's complete trials of that variant.")
 
-    model_notes = _model_figures(results, out, save, say)
+    model_lines, retrained = _model_figures(results, out, save, announce)
 
     best = results.best_per_variant()
     flags = edge_flags(best, spec.space)
-    page = _html(results, best, flags, figures, importances, notes, evaluator, why_not, model_notes)
+    page = render_page(_page_context(results, best, flags, figures, importances, notes, evaluator, why_not,
+                                     model_lines, retrained))
     index = out / "index.html"
     _write(index, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
     for stale in out.glob("*.png"):  # figures of an earlier report that this sweep no longer has
@@ -701,16 +347,18 @@ def _asha_rungs(grace_period: int, reduction_factor: float, max_t: int) -> list[
     return rungs
 
 
-def _model_figures(results: Results, out: Path, save, say) -> list[str]:
-    """Reconstructions, denoising, sparsity and latent figures of the chosen models; returns lines for the page."""
+def _model_figures(results: Results, out: Path, save, say) -> tuple[list[str], list[str]]:
+    """Reconstructions, denoising, sparsity and latent figures of the chosen models; returns the page's line on
+    each model and its notes on those retrained."""
     models = load_models(results, say)
     if not models:
-        return ["No completed or stopped trial, so no model to show."]
+        return ["No completed or stopped trial, so no model to show."], []
     data = load_dataset(results.spec.dataset, results.spec.data_dir)
     images = data.test_images.float() / 255
     labels = data.test_labels
     shown = digit_examples(labels)
     lines = [f"{m.role} (trial {m.row['trial_id']}, {m.label}): {m.source}" for m in models]
+    retrained = [f"{m.role} (trial {m.row['trial_id']}): {m.retrained}" for m in models if m.retrained]
     outputs = {id(m): reconstruct(m.module, images) for m in models}
 
     best = [m for m in models if m.role == f"best {m.variant}"]
@@ -758,32 +406,19 @@ def _model_figures(results: Results, out: Path, save, say) -> list[str]:
     save("latent.png", latent_scatter(panels, labels.numpy()),
          "The test set's latent codes coloured by digit: the codes themselves for latent_dim 2, else their first "
          "two principal components (PCA by SVD of the centred codes), labelled on each panel.")
-    return lines
+    return lines, retrained
 
 
 # ---- the page -------------------------------------------------------------------------------------
 
-CSS = """
-body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
-th { background: #f2f2f2; } td.text { text-align: left; }
-td.edge { background: #fff3cd; font-weight: bold; }
-tr.best td { background: #e8f4e8; }
-figure { margin: 1em 0 2em; } figure img { max-width: 100%; border: 1px solid #ddd; }
-figcaption { font-size: 0.9em; color: #555; max-width: 60em; }
-.warn { background: #fff3cd; border-left: 4px solid #e0a800; padding: 0.5em 1em; }
-code, pre { background: #f6f6f6; padding: 0.1em 0.3em; }
-"""
-
-
 def _fmt(value) -> str:
+    """A table cell's text; the template escapes it."""
     value = _plain(value)
     if value is None:
         return "–"
     if isinstance(value, float):
         return f"{value:.4g}"
-    return html.escape(str(value))
+    return str(value)
 
 
 def _describe(param: Param) -> str:
@@ -792,141 +427,82 @@ def _describe(param: Param) -> str:
     return f"{param.name} {param.kind} [{param.low:g}, {param.high:g}]" + (f" step {param.step:g}" if param.step else "")
 
 
-def _table(rows: pd.DataFrame, columns, best: Optional[str] = None, edges: frozenset = frozenset()) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+def _table(rows: pd.DataFrame, columns, best: Optional[str] = None, edges: frozenset = frozenset()) -> dict:
+    """A table as the template's `table` macro draws it: the best trial's row green, edge values flagged."""
     body = []
     for _, row in rows.iterrows():
         cells = []
         for c in columns:
-            text_cls = "text" if c in ("variant", "trial_id", "status", "error") else ""
-            edge = "edge" if (row["trial_id"], c) in edges else ""
-            classes = " ".join(x for x in (text_cls, edge) if x)
-            mark = " ⚠" if edge else ""
-            cells.append(f"<td class=\"{classes}\">{_fmt(row[c])}{mark}</td>" if classes else f"<td>{_fmt(row[c])}</td>")
-        cls = " class=\"best\"" if best is not None and row["trial_id"] == best else ""
-        body.append(f"<tr{cls}>{''.join(cells)}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+            edge = (row["trial_id"], c) in edges
+            classes = " ".join(x for x, on in (("text", c in ("variant", "trial_id", "status", "error")),
+                                               ("edge", edge)) if on)
+            cells.append({"text": _fmt(row[c]) + (" ⚠" if edge else ""), "class": classes})
+        body.append({"best": best is not None and row["trial_id"] == best, "cells": cells})
+    return {"columns": list(columns), "rows": body}
 
 
-def _compute_section(results: Results) -> str:
-    """What the sweep cost (sweep.telemetry), as the lines `sweep analyze` prints."""
-    from .telemetry import describe, summarise
-
-    lines = describe(summarise(results.trials, results.epochs, results.best_trial))
-    items = "".join(f"<li>{html.escape(line.strip())}</li>" for line in lines)
-    return (f"<h2>Compute</h2><ul>{items}</ul><p>CPU-hours are the trials' training processes' CPU time; "
-            "device-hours the time each trial held its device (its GPU share, its CPU cores, or its share of "
-            "its packed trainer's time); the README's \"Compute telemetry\" has each figure's meaning.</p>")
-
-
-def _html(results: Results, best: pd.DataFrame, flags: list[dict], figures: dict[str, str],
-          importances: dict, notes: dict, evaluator: str, why_not: str, model_notes: list[str]) -> str:
+def _page_context(results: Results, best: pd.DataFrame, flags: list[dict], figures: dict[str, str],
+                  importances: dict, notes: dict, evaluator: str, why_not: str, model_lines: list[str],
+                  retrained: list[str]) -> dict:
+    """Everything index.html shows, as plain values: the template decides only how it looks."""
     import yaml
 
+    from .telemetry import describe, summarise
+
     spec, trials, home = results.spec, results.trials, results.home
-    e = html.escape
     meta = {}
     with contextlib.suppress(OSError, yaml.YAMLError, AttributeError):
         meta = yaml.safe_load((home / "sweep.yaml").read_text()).get("meta") or {}
     counts = ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().sort_index().items()) or "none"
-    searched = "; ".join(_describe(p) for p in spec.space.values() if p.kind != "fixed") or "nothing"
     fixed = ", ".join(f"{n}={p.values[0]}" for n, p in spec.space.items() if p.kind == "fixed")
-    parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>sweep {e(spec.name)}</title>"
-             f"<style>{CSS}</style></head><body>",
-             f"<h1>Sweep <code>{e(spec.name)}</code></h1>",
-             f"<p>{e(spec.description)}</p>" if spec.description else "",
-             "<table>",
-             *(f"<tr><th>{e(k)}</th><td class=\"text\">{v}</td></tr>" for k, v in [
-                 ("trials", f"{len(trials)} of {spec.num_samples} ({e(counts)})"),
-                 ("data", e(f"{spec.dataset}, train_subset={spec.train.get('train_subset')}, "
-                            f"{spec.epochs} epochs at most, batch_size={spec.train.get('batch_size')}")),
-                 ("searched", e(searched)), ("fixed", e(fixed or "–")),
-                 ("ASHA", e(f"grace_period={spec.scheduler.grace_period}, "
-                            f"reduction_factor={spec.scheduler.reduction_factor:g}")),
-                 ("command", f"<code>{e(str(meta.get('command', '?')))}</code>"),
-                 ("commit", f"<code>{e(str(meta.get('commit', '?')))}</code>"),
-                 ("created", e(str(meta.get("created", "?")))),
-                 ("folder", f"<code>{e(str(home))}</code>")]),
-             "</table>"]
+    summary = [
+        ("trials", f"{len(trials)} of {spec.num_samples} ({counts})", False),
+        ("data", f"{spec.dataset}, train_subset={spec.train.get('train_subset')}, {spec.epochs} epochs at most, "
+                 f"batch_size={spec.train.get('batch_size')}", False),
+        ("searched", "; ".join(_describe(p) for p in spec.space.values() if p.kind != "fixed") or "nothing", False),
+        ("fixed", fixed or "–", False),
+        ("ASHA", f"grace_period={spec.scheduler.grace_period}, "
+                 f"reduction_factor={spec.scheduler.reduction_factor:g}", False),
+        ("command", str(meta.get("command", "?")), True),
+        ("commit", str(meta.get("commit", "?")), True),
+        ("created", str(meta.get("created", "?")), False),
+        ("folder", str(home), True)]
 
-    parts.append(_compute_section(results))
-    parts.append("<h2>Best trial of each variant</h2>")
-    if best.empty:
-        parts.append("<p>No trial completed or was stopped with a finite loss, so there is no best trial.</p>")
-    else:
-        edges = frozenset((f["trial_id"], f["param"]) for f in flags)
-        parts.append(_table(best, TABLE_COLUMNS, results.best_trial, edges))
-        parts.append("<p>Ranked by final val_loss, trials that ran every epoch before those ASHA stopped. The green "
-                     "row is the sweep's best (<code>best_config.yaml</code>).</p>")
-    parts.append("<h3>Edge of the search space</h3>")
-    if flags:
-        items = "".join(f"<li>{e(f['variant'])} (trial {e(f['trial_id'])}): {e(f['text'])}</li>" for f in flags)
-        parts.append(f"<div class=\"warn\"><p>A best value on the edge of its range suggests the optimum may lie "
-                     f"outside it: widen the space in that direction and sweep again (Google's deep learning tuning "
-                     f"playbook).</p><ul>{items}</ul></div>")
-    elif not best.empty:
-        parts.append(f"<p>No best value lies within {EDGE_FRACTION:.0%} of the end of its searched range.</p>")
-
-    def figure(name: str) -> str:
-        if name not in figures:
-            return ""
-        return f"<figure><img src=\"{e(name)}\" alt=\"{e(name)}\"><figcaption>{e(figures[name])}</figcaption></figure>"
-
-    summary = results.confirmed()
-    if summary is not None:
+    confirm = None
+    confirmed = results.confirmed()
+    if confirmed is not None:
         from .confirm import confirmed_best
 
-        chosen = confirmed_best(summary)
-        parts.append("<h2>Confirmed over several seeds</h2>")
-        parts.append(_table(summary.sort_values("rank"), ["rank", "trial_id", "variant", "latent_dim", "lr", "seeds",
-                                                         "diverged", "mean_val_loss", "std_val_loss", "ci_low",
-                                                         "ci_high", "search_val_loss", "confirmed_rank"],
-                            None if chosen is None else chosen["trial_id"]))
-        parts.append("<p>The green row has the best mean (<code>best_config.yaml</code> names it); "
-                     "<code>confirm.parquet</code> has every run.</p>" if chosen is not None else
-                     "<p>No configuration ran every seed without diverging.</p>")
-        parts.append(figure("confirm.png"))
-
-    parts += ["<h2>Learning curves</h2>", figure("learning_curves.png"),
-              "<h2>Loss against the hyperparameters</h2>",
-              figure("hyperparameters.png") or "<p>Nothing is searched: every hyperparameter is fixed.</p>",
-              "<h2>Loss against the bottleneck (Pareto front)</h2>",
-              figure("pareto.png") or "<p>No completed or stopped trial with a finite loss to show.</p>",
-              "<h2>Hyperparameter importance</h2>"]
-    if why_not:
-        parts.append(f"<p>Not computed: {e(why_not)}.</p>")
-    else:
-        parts.append(figure("importance.png"))
-        parts.append("<ul>" + "".join(f"<li>{e(v)}: {e(n)}</li>" for v, n in notes.items()) + "</ul>")
-        why = " (Optuna's default, fANOVA, needs scikit-learn, which is not installed)" \
-            if evaluator == "PED-ANOVA" else ""
-        parts.append(f"<p>Evaluator: Optuna's {e(evaluator)}{e(why)}, per variant over that variant's COMPLETE trials (the "
-                     "space is conditional, and stopped trials are PRUNED in the study). With few trials the "
-                     "numbers are rough.</p>")
-
-    parts.append("<h2>The best models</h2>")
-    parts.append("<ul>" + "".join(f"<li>{e(line)}</li>" for line in model_notes) + "</ul>")
-    for name in ("reconstructions.png", "denoising.png", "sparsity.png", "latent.png"):
-        parts.append(figure(name))
+        chosen = confirmed_best(confirmed)
+        confirm = {"table": _table(confirmed.sort_values("rank"),
+                                   ["rank", "trial_id", "variant", "latent_dim", "lr", "seeds", "diverged",
+                                    "mean_val_loss", "std_val_loss", "ci_low", "ci_high", "search_val_loss",
+                                    "confirmed_rank"], None if chosen is None else chosen["trial_id"]),
+                   "chosen": chosen is not None}
 
     errored = trials[trials["status"] == "error"]
-    if not errored.empty:
-        parts.append("<h2>Errored trials</h2>")
-        parts.append(_table(errored, ("trial_id", "variant", "epochs", "num_failures", "error")))
-
-    parts.append("<h2>Every trial</h2><details><summary>show the table</summary>")
-    order = trials.assign(_l=pd.to_numeric(trials["final_val_loss"], errors="coerce")).sort_values(
+    every = trials.assign(_l=pd.to_numeric(trials["final_val_loss"], errors="coerce")).sort_values(
         ["variant", "_l"], na_position="last")
-    parts.append(_table(order, TABLE_COLUMNS) + "</details>")
+    return {
+        "name": spec.name, "description": spec.description, "summary": summary,
+        "compute": [line.strip() for line in describe(summarise(trials, results.epochs, results.best_trial))],
+        "best": None if best.empty else _table(best, TABLE_COLUMNS, results.best_trial,
+                                               frozenset((f["trial_id"], f["param"]) for f in flags)),
+        "flags": flags, "edge_fraction": f"{EDGE_FRACTION:.0%}", "confirm": confirm, "figures": figures,
+        "why_not": why_not, "importance_notes": notes, "evaluator": evaluator,
+        "no_sklearn": evaluator == "PED-ANOVA",
+        "model_notes": model_lines, "retrained": retrained,
+        "errored": None if errored.empty else _table(errored, ("trial_id", "variant", "epochs", "num_failures",
+                                                               "error")),
+        "every": _table(every, TABLE_COLUMNS),
+        "study_url": study_url(study_path(home)),
+        "logdir": str(home / EXPERIMENT_DIR if spec.all_drivers == 1 else home), "home": str(home),
+    }
 
-    parts.append("<h2>Explore further</h2><ul>"
-                 f"<li>The Optuna study in optuna-dashboard (optional: <code>pip install 'aesweep[dashboard]'</code>):"
-                 f"<pre>optuna-dashboard {e(study_url(study_path(home)))}</pre></li>"
-                 f"<li>Every trial's metrics in TensorBoard (if installed):"
-                 f"<pre>tensorboard --logdir {e(str(home / EXPERIMENT_DIR if results.spec.all_drivers == 1 else home))}"
-                 "</pre></li>"
-                 f"<li>The tables: <code>trials.parquet</code>, <code>trials.csv</code>, <code>epochs.parquet</code> "
-                 f"and <code>best_config.yaml</code> in <code>{e(str(home))}</code>; "
-                 f"<code>sweep retrain {e(str(home))}</code> trains the best config again.</li></ul>")
-    parts.append("</body></html>\n")
-    return "\n".join(p for p in parts if p)
+
+def render_page(context: dict) -> str:
+    """index.html from templates/report.html.j2; every value is escaped on the way in (autoescape)."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True, keep_trailing_newline=True)
+    return env.get_template(TEMPLATE).render(context)

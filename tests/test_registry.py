@@ -10,7 +10,7 @@ import yaml
 
 from aemodels import REGISTRY, Knob, Pack, TrainConfig, TrainState, load_dataset, register_variant, train
 from aemodels.registry import MODULES_ENV, import_variant_modules, unregister_variant
-from sweep import report
+from sweep import figures, report
 from sweep.results import HYPER_DTYPES, TRIAL_COLUMNS
 from sweep.spec import CONDITIONAL, SEARCHED
 
@@ -46,7 +46,7 @@ def test_every_variants_knobs_reach_the_config_the_space_the_tables_and_the_repo
         for knob in other.knobs:
             if other.name != name:
                 assert getattr(config, knob.name) is None
-    assert report._color(name) == entry.color
+    assert figures.variant_color(name) == entry.color
     assert type(TrainState.initial(TrainConfig(variant=name, latent_dim=3)).to_module()) is entry.module
 
 

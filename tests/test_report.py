@@ -15,8 +15,8 @@ from matplotlib.image import imread
 
 from sweep import load_results
 from sweep.cli import main
-from sweep.report import (SEED_ARTICLE_POINTS, edge_flags, importance_figure, param_importances, pareto_figure,
-                          trains_like_the_seed_article, write_report, _save)
+from sweep.figures import importance_figure, pareto_figure
+from sweep.report import SEED_ARTICLE_POINTS, edge_flags, param_importances, trains_like_the_seed_article, _save
 from sweep.results import HYPER_DTYPES, TRIAL_COLUMNS, Results
 from sweep.spec import Param, load
 
