@@ -389,7 +389,7 @@ def _fit(spec, home: Path, run: Path, configs: Optional[list[dict]], records: li
     from ray import tune
 
     from .progress import RESUMED_TRIALS_ENV, Progress
-    from .runner import _sweep_services, idle_workers_for_trials, plan, reconcile_experiment, trainable
+    from .runner import _sweep_services, idle_workers_for_trials, plan, trainable
 
     from aemodels import load_dataset
 
@@ -420,10 +420,10 @@ def _fit(spec, home: Path, run: Path, configs: Optional[list[dict]], records: li
     try:
         with _sweep_services(cspec, run_plan, confirm_home(home), dataset), idle_workers_for_trials():
             if configs is None:
-                reconcile_experiment(run, cspec, _finished_in_run(run, epochs))
                 os.environ[RESUMED_TRIALS_ENV] = str(len(results_mod.read_experiment(run)))
+                finished = frozenset(_finished_in_run(run, epochs))
                 tuner = tune.Tuner.restore(str(run) if not remote else storage.join(storage_path, run.name),
-                                           trainable=trainable(cspec, run_plan, dataset),
+                                           trainable=trainable(cspec, run_plan, dataset, finished),
                                            resume_unfinished=True, resume_errored=False)
             else:
                 os.environ[RESUMED_TRIALS_ENV] = "0"

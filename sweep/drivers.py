@@ -136,7 +136,7 @@ def run_driver(home: Path, driver: int, address: str) -> None:
     from . import runner
     from . import status as status_mod
     from .searcher import STUDY_URL_ENV
-    from .study import finished_in_study, study_path, study_url
+    from .study import study_path, study_url
 
     spec = results_mod.read_spec(home)
     os.environ[STUDY_URL_ENV] = study_url(study_path(home))
@@ -151,8 +151,6 @@ def run_driver(home: Path, driver: int, address: str) -> None:
                 return
             if (experiment / "tuner.pkl").is_file():  # started again after it died, or `sweep resume`
                 runner.check_resumable(home, driver)
-                runner.reconcile_experiment(experiment, spec, finished_in_study(study_url(study_path(home)),
-                                                                                 spec.name))
             runner.driver_tuner(spec, plan, home, dataset, driver).fit()
     if received:
         raise SystemExit(128 + received[0])

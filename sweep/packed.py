@@ -28,7 +28,7 @@ from ray import tune
 
 from aemodels.status import Status
 
-from .trial import ComputeClock, Reporting, TrialRecord
+from .trial import ComputeClock, Reporting, TrialRecord, ended_before
 
 logger = logging.getLogger(__name__)
 NAMESPACE = "aesweep"
@@ -320,12 +320,15 @@ def _trial_number(trial_id: str) -> int:
     return int(tail) if tail.isdigit() else zlib.crc32(trial_id.encode())
 
 
-def run_packed_trial(config: dict, *, base: dict, trainers: list[str], reporting: Reporting = Reporting()) -> None:
+def run_packed_trial(config: dict, *, base: dict, trainers: list[str], reporting: Reporting = Reporting(),
+                     finished: frozenset = frozenset()) -> None:
     """The Tune function trainable of packed execution (imports no torch).
 
     It asks for one epoch at a time, so members still join and leave the pack between any two epochs,
     and the trainer sends the state only for an epoch the proxy will report (`TrialRecord.due`).
     """
+    if ended_before(finished):
+        return
     trial_id = tune.get_context().get_trial_id()
     trainer = _trainer(trainers, trial_id)
     settings = {**base, **config}
@@ -407,7 +410,7 @@ def trainers(spec, plan, home: Path, dataset=None):
                 ray.kill(handle)
 
 
-def make_packed_trainable(spec, plan, base: dict):
+def make_packed_trainable(spec, plan, base: dict, finished: frozenset = frozenset()):
     fn = tune.with_parameters(run_packed_trial, base=base, trainers=trainer_names(spec, plan),
-                              reporting=Reporting.of(spec))
+                              reporting=Reporting.of(spec), finished=finished)
     return tune.with_resources(fn, {"cpu": plan.cpu_per_trial})

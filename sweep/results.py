@@ -276,23 +276,28 @@ def read_experiment(experiment: Path) -> list[dict]:
     records = []
     for trial, runtime in entries:
         folder = experiment / trial["relative_logdir"]
+        results = _result_rows(folder)
+        # result.json is written with each result, the snapshot every few seconds: its last row is newer.
         records.append({
             "trial_id": trial["trial_id"], "config": trial["config"], "ray_status": trial["status"],
-            "last_result": runtime.get("last_result") or {}, "num_failures": runtime.get("num_failures", 0),
-            "error": _error_line(folder, runtime.get("error_filename")), "rows": _epoch_rows(folder),
+            "last_result": results[-1] if results else runtime.get("last_result") or {},
+            "num_failures": runtime.get("num_failures", 0),
+            "error": _error_line(folder, runtime.get("error_filename")), "rows": _epoch_rows(folder, results),
         })
     return records
 
 
-def _epoch_rows(folder: Path) -> list[dict]:
-    """The trial's rows: its newest readable checkpoint's history, then what result.json has beyond it."""
+def _epoch_rows(folder: Path, results: Optional[list[dict]] = None) -> list[dict]:
+    """The trial's rows: its newest readable checkpoint's history, then what result.json (`results`, if
+    read already) has beyond it."""
     history = []
     for checkpoint in sorted(folder.glob("checkpoint_*"), reverse=True):
         with contextlib.suppress(OSError, ValueError):
             history = json.loads((checkpoint / HISTORY_FILE).read_text())
             break
     last = max((r["epoch"] for r in history), default=0)
-    return history + [r for r in _result_rows(folder) if r.get("epoch", 0) > last]
+    results = _result_rows(folder) if results is None else results
+    return history + [r for r in results if r.get("epoch", 0) > last]
 
 
 def _result_rows(folder: Path) -> list[dict]:

@@ -24,7 +24,6 @@ from typing import Optional
 import yaml
 
 from aemodels import DataError, load_dataset
-from aemodels.status import Status
 
 from . import results as results_mod
 from . import status as status_mod
@@ -34,8 +33,8 @@ from .errors import Interrupted, SweepError
 from .results import EXPERIMENT_DIR, SPEC_FILE, Results
 from .drivers import other_drivers
 from .searcher import STUDY_URL_ENV
-from .study import repair_journal, snapshot_name, storage_error, study_path, study_url
-from .spec import SEARCHED, SpecError, SweepSpec
+from .study import finished_in_study, repair_journal, snapshot_name, storage_error, study_path, study_url
+from .spec import SEARCHED, SweepSpec
 
 logger = logging.getLogger(__name__)
 TRIALS_PER_GPU_MAX = 16  # "auto" GPU fraction in trial execution: at most this many trials share one GPU
@@ -300,23 +299,27 @@ def plan(spec: SweepSpec, total: Optional[dict] = None) -> Plan:
     return Plan("trial", res.cpu, gpu, max(1, concurrent), cpus, gpus, threads_per_trial=res.threads_per_trial)
 
 
-def trainable(spec: SweepSpec, plan: Plan, dataset):
-    """The Tune trainable; `dataset` (read once here) reaches every worker through Ray's object store."""
+def trainable(spec: SweepSpec, plan: Plan, dataset, finished: frozenset = frozenset()):
+    """The Tune trainable; `dataset` (read once here) reaches every worker through Ray's object store.
+
+    `finished`: ids of trials that ended after Ray's last snapshot of a restored experiment. Ray restarts
+    them as unfinished; each returns at once, without a result, and Tune ends it with the last result it
+    had (sweep.trial.ended_before)."""
     from ray import tune
 
     base = {**spec.train, "dataset": spec.dataset, "data_dir": spec.data_dir}
     if plan.execution == "packed":
         from .packed import make_packed_trainable
 
-        return make_packed_trainable(spec, plan, base)
+        return make_packed_trainable(spec, plan, base, finished)
     from .trial import Reporting, SharedDataset, run_trial
 
     if spec.simulate is not None:
         fn = tune.with_parameters(run_trial, base=base, simulate=dataclasses.asdict(spec.simulate),
-                                  reporting=Reporting.of(spec))
+                                  reporting=Reporting.of(spec), finished=finished)
         return tune.with_resources(fn, {"cpu": plan.cpu_per_trial, "gpu": plan.gpu_per_trial})
     fn = tune.with_parameters(run_trial, base=base, threads=plan.threads_per_trial, dataset=SharedDataset(dataset),
-                              reporting=Reporting.of(spec))
+                              reporting=Reporting.of(spec), finished=finished)
     return tune.with_resources(fn, {"cpu": plan.cpu_per_trial, "gpu": plan.gpu_per_trial})
 
 
@@ -520,55 +523,11 @@ def check_resumable(home: Path, driver: int = 0) -> None:
                              "sweep with that version or rerun with --overwrite")
 
 
-def reconcile(home: Path, spec: SweepSpec) -> None:
-    """Mark finished the trials the study saw finish after Ray's last snapshot of the experiment.
-
-    Ray snapshots its experiment state every few seconds; a trial that finished after the last
-    snapshot would be resumed as unfinished and run again. The Optuna study is written as each trial
-    ends, so it knows better: such trials become TERMINATED (or ERROR) with their last result, taken
-    from their result.json, before Ray restores the experiment.
-    """
-    from .study import finished_in_study
-
-    finished = finished_in_study(study_url(study_path(home)), spec.name)
-    for driver in range(spec.all_drivers):
-        reconcile_experiment(home / results_mod.experiment_name(driver), spec, finished)
-
-
-def reconcile_experiment(experiment: Path, spec: SweepSpec, finished: dict[str, str]) -> None:
-    """`reconcile` for one driver's experiment folder."""
-    state_file = results_mod._newest(str(experiment / "experiment_state-*.json"))
-    if state_file is None:  # a driver that never started its experiment
-        return
-    with open(state_file) as fh:
-        state = json.load(fh)
-    changed = False
-    for entry in state["trial_data"]:
-        trial, runtime = json.loads(entry[0]), json.loads(entry[1])
-        status = finished.get(trial["trial_id"])
-        if status is None or trial["status"] in ("TERMINATED", "ERROR"):
-            continue
-        rows = results_mod._result_rows(experiment / trial["relative_logdir"])
-        trial["status"] = "ERROR" if status == Status.ERROR else "TERMINATED"
-        if rows:
-            runtime["last_result"] = rows[-1]
-        entry[0], entry[1] = json.dumps(trial, indent=2), json.dumps(runtime)
-        changed = True
-    if changed:
-        text = json.dumps(state)
-        results_mod._atomic(Path(state_file), lambda path: Path(path).write_text(text))
-        remote = results_mod.remote_home(spec)
-        if remote:
-            storage.upload(Path(state_file), storage.join(remote, experiment.name, Path(state_file).name))
-
-
 def check_consistent(home: Path, spec: SweepSpec) -> None:
     """Refuse a resume that would lose finished trials: every trial that Ray's snapshot or the tables
     list as finished must be in the study, which is written as each trial ends and so is never behind
     them unless it was damaged. (Ray would otherwise fail to restore its searcher and silently start a
     fresh experiment over the sweep, ray#30861.) Changes nothing."""
-    from .study import finished_in_study
-
     path = study_path(home)
     try:
         in_study = finished_in_study(study_url(path), spec.name)
@@ -603,7 +562,6 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
             if (home / results_mod.experiment_name(driver) / "tuner.pkl").is_file():
                 check_resumable(home, driver)
         check_consistent(home, spec)
-        reconcile(home, spec)
         repair_journal(study_path(home))  # before any driver opens it: drivers sharing it cut nothing
         os.environ[STUDY_URL_ENV] = study_url(study_path(home))  # the study is here now, wherever it was
         try:
@@ -642,8 +600,11 @@ def driver_tuner(spec: SweepSpec, sweep_plan: Plan, home: Path, dataset, driver:
         os.environ[RESUMED_TRIALS_ENV] = "0"
         return make_tuner(spec, sweep_plan, home, dataset, driver)
     os.environ[RESUMED_TRIALS_ENV] = str(len(results_mod.read_experiment(experiment)))
+    # The study is written as each trial ends, Ray's snapshot every few seconds: what the study saw end
+    # is not trained again.
+    finished = frozenset(finished_in_study(study_url(study_path(home)), spec.name))
     return tune.Tuner.restore(results_mod.experiment_path(home, spec, driver),
-                              trainable=trainable(spec, sweep_plan, dataset),
+                              trainable=trainable(spec, sweep_plan, dataset, finished),
                               resume_unfinished=True, resume_errored=False)
 
 
@@ -688,7 +649,6 @@ def extend(name_or_dir: str, overrides: tuple[str, ...], *, address: Optional[st
     with claim(home, f"wait for it to end, or `sweep stop {home.name}` ends it cleanly"):
         results_mod.sync_down(home, spec)
         check_consistent(home, spec)
-        reconcile(home, spec)
         repair_journal(study_path(home))
         dataset = None if new.simulate is not None else load_dataset(new.dataset, new.data_dir)
         os.environ[STUDY_URL_ENV] = study_url(study_path(home))
