@@ -28,12 +28,11 @@ from ray import tune
 
 from aemodels.status import Status
 
+from .plan import CPU_TRAINER_THREADS
 from .trial import ComputeClock, Reporting, TrialRecord, ended_before
 
 logger = logging.getLogger(__name__)
 NAMESPACE = "aesweep"
-GPU_PACK_SIZE = 256  # a pack this size keeps an H100 busy (../shared/bench: 58-86 model-epochs/s at K=256)
-CPU_PACKS_PER_CORE = 2  # members per single-threaded CPU trainer (one trainer per core)
 STALE_S = 300.0  # a member that has not asked for an epoch this long is dropped (its proxy died)
 IN_PACK = "in_pack_s"  # a row's wall time in its pack's round, for the proxy's wait_s; not kept in the tables
 
@@ -359,26 +358,6 @@ def run_packed_trial(config: dict, *, base: dict, trainers: list[str], reporting
 
 def trainer_names(spec, plan) -> list[str]:
     return [f"{spec.name}-trainer-{i}" for i in range(plan.trainers)]
-
-
-CPU_TRAINER_THREADS = 1  # see packed_plan
-
-
-def packed_plan(spec, cpus: float, gpus: float):
-    """Trainers and members per trainer: one trainer per GPU, or, without GPUs, one per core.
-
-    On a CPU, packing saves per-trial overhead, not arithmetic, and one single-threaded trainer per
-    core keeps each core as busy as a one-thread trial would, which a multi-threaded pack does not
-    (BENCHMARKS.md). Trainers reserve no Ray CPU: the proxies' shares account for every core, so Ray
-    starts exactly as many members as the packs hold.
-    """
-    from .runner import Plan
-
-    trainers = int(gpus) if gpus >= 1 else max(1, int(cpus))
-    pack_size = spec.resources.pack_size or (GPU_PACK_SIZE if gpus else CPU_PACKS_PER_CORE)
-    concurrent = min(pack_size * trainers, spec.num_samples, spec.max_concurrent_trials or pack_size * trainers)
-    proxy_cpu = max(0.001, min(1.0, cpus / concurrent))
-    return Plan("packed", round(proxy_cpu, 4), 0.0, concurrent, cpus, gpus, pack_size=pack_size, trainers=trainers)
 
 
 @contextlib.contextmanager

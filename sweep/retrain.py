@@ -75,6 +75,6 @@ def _check_writable(out: Path) -> None:
 
 def trial_threads(spec, row) -> int:
     """The torch threads a sweep's trial trained with on a CPU, as runner.plan and packed.trainers set them."""
-    from .packed import CPU_TRAINER_THREADS
+    from .plan import CPU_TRAINER_THREADS
 
     return CPU_TRAINER_THREADS if row.get("execution") == "packed" else spec.resources.threads_per_trial

@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -32,17 +31,17 @@ from . import tracking
 from .errors import Interrupted, SweepError
 from .results import EXPERIMENT_DIR, SPEC_FILE, Results
 from .drivers import other_drivers
+from .plan import Plan, plan
 from .searcher import STUDY_URL_ENV
 from .study import finished_in_study, repair_journal, snapshot_name, storage_error, study_path, study_url
 from .spec import SEARCHED, SweepSpec
 
 logger = logging.getLogger(__name__)
-TRIALS_PER_GPU_MAX = 16  # "auto" GPU fraction in trial execution: at most this many trials share one GPU
 # Modules the worker processes of a local Ray import before they take work (`preload_modules`), so that
 # a worker's first trial does not wait for them; on a cluster `ray start` takes such a list from
 # RAY_preload_python_modules (configs/cluster/). Ray Tune and the trainables, which every trial actor
-# imports (0.7 CPU-s, 67 MB per process on a CPU), and torch through aemodels (1.2 CPU-s, 270 MB), which a
-# trial of its own imports but a packed trial's proxy never does.
+# imports, and torch through aemodels, which a trial of its own imports but a packed trial's proxy never
+# does (their cost per process: BENCHMARKS.md, worker prestart).
 TRIAL_CODE = ("sweep.trial", "sweep.packed")
 # Ray binds its GCS, raylets, workers and agents to every interface (its agents to the machine's external
 # address) even when told to use 127.0.0.1 as the node's address; with this variable at 0, read once when
@@ -50,21 +49,6 @@ TRIAL_CODE = ("sweep.trial", "sweep.packed")
 # driver that joins a cluster must not have it (it would announce 127.0.0.1 as its own address).
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 TORCH = ("aemodels",)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How trials run on the cluster Ray reports."""
-
-    execution: str  # trial | packed
-    cpu_per_trial: float
-    gpu_per_trial: float
-    max_concurrent: Optional[int]
-    cluster_cpus: float
-    cluster_gpus: float
-    threads_per_trial: int = 1
-    pack_size: int = 0
-    trainers: int = 0
 
 
 # ---- preparing ------------------------------------------------------------------------------------
@@ -261,42 +245,6 @@ def idle_workers_for_trials():
     finally:
         defaults.clear()
         defaults.update(saved)
-
-
-def plan(spec: SweepSpec, total: Optional[dict] = None) -> Plan:
-    """Resources per trial from the spec and the cluster (`total`: CPU and GPU counts, by default what
-    Ray reports); refuse requests the cluster can never meet."""
-    if total is None:
-        import ray
-
-        total = ray.cluster_resources()
-    cpus, gpus = float(total.get("CPU", 0)), float(total.get("GPU", 0))
-    res = spec.resources
-    device = spec.train.get("device", "auto")
-    if device == "cuda" and gpus == 0:
-        raise SweepError("train.device is cuda but the Ray cluster has no GPU; set train.device: auto or cpu")
-    if res.gpu not in ("auto", 0) and gpus == 0:
-        raise SweepError(f"resources.gpu={res.gpu} asks for a GPU per trial but the Ray cluster has none "
-                         "(trials would wait forever); set resources.gpu: 0 or auto")
-    if res.cpu > cpus:
-        raise SweepError(f"resources.cpu={res.cpu:g} per trial but the Ray cluster has {cpus:g} CPUs "
-                         "(trials would wait forever); lower resources.cpu")
-    use_gpu = gpus > 0 and res.gpu != 0 and device != "cpu"
-    execution = res.execution if res.execution != "auto" else ("packed" if use_gpu else "trial")
-    if execution == "packed":
-        from .packed import packed_plan
-
-        return packed_plan(spec, cpus, gpus if use_gpu else 0.0)
-    gpu = 0.0
-    slots = int(cpus // res.cpu)
-    if use_gpu:
-        per_gpu = max(1, min(TRIALS_PER_GPU_MAX, int(cpus / gpus / res.cpu)))
-        gpu = 1.0 / per_gpu if res.gpu == "auto" else float(res.gpu)
-        slots = min(slots, int(gpus // gpu))
-    # A concurrency limit also lets Tune start that many trials at once (with a searcher it starts
-    # one at a time otherwise): the cluster fills in one wave instead of one trial per actor start-up.
-    concurrent = min(spec.max_concurrent_trials or slots, slots, spec.num_samples)
-    return Plan("trial", res.cpu, gpu, max(1, concurrent), cpus, gpus, threads_per_trial=res.threads_per_trial)
 
 
 def trainable(spec: SweepSpec, plan: Plan, dataset, finished: frozenset = frozenset()):
