@@ -7,10 +7,12 @@ runner, the packed trainers and `sweep retrain` all plan with it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .errors import SweepError
-from .spec import SweepSpec
+
+if TYPE_CHECKING:  # the trainers of a simulated sweep import this module, and must not import torch
+    from .spec import SweepSpec
 
 TRIALS_PER_GPU_MAX = 16  # "auto" GPU fraction in trial execution: at most this many trials share one GPU
 GPU_PACK_SIZE = 256  # members per GPU trainer: a pack this size keeps an H100 busy (BENCHMARKS.md, pack speed)

@@ -27,8 +27,9 @@ from aemodels import TrainState, load_dataset, train
 from aemodels.models import VARIANTS
 from aemodels.registry import REGISTRY
 
-from .results import EXPERIMENT_DIR, Results, _atomic, _ranked
-from .searcher import open_storage, storage_error, study_path, study_url
+from .experiment import EXPERIMENT_DIR
+from .results import Results, ranked_trials, write_file
+from .study import open_storage, storage_error, study_path, study_url
 from .spec import CONDITIONAL, SEARCHED, Param
 
 REPORT_DIR = "report"
@@ -73,7 +74,7 @@ class Model:
 
 def chosen_trials(trials: pd.DataFrame) -> pd.DataFrame:
     """The trials whose models are shown: the best of each variant, and its best with latent_dim 2 if other."""
-    ranked = _ranked(trials)
+    ranked = ranked_trials(trials)
     best = ranked.groupby("variant", sort=False).head(1).assign(role=lambda t: "best " + t["variant"])
     two = ranked[ranked["latent_dim"] == 2].groupby("variant", sort=False).head(1)
     two = two[~two["trial_id"].isin(best["trial_id"])].assign(role=lambda t: "best " + t["variant"] +
@@ -589,7 +590,7 @@ def _write(path: Path, write: Callable[[str], None]) -> None:
         write(tmp)
         os.chmod(tmp, 0o644)
 
-    _atomic(path, write_readable)
+    write_file(path, write_readable)
 
 
 def confirm_figure(table: pd.DataFrame, summary: pd.DataFrame) -> Optional[Figure]:
@@ -874,7 +875,7 @@ def _html(results: Results, best: pd.DataFrame, flags: list[dict], figures: dict
 
     summary = results.confirmed()
     if summary is not None:
-        from .confirm import confirmed_best
+        from .results import confirmed_best
 
         chosen = confirmed_best(summary)
         parts.append("<h2>Confirmed over several seeds</h2>")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import json
 import logging
 import os
 import shutil
@@ -29,7 +28,9 @@ from . import status as status_mod
 from . import storage
 from . import tracking
 from .errors import Interrupted, SweepError
-from .results import EXPERIMENT_DIR, SPEC_FILE, Results
+from .experiment import (EXPERIMENT_DIR, check_resumable, experiment_dirs, experiment_name, experiment_path,
+                         read_experiment)
+from .results import SPEC_FILE, Results
 from .drivers import other_drivers
 from .plan import Plan, plan
 from .searcher import STUDY_URL_ENV
@@ -310,7 +311,7 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset, driver: int = 0
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
                                     max_concurrent_trials=concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
-            name=results_mod.experiment_name(driver), storage_path=remote or str(home), verbose=0,
+            name=experiment_name(driver), storage_path=remote or str(home), verbose=0,
             callbacks=[progress, TensorBoardLogs(), *tracking_callbacks(spec, home)],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
@@ -324,7 +325,7 @@ def write_spec(spec: SweepSpec, home: Path, plan: Plan, argv: list[str]) -> None
     meta = {"created": datetime.datetime.now().isoformat(timespec="seconds"), "command": " ".join(argv),
             "commit": _git_commit(), "python": sys.version.split()[0], "execution": plan.execution}
     text = yaml.safe_dump({"sweep": spec.to_dict(), "meta": meta}, sort_keys=False)
-    results_mod._atomic(home / SPEC_FILE, lambda path: Path(path).write_text(text))
+    results_mod.write_file(home / SPEC_FILE, lambda path: Path(path).write_text(text))
 
 
 def _git_commit() -> Optional[str]:
@@ -440,37 +441,6 @@ def stop_cleanly_on_signals():
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = saved_env
 
 
-def check_resumable(home: Path, driver: int = 0) -> None:
-    """Fail loudly on a sweep (a driver's experiment) Ray could only resume with a fresh searcher (ray#30861).
-
-    Ray itself silently skips a missing searcher state and goes on with a fresh one, and its files
-    are pickles (the .json of search_gen_state too): each must unpickle to its mapping.
-    """
-    import ray.cloudpickle as cloudpickle
-
-    from .searcher import STATE_FORMAT
-
-    experiment = home / results_mod.experiment_name(driver)
-    if not (experiment / "tuner.pkl").is_file():
-        raise SweepError(f"{experiment} has no tuner.pkl: the sweep never started; run it again with --overwrite")
-    for pattern in ("searcher-state-*.pkl", "search_gen_state-*.json", "experiment_state-*.json"):
-        newest = results_mod._newest(str(experiment / pattern))
-        if newest is None:
-            raise SweepError(f"{experiment} has no {pattern}: Ray would resume with a fresh searcher and lose the "
-                             "study's state; run the sweep again with --overwrite")
-        try:
-            with open(newest, "rb") as fh:
-                state = cloudpickle.load(fh) if "state" in pattern and "experiment" not in pattern else json.load(fh)
-            if not isinstance(state, dict):
-                raise ValueError("not a mapping")
-        except Exception as exc:
-            raise SweepError(f"{newest} is corrupt or truncated ({type(exc).__name__}); resuming would fall back to a "
-                             "default searcher, so it is refused; restore that file or rerun with --overwrite") from None
-        if pattern.startswith("searcher-state") and state.get("format") != STATE_FORMAT:
-            raise SweepError(f"{newest} was made by an older aesweep (its OptunaSearch-based searcher); finish the "
-                             "sweep with that version or rerun with --overwrite")
-
-
 def check_consistent(home: Path, spec: SweepSpec) -> None:
     """Refuse a resume that would lose finished trials: every trial that Ray's snapshot or the tables
     list as finished must be in the study, which is written as each trial ends and so is never behind
@@ -483,7 +453,7 @@ def check_consistent(home: Path, spec: SweepSpec) -> None:
         raise SweepError(f"the study {path} cannot be read ({storage_error(exc)}); resuming would lose its trials, "
                          f"so it is refused; restore the file from a copy (Ray's, as of its last snapshot: "
                          f"{home / EXPERIMENT_DIR / snapshot_name(study_url(path))}) or rerun with --overwrite") from None
-    per_driver = [results_mod.read_experiment(e) for e in results_mod.experiment_dirs(home, spec)]
+    per_driver = [read_experiment(e) for e in experiment_dirs(home, spec)]
     records = [record for found in per_driver for record in found]
     listed = {r["trial_id"]: "Ray's snapshot" for r in records if r["ray_status"] in ("TERMINATED", "ERROR")}
     listed.update({trial_id: "the tables" for trial_id in results_mod.finished_in_tables(home)})
@@ -507,7 +477,7 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
         results_mod.sync_down(home, spec)
         check_resumable(home)
         for driver in range(1, spec.all_drivers):  # one that never started its experiment starts it now
-            if (home / results_mod.experiment_name(driver) / "tuner.pkl").is_file():
+            if (home / experiment_name(driver) / "tuner.pkl").is_file():
                 check_resumable(home, driver)
         check_consistent(home, spec)
         repair_journal(study_path(home))  # before any driver opens it: drivers sharing it cut nothing
@@ -543,15 +513,15 @@ def driver_tuner(spec: SweepSpec, sweep_plan: Plan, home: Path, dataset, driver:
 
     from .progress import RESUMED_TRIALS_ENV
 
-    experiment = home / results_mod.experiment_name(driver)
+    experiment = home / experiment_name(driver)
     if not (experiment / "tuner.pkl").is_file():
         os.environ[RESUMED_TRIALS_ENV] = "0"
         return make_tuner(spec, sweep_plan, home, dataset, driver)
-    os.environ[RESUMED_TRIALS_ENV] = str(len(results_mod.read_experiment(experiment)))
+    os.environ[RESUMED_TRIALS_ENV] = str(len(read_experiment(experiment)))
     # The study is written as each trial ends, Ray's snapshot every few seconds: what the study saw end
     # is not trained again.
     finished = frozenset(finished_in_study(study_url(study_path(home)), spec.name))
-    return tune.Tuner.restore(results_mod.experiment_path(home, spec, driver),
+    return tune.Tuner.restore(experiment_path(home, results_mod.remote_home(spec), driver),
                               trainable=trainable(spec, sweep_plan, dataset, finished),
                               resume_unfinished=True, resume_errored=False)
 
@@ -609,7 +579,7 @@ def extend(name_or_dir: str, overrides: tuple[str, ...], *, address: Optional[st
                 _record_extension(home, new, argv or sys.argv)
                 results_mod.sync_up(home, new, (SPEC_FILE,))
                 print(f"extending sweep {new.name} to {new.num_samples} trials: {new.extensions[-1]} more in "
-                      f"{home / results_mod.experiment_name(new.all_drivers - 1)}", flush=True)
+                      f"{home / experiment_name(new.all_drivers - 1)}", flush=True)
                 with status_mod.kept(home, new):
                     with _sweep_services(new, sweep_plan, home, dataset), idle_workers_for_trials():
                         if not received:
@@ -626,7 +596,7 @@ def _record_extension(home: Path, spec: SweepSpec, argv: list[str]) -> None:
     meta.setdefault("extended", []).append({"at": datetime.datetime.now().isoformat(timespec="seconds"),
                                             "command": " ".join(argv), "commit": _git_commit()})
     text = yaml.safe_dump({"sweep": spec.to_dict(), "meta": meta}, sort_keys=False)
-    results_mod._atomic(home / SPEC_FILE, lambda path: Path(path).write_text(text))
+    results_mod.write_file(home / SPEC_FILE, lambda path: Path(path).write_text(text))
 
 
 def _sweep_services(spec: SweepSpec, sweep_plan: Plan, home: Path, dataset):
