@@ -96,7 +96,7 @@ class ProcessSampler:
         if line.startswith("ray::"):
             name = line[5:].split()[0].split(".")[0] if len(line) > 5 else "worker"
             return "idle worker" if name == "IDLE" else name
-        if "sweep.drivers" in line:
+        if "sweep.driver " in line:
             return "other drivers"
         for part in argv[:3]:
             base = os.path.basename(part)

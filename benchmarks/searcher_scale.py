@@ -89,7 +89,8 @@ def cost(sizes: list[int], rounds: int, per_round: int, running: int = RUNNING) 
     import optuna
     from optuna.trial import TrialState
 
-    from sweep.searcher import StudySearch, distributions, make_sampler, open_storage
+    from sweep.searcher import StudySearch, distributions, make_sampler
+    from sweep.study import open_storage
     from sweep.space import SearchSpace
     from sweep.tpe import TPE
 

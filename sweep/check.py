@@ -13,6 +13,7 @@ from typing import Optional
 
 import yaml
 
+from .plan import CPU_TRAINER_THREADS, Plan, plan
 from .spec import SweepSpec
 
 
@@ -103,7 +104,7 @@ def cluster_resources(address: str) -> dict:
 class Report:
     spec: SweepSpec
     cluster: str  # where the resources were counted
-    plan: object  # runner.Plan
+    plan: Plan
     estimate: Estimate
     home: str
     warnings: tuple[str, ...]
@@ -127,7 +128,7 @@ def check(spec: SweepSpec, *, address: Optional[str] = None, overwrite: bool = F
         total, cluster = cluster_resources(address), f"the Ray cluster at {address}"
     else:
         total, cluster = local_resources(), "this machine (Ray not started)"
-    return Report(spec, cluster, runner.plan(spec, total), asha_estimate(spec), str(home), tuple(warnings))
+    return Report(spec, cluster, plan(spec, total), asha_estimate(spec), str(home), tuple(warnings))
 
 
 def describe(report: Report) -> str:
@@ -137,8 +138,6 @@ def describe(report: Report) -> str:
             "cpu_per_trial": p.cpu_per_trial, "gpu_per_trial": p.gpu_per_trial,
             "max_concurrent_trials": p.max_concurrent, "drivers": report.spec.drivers}
     if p.execution == "packed":
-        from .packed import CPU_TRAINER_THREADS
-
         plan.update(trainers=p.trainers, pack_size=p.pack_size,
                     threads_per_trainer=CPU_TRAINER_THREADS if not p.cluster_gpus else "torch's default")
     else:

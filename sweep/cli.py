@@ -316,9 +316,9 @@ def _analyze(args) -> int:
         counts = ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().sort_index().items())
         print(f"sweep {found.spec.name}: {len(trials)} trials ({counts}), {len(found.epochs)} epoch rows")
         print(f"\ntop {args.top} trials by final val_loss (completed before stopped):")
-        from .results import _ranked
+        from .results import ranked_trials
 
-        print(_ranked(trials)[shown].head(args.top).to_string(index=False))
+        print(ranked_trials(trials)[shown].head(args.top).to_string(index=False))
         print("\nbest trial of each variant:")
         print(found.best_per_variant()[shown].to_string(index=False))
     print("\nPareto front (val_loss vs latent_dim), completed trials, as latent_dim: final_val_loss (trial_id):")
@@ -349,7 +349,7 @@ def _best(args) -> int:
     confirmed = None if args.searched else found.confirmed_config()
     values = (confirmed or found.best_config).to_dict()
     if confirmed is not None:  # on stderr: stdout stays the config alone
-        from .confirm import confirmed_best
+        from .results import confirmed_best
 
         best = confirmed_best(found.confirmed())
         print(f"sweep best: the confirmed best, trial {best['trial_id']}: mean val_loss {best['mean_val_loss']:.6g} "

@@ -24,19 +24,17 @@ from aemodels.status import Status
 from . import results as results_mod
 from . import storage
 from .errors import Interrupted, SweepError
-from .results import Results, _atomic, _epoch_rows, _error_line, load_results
+from .experiment import error_line, read_experiment, result_rows, trial_rows
+from .results import (CONFIRM_TABLES, HYPER_DTYPES, Results, confirmed_best, load_results, plain, ranked_trials,
+                      write_file)
 from .spec import SEARCHED
 
 CONFIRM_DIR = "confirm"  # in the sweep's folder: run-0/, run-1/, ... (Tune experiments), and nothing else
-TABLE_FILES = ("confirm.parquet", "confirm.csv")
 REQUEST_FILE = "request.json"  # in each run's folder: the configurations that run was asked to train
 DONE_ENV = "AESWEEP_CONFIRM_DONE"  # a file of run keys a restored FixedConfigs must not hand out again
 DEFAULT_TOP, DEFAULT_SEEDS = 5, 5
-CONFIDENCE = 0.95
 ROW_COLUMNS = ["rank", "trial_id", *SEARCHED, "seed", "status", "epochs", "final_val_loss", "best_val_loss",
                "wall_s", "search_val_loss", "execution", "device", "run"]
-SUMMARY_COLUMNS = ["rank", "trial_id", *SEARCHED, "seeds", "diverged", "mean_val_loss", "std_val_loss", "ci_low",
-                   "ci_high", "search_val_loss", "confirmed_rank"]
 
 
 # ---- what to train --------------------------------------------------------------------------------
@@ -70,7 +68,7 @@ def candidates(found: Results, top: Optional[int]) -> pd.DataFrame:
     their rank (1: the search's best).
 
     Completed trials only: a trial ASHA stopped has a val_loss from an earlier epoch, not comparable."""
-    ranked = results_mod._ranked(found.trials)
+    ranked = ranked_trials(found.trials)
     ranked = ranked[ranked["status"] == Status.COMPLETED].reset_index(drop=True)
     if top is None:
         top = max(1, min(DEFAULT_TOP, len(ranked)))
@@ -90,7 +88,7 @@ def seeds_for(spec, count: int) -> list[int]:
 
 def run_config(row, seed: int, epochs: int) -> dict:
     """What one confirm run hands the trainable: the trial's searched values, the seed and the epochs."""
-    values = {k: results_mod._plain(row[k]) for k in SEARCHED}
+    values = {k: plain(row[k]) for k in SEARCHED}
     return {**{k: v for k, v in values.items() if v is not None}, "seed": int(seed), "epochs": int(epochs)}
 
 
@@ -187,12 +185,12 @@ def read_runs(home: Path, epochs: int) -> list[dict]:
                 config = json.loads(params.read_text())
             except (OSError, ValueError):
                 continue
-            rows = [r for r in _epoch_rows(folder) if "epoch" in r]
+            rows = [r for r in trial_rows(folder) if "epoch" in r]
             rows = list({r["epoch"]: r for r in rows}.values())  # a restored trial re-reports epochs: keep the last
             rows.sort(key=lambda r: r["epoch"])
             last = rows[-1] if rows else None
-            error = _error_line(folder, None)
-            reported = results_mod._result_rows(folder)  # Tune's own rows: the trial's time_total_s
+            error = error_line(folder, None)
+            reported = result_rows(folder)  # Tune's own rows: the trial's time_total_s
             ended = last is not None and (last.get("status") == Status.DIVERGED or last["epoch"] >= config.get("epochs", epochs))
             status = trial_status(last, False, config.get("epochs", epochs)) if ended else \
                 ("error" if error else "unfinished")
@@ -228,101 +226,14 @@ def build_table(chosen: pd.DataFrame, seeds: list[int], epochs: int, records: li
             key = run_key(run_config(trial, seed, epochs))
             record = done.get(key) or latest.get(key) or {"status": "missing", "epochs": 0}
             rows.append({"rank": int(trial["rank"]), "trial_id": trial["trial_id"],
-                         **{k: results_mod._plain(trial[k]) for k in SEARCHED}, "seed": seed,
+                         **{k: plain(trial[k]) for k in SEARCHED}, "seed": seed,
                          "status": record["status"], "epochs": int(record.get("epochs") or 0),
                          "final_val_loss": record.get("final_val_loss", math.nan),
                          "best_val_loss": record.get("best_val_loss", math.nan),
                          "wall_s": record.get("wall_s", math.nan),
                          "search_val_loss": float(trial["final_val_loss"]), "execution": record.get("execution"),
                          "device": record.get("device"), "run": record.get("run")})
-    return pd.DataFrame(rows, columns=ROW_COLUMNS).astype(results_mod.HYPER_DTYPES)
-
-
-# ---- the summary ----------------------------------------------------------------------------------
-
-def interval(values, confidence: float = CONFIDENCE) -> tuple[float, float, float, float]:
-    """(mean, sample standard deviation, low, high): Student's t interval of the mean; NaN bounds below 2 values."""
-    from scipy import stats
-
-    values = [float(v) for v in values]
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan, math.nan, math.nan
-    mean = sum(values) / n
-    if n < 2:
-        return mean, math.nan, math.nan, math.nan
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
-    return mean, std, mean - half, mean + half
-
-
-def summarise(table: pd.DataFrame) -> pd.DataFrame:
-    """Per configuration: seeds completed, seeds diverged, mean / standard deviation / 95 % interval of the
-    final val_loss over its completed seeds, the search's own val_loss and rank, and the rank by mean
-    (a configuration with a diverged seed ranks after every one without)."""
-    rows = []
-    for (rank, trial_id), runs in table.groupby(["rank", "trial_id"], sort=True):
-        completed = runs[runs["status"] == Status.COMPLETED]["final_val_loss"]
-        completed = completed[completed.map(lambda v: math.isfinite(v))]
-        mean, std, low, high = interval(completed)
-        first = runs.iloc[0]
-        rows.append({"rank": int(rank), "trial_id": trial_id, **{k: first[k] for k in SEARCHED},
-                     "seeds": int(len(completed)), "diverged": int((runs["status"] == Status.DIVERGED).sum()),
-                     "mean_val_loss": mean, "std_val_loss": std, "ci_low": low, "ci_high": high,
-                     "search_val_loss": float(first["search_val_loss"])})
-    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS[:-1])
-    order = summary.assign(_bad=(summary["diverged"] > 0) | summary["mean_val_loss"].isna()) \
-        .sort_values(["_bad", "mean_val_loss", "rank"]).index
-    summary.loc[order, "confirmed_rank"] = range(1, len(summary) + 1)
-    return summary.astype({"confirmed_rank": int}).astype(results_mod.HYPER_DTYPES)
-
-
-def confirmed_best(summary: pd.DataFrame) -> Optional[pd.Series]:
-    """The configuration with the best mean, if any configuration has a completed seed and none diverged."""
-    if summary is None or summary.empty:
-        return None
-    row = summary.sort_values("confirmed_rank").iloc[0]
-    if row["diverged"] > 0 or not math.isfinite(row["mean_val_loss"]):
-        return None
-    return row
-
-
-def best_config_header(found: Results) -> Optional[str]:
-    """best_config.yaml's comment lines when a confirm has picked the configuration, else None."""
-    summary = found.confirmed()
-    best = confirmed_best(summary)
-    if best is None:
-        return None
-    searched = summary[summary["rank"] == 1]
-    lines = [f"# confirmed best of sweep {found.spec.name}: trial {best['trial_id']} (the search's rank "
-             f"{int(best['rank'])}), mean final val_loss {best['mean_val_loss']:.6g} over {int(best['seeds'])} seeds, "
-             f"95% CI [{best['ci_low']:.6g}, {best['ci_high']:.6g}] (`sweep confirm`, confirm.parquet)"]
-    if not searched.empty:
-        s = searched.iloc[0]
-        lines.append(f"# the search's own best: trial {s['trial_id']}, val_loss {s['search_val_loss']:.6g} in one "
-                     f"run; confirmed mean {s['mean_val_loss']:.6g}, 95% CI [{s['ci_low']:.6g}, {s['ci_high']:.6g}]")
-    lines.append("# aemodels.TrainConfig(**yaml.safe_load(open(this file))) trains it again")
-    return "\n".join(lines) + "\n"
-
-
-def confirmed_config(found: Results):
-    """The TrainConfig of the configuration with the best confirmed mean (the sweep's seed), or None."""
-    best = confirmed_best(found.confirmed())
-    if best is None:
-        return None
-    runs = found.confirm[found.confirm["trial_id"] == best["trial_id"]]
-    params = {k: results_mod._plain(best[k]) for k in SEARCHED}
-    config = found.spec.train_config(params)
-    return config.replace(epochs=int(runs["epochs"].max()))
-
-
-def read_table(home: Path) -> Optional[pd.DataFrame]:
-    """confirm.parquet, or None when the sweep has not been confirmed."""
-    path = Path(home) / TABLE_FILES[0]
-    if not path.is_file():
-        return None
-    return results_mod.read_table(path, f"`sweep confirm {Path(home).name}` rebuilds it",
-                                  columns=("rank", "trial_id", "seed", "status", "final_val_loss"))
+    return pd.DataFrame(rows, columns=ROW_COLUMNS).astype(HYPER_DTYPES)
 
 
 # ---- running --------------------------------------------------------------------------------------
@@ -389,7 +300,7 @@ def _fit(spec, home: Path, run: Path, configs: Optional[list[dict]], records: li
     from ray import tune
 
     from .progress import RESUMED_TRIALS_ENV, Progress
-    from .runner import _sweep_services, idle_workers_for_trials, plan, reconcile_experiment, trainable
+    from .runner import _sweep_services, idle_workers_for_trials, plan, trainable
 
     from aemodels import load_dataset
 
@@ -414,22 +325,22 @@ def _fit(spec, home: Path, run: Path, configs: Optional[list[dict]], records: li
     done_file = confirm_home(home) / ".done.json"
     done = sorted(finished_runs(records))
     confirm_home(home).mkdir(exist_ok=True)
-    _atomic(done_file, lambda path: Path(path).write_text(json.dumps(done)))
+    write_file(done_file, lambda path: Path(path).write_text(json.dumps(done)))
     saved = {k: os.environ.get(k) for k in (DONE_ENV, RESUMED_TRIALS_ENV)}
     os.environ[DONE_ENV] = str(done_file)
     try:
         with _sweep_services(cspec, run_plan, confirm_home(home), dataset), idle_workers_for_trials():
             if configs is None:
-                reconcile_experiment(run, cspec, _finished_in_run(run, epochs))
-                os.environ[RESUMED_TRIALS_ENV] = str(len(results_mod.read_experiment(run)))
+                os.environ[RESUMED_TRIALS_ENV] = str(len(read_experiment(run)))
+                finished = frozenset(_finished_in_run(run, epochs))
                 tuner = tune.Tuner.restore(str(run) if not remote else storage.join(storage_path, run.name),
-                                           trainable=trainable(cspec, run_plan, dataset),
+                                           trainable=trainable(cspec, run_plan, dataset, finished),
                                            resume_unfinished=True, resume_errored=False)
             else:
                 os.environ[RESUMED_TRIALS_ENV] = "0"
                 run.mkdir(parents=True, exist_ok=True)
                 text = json.dumps({"configs": configs, "execution": run_plan.execution})
-                _atomic(run / REQUEST_FILE, lambda path: Path(path).write_text(text))
+                write_file(run / REQUEST_FILE, lambda path: Path(path).write_text(text))
                 tuner = tune.Tuner(
                     trainable(cspec, run_plan, dataset),
                     tune_config=tune.TuneConfig(search_alg=_searcher_class()(configs), num_samples=len(configs),
@@ -452,7 +363,7 @@ def _fit(spec, home: Path, run: Path, configs: Optional[list[dict]], records: li
 def _finished_in_run(run: Path, epochs: int) -> dict[str, str]:
     """Tune trial id -> how it ended, for the trials of `run` whose own rows show their end."""
     ended = {}
-    for record in results_mod.read_experiment(run):
+    for record in read_experiment(run):
         rows = [r for r in record["rows"] if "epoch" in r]
         if rows and (rows[-1].get("status") == Status.DIVERGED or rows[-1]["epoch"] >= record["config"].get("epochs", epochs)):
             ended[record["trial_id"]] = Status.DIVERGED if rows[-1].get("status") == Status.DIVERGED else Status.COMPLETED
@@ -471,11 +382,11 @@ def _finish(found: Results, chosen: pd.DataFrame, seeds: list[int], epochs: int,
 
     home = found.home
     table = build_table(chosen, seeds, epochs, read_runs(home, epochs))
-    _atomic(home / TABLE_FILES[0], lambda path: table.to_parquet(path, index=False))
-    _atomic(home / TABLE_FILES[1], lambda path: table.to_csv(path, index=False))
+    write_file(home / CONFIRM_TABLES[0], lambda path: table.to_parquet(path, index=False))
+    write_file(home / CONFIRM_TABLES[1], lambda path: table.to_csv(path, index=False))
     found = dataclasses.replace(found, confirm=table)
     results_mod.write_tables(found)
-    results_mod.sync_up(home, found.spec, TABLE_FILES)
+    results_mod.sync_up(home, found.spec, CONFIRM_TABLES)
     missing = table[~table["status"].isin([Status.COMPLETED, Status.DIVERGED])]
     if received:
         raise Interrupted(received[0], f"stopped by {signal_name(received)}: {len(table) - len(missing)} of "

@@ -3,8 +3,8 @@
 Driver k (k >= 1) runs one Tune experiment (ray-<k>/ in the sweep's folder) over its share of the trials
 with its own ASHA, on the Ray cluster the first driver (the `sweep` command) joined, and shares the
 sweep's study (sweep.searcher). The first driver starts them, passes stop signals on, starts again one
-that dies (it resumes its experiment), and waits for them before it writes the tables. `python -m
-sweep.drivers HOME K ADDRESS` is one such driver; it is not a command for users.
+that dies (it resumes its experiment), and waits for them before it writes the tables. Each runs
+sweep.driver, which is not a command for users.
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
 DRIVER_LOG = "driver-{}.log"  # in the sweep's folder: what driver k printed
 
@@ -49,7 +48,7 @@ class OtherDrivers:
         log = open(self.home / DRIVER_LOG.format(driver), "ab")
         with log:
             self.procs[driver] = subprocess.Popen(
-                [sys.executable, "-m", "sweep.drivers", str(self.home), str(driver), self.address],
+                [sys.executable, "-m", "sweep.driver", str(self.home), str(driver), self.address],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=os.environ.copy(),
                 start_new_session=True)  # a Ctrl-C in the terminal reaches them through the first driver
 
@@ -126,56 +125,3 @@ def other_drivers(spec, home: Path, received: list[int]):
     except BaseException:
         others.stop()
         raise
-
-
-def run_driver(home: Path, driver: int, address: str) -> None:
-    """Driver `driver` of the sweep in `home`: its experiment, new, or resumed from its folder."""
-    from aemodels import load_dataset
-
-    from . import results as results_mod
-    from . import runner
-    from . import status as status_mod
-    from .searcher import STUDY_URL_ENV
-    from .study import finished_in_study, study_path, study_url
-
-    spec = results_mod.read_spec(home)
-    os.environ[STUDY_URL_ENV] = study_url(study_path(home))
-    experiment = home / results_mod.experiment_name(driver)
-    with runner.ray_for_sweep(address, spec) as received:
-        _stop_with_first_driver()
-        plan = runner.plan(spec)
-        trains_here = plan.execution == "trial" and spec.simulate is None  # packed: the trainers hold the data
-        dataset = load_dataset(spec.dataset, spec.data_dir) if trains_here else None
-        with runner.idle_workers_for_trials(), status_mod.kept(home, spec, driver):
-            if received:
-                return
-            if (experiment / "tuner.pkl").is_file():  # started again after it died, or `sweep resume`
-                runner.check_resumable(home, driver)
-                runner.reconcile_experiment(experiment, spec, finished_in_study(study_url(study_path(home)),
-                                                                                 spec.name))
-            runner.driver_tuner(spec, plan, home, dataset, driver).fit()
-    if received:
-        raise SystemExit(128 + received[0])
-
-
-def _stop_with_first_driver() -> None:
-    """Stop this driver cleanly (as on SIGTERM) if the first driver dies: a `sweep resume` started after it
-    would otherwise run this driver's experiment a second time beside it."""
-    parent = os.getppid()
-
-    def watch():
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="first-driver", daemon=True).start()
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    home, driver, address = (argv or sys.argv[1:])[:3]
-    run_driver(Path(home), int(driver), address)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

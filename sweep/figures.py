@@ -16,6 +16,7 @@ from matplotlib.ticker import LogFormatterSciNotation, LogLocator, MaxNLocator, 
 
 from aemodels.models import VARIANTS
 from aemodels.registry import REGISTRY
+from aemodels.status import RANKED, Status
 
 from .spec import CONDITIONAL, Param
 
@@ -83,9 +84,9 @@ def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, max_epochs: int,
         if label_ends and shared[variant[trial_id]] and len(finite):  # one colour, several curves: which is which
             ax.annotate(f" latent {int(latent[trial_id])}", (finite["epoch"].iloc[-1], finite["val_loss"].iloc[-1]),
                         fontsize=8, color=variant_color(variant[trial_id]), va="center")
-        if status[trial_id] == "stopped" and len(finite):
+        if status[trial_id] == Status.STOPPED and len(finite):
             stopped.append((finite["epoch"].iloc[-1], finite["val_loss"].iloc[-1], variant[trial_id]))
-        elif status[trial_id] == "diverged":
+        elif status[trial_id] == Status.DIVERGED:
             if len(finite):
                 diverged.append((finite["epoch"].iloc[-1], finite["val_loss"].iloc[-1]))
             else:
@@ -163,8 +164,8 @@ def hyperparameter_scatter(trials: pd.DataFrame, space: dict[str, Param]) -> Opt
         finite = np.isfinite(shown["y"])
         for variant, mine in shown.groupby("variant", sort=False):
             ok = mine[np.isfinite(mine["y"])]
-            done = ok[ok["status"] == "completed"]
-            early = ok[ok["status"] != "completed"]
+            done = ok[ok["status"] == Status.COMPLETED]
+            early = ok[ok["status"] != Status.COMPLETED]
             ax.scatter(done["x"], done["y"], s=36, color=variant_color(variant), edgecolor="black", lw=0.4, zorder=3)
             ax.scatter(early["x"], early["y"], s=36, facecolor="white", edgecolor=variant_color(variant), lw=1.5,
                        zorder=3)
@@ -186,7 +187,7 @@ def hyperparameter_scatter(trials: pd.DataFrame, space: dict[str, Param]) -> Opt
     present = [v for v in VARIANTS if v in set(trials["variant"])]
     handles = [Line2D([], [], marker="o", color=variant_color(v), mec="black", mew=0.4, ls="none", ms=7, label=v)
                for v in present]
-    if (trials["status"].isin(["stopped", "running"]) & np.isfinite(loss)).any():
+    if (trials["status"].isin([Status.STOPPED, Status.RUNNING]) & np.isfinite(loss)).any():
         handles.append(Line2D([], [], marker="o", mfc="white", mec="0.3", mew=1.5, ls="none", ms=7,
                               label="stopped early\n(loss at its last epoch)"))
     if (~np.isfinite(loss)).any():
@@ -206,7 +207,7 @@ def pareto_figure(trials: pd.DataFrame, front: pd.DataFrame, seed_points=()) -> 
     loss = pd.to_numeric(trials["final_val_loss"], errors="coerce").astype(float)
     latent = pd.to_numeric(trials["latent_dim"], errors="coerce").astype(float)
     shown = pd.DataFrame({"variant": trials["variant"], "status": trials["status"], "x": latent, "y": loss})
-    shown = shown[shown["status"].isin(["completed", "stopped"]) & np.isfinite(shown["y"]) & shown["x"].notna()]
+    shown = shown[shown["status"].isin(RANKED) & np.isfinite(shown["y"]) & shown["x"].notna()]
     if shown.empty:
         return None
     fig = _figure(8.5, 5)
@@ -214,7 +215,7 @@ def pareto_figure(trials: pd.DataFrame, front: pd.DataFrame, seed_points=()) -> 
     present = [v for v in VARIANTS if v in set(shown["variant"])]
     for variant in present:
         mine = shown[shown["variant"] == variant]
-        done, early = mine[mine["status"] == "completed"], mine[mine["status"] == "stopped"]
+        done, early = mine[mine["status"] == Status.COMPLETED], mine[mine["status"] == Status.STOPPED]
         ax.scatter(done["x"], done["y"], s=36, color=variant_color(variant), edgecolor="black", lw=0.4, zorder=3)
         ax.scatter(early["x"], early["y"], s=36, facecolor="white", edgecolor=variant_color(variant), lw=1.5, zorder=3)
         steps = front[front["variant"] == variant]
@@ -239,7 +240,7 @@ def pareto_figure(trials: pd.DataFrame, front: pd.DataFrame, seed_points=()) -> 
     handles = [Line2D([], [], marker="o", color=variant_color(v), mec="black", mew=0.4, ms=7, lw=1.8, label=v)
                for v in present]
     handles.append(Line2D([], [], color="0.3", lw=1.8, label="Pareto front\n(completed trials)"))
-    if (shown["status"] == "stopped").any():
+    if (shown["status"] == Status.STOPPED).any():
         handles.append(Line2D([], [], marker="o", mfc="white", mec="0.3", mew=1.5, ls="none", ms=7,
                               label="stopped by ASHA\n(loss at its last epoch)"))
     if len(seed_points):
@@ -362,7 +363,7 @@ def confirm_figure(table: pd.DataFrame, summary: pd.DataFrame) -> Optional[Figur
     ax = fig.add_subplot()
     summary = summary.sort_values("rank").reset_index(drop=True)
     for x, row in summary.iterrows():
-        runs = table[(table["trial_id"] == row["trial_id"]) & (table["status"] == "completed")]
+        runs = table[(table["trial_id"] == row["trial_id"]) & (table["status"] == Status.COMPLETED)]
         losses = runs["final_val_loss"].astype(float)
         offsets = np.linspace(-0.15, 0.15, len(losses)) if len(losses) > 1 else np.zeros(len(losses))
         ax.scatter(x + offsets, losses, s=22, color=variant_color(row["variant"]), edgecolor="black", lw=0.4, zorder=3)

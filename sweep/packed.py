@@ -28,12 +28,11 @@ from ray import tune
 
 from aemodels.status import Status
 
-from .trial import ComputeClock, Reporting, TrialRecord
+from .plan import CPU_TRAINER_THREADS
+from .trial import ComputeClock, Reporting, TrialRecord, ended_before
 
 logger = logging.getLogger(__name__)
 NAMESPACE = "aesweep"
-GPU_PACK_SIZE = 256  # a pack this size keeps an H100 busy (../shared/bench: 58-86 model-epochs/s at K=256)
-CPU_PACKS_PER_CORE = 2  # members per single-threaded CPU trainer (one trainer per core)
 STALE_S = 300.0  # a member that has not asked for an epoch this long is dropped (its proxy died)
 IN_PACK = "in_pack_s"  # a row's wall time in its pack's round, for the proxy's wait_s; not kept in the tables
 
@@ -320,12 +319,15 @@ def _trial_number(trial_id: str) -> int:
     return int(tail) if tail.isdigit() else zlib.crc32(trial_id.encode())
 
 
-def run_packed_trial(config: dict, *, base: dict, trainers: list[str], reporting: Reporting = Reporting()) -> None:
+def run_packed_trial(config: dict, *, base: dict, trainers: list[str], reporting: Reporting = Reporting(),
+                     finished: frozenset = frozenset()) -> None:
     """The Tune function trainable of packed execution (imports no torch).
 
     It asks for one epoch at a time, so members still join and leave the pack between any two epochs,
     and the trainer sends the state only for an epoch the proxy will report (`TrialRecord.due`).
     """
+    if ended_before(finished):
+        return
     trial_id = tune.get_context().get_trial_id()
     trainer = _trainer(trainers, trial_id)
     settings = {**base, **config}
@@ -358,26 +360,6 @@ def trainer_names(spec, plan) -> list[str]:
     return [f"{spec.name}-trainer-{i}" for i in range(plan.trainers)]
 
 
-CPU_TRAINER_THREADS = 1  # see packed_plan
-
-
-def packed_plan(spec, cpus: float, gpus: float):
-    """Trainers and members per trainer: one trainer per GPU, or, without GPUs, one per core.
-
-    On a CPU, packing saves per-trial overhead, not arithmetic, and one single-threaded trainer per
-    core keeps each core as busy as a one-thread trial would, which a multi-threaded pack does not
-    (BENCHMARKS.md). Trainers reserve no Ray CPU: the proxies' shares account for every core, so Ray
-    starts exactly as many members as the packs hold.
-    """
-    from .runner import Plan
-
-    trainers = int(gpus) if gpus >= 1 else max(1, int(cpus))
-    pack_size = spec.resources.pack_size or (GPU_PACK_SIZE if gpus else CPU_PACKS_PER_CORE)
-    concurrent = min(pack_size * trainers, spec.num_samples, spec.max_concurrent_trials or pack_size * trainers)
-    proxy_cpu = max(0.001, min(1.0, cpus / concurrent))
-    return Plan("packed", round(proxy_cpu, 4), 0.0, concurrent, cpus, gpus, pack_size=pack_size, trainers=trainers)
-
-
 @contextlib.contextmanager
 def trainers(spec, plan, home: Path, dataset=None):
     """Start the sweep's trainer actors; when the sweep ends, record where their time went and stop them."""
@@ -407,7 +389,7 @@ def trainers(spec, plan, home: Path, dataset=None):
                 ray.kill(handle)
 
 
-def make_packed_trainable(spec, plan, base: dict):
+def make_packed_trainable(spec, plan, base: dict, finished: frozenset = frozenset()):
     fn = tune.with_parameters(run_packed_trial, base=base, trainers=trainer_names(spec, plan),
-                              reporting=Reporting.of(spec))
+                              reporting=Reporting.of(spec), finished=finished)
     return tune.with_resources(fn, {"cpu": plan.cpu_per_trial})

@@ -17,7 +17,7 @@ from aemodels.status import FINISHED, Status
 from .errors import SweepError
 from .study import trial_status
 from .spec import SEARCHED
-from .status import StatusFile
+from .status import StatusFile, short
 from .telemetry import LiveTotals
 from .epochs import epoch_rows
 
@@ -148,9 +148,5 @@ class Progress(Callback):
         value, trial_id, config = self.best
         if trial_id is None:
             return "-"
-        shown = ", ".join(f"{k}={_short(config[k])}" for k in SEARCHED if config.get(k) is not None)
+        shown = ", ".join(f"{k}={short(config[k])}" for k in SEARCHED if config.get(k) is not None)
         return f"{value:.5f} ({trial_id}: {shown})"
-
-
-def _short(value):
-    return f"{value:.3g}" if isinstance(value, float) else value

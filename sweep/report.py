@@ -25,11 +25,13 @@ from matplotlib.figure import Figure
 
 from aemodels import TrainState, load_dataset, train
 from aemodels.models import VARIANTS
+from aemodels.status import Status
 
+from .experiment import EXPERIMENT_DIR
 from .figures import (DPI, NEAR_ZERO, confirm_figure, denoising_grid, hyperparameter_scatter, importance_figure,
                       latent_scatter, learning_curves, pareto_figure, reconstruction_grid, sparsity_histogram)
-from .results import EXPERIMENT_DIR, Results, _atomic, _ranked
-from .searcher import open_storage, storage_error, study_path, study_url
+from .results import Results, confirmed_best, ranked_trials, write_file
+from .study import open_storage, storage_error, study_path, study_url
 from .spec import SEARCHED, Param
 
 REPORT_DIR = "report"
@@ -74,7 +76,7 @@ class Model:
 
 def chosen_trials(trials: pd.DataFrame) -> pd.DataFrame:
     """The trials whose models are shown: the best of each variant, and its best with latent_dim 2 if other."""
-    ranked = _ranked(trials)
+    ranked = ranked_trials(trials)
     best = ranked.groupby("variant", sort=False).head(1).assign(role=lambda t: "best " + t["variant"])
     two = ranked[ranked["latent_dim"] == 2].groupby("variant", sort=False).head(1)
     two = two[~two["trial_id"].isin(best["trial_id"])].assign(role=lambda t: "best " + t["variant"] +
@@ -272,7 +274,7 @@ def _write(path: Path, write: Callable[[str], None]) -> None:
         write(tmp)
         os.chmod(tmp, 0o644)
 
-    _atomic(path, write_readable)
+    write_file(path, write_readable)
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -471,8 +473,6 @@ def _page_context(results: Results, best: pd.DataFrame, flags: list[dict], figur
     confirm = None
     confirmed = results.confirmed()
     if confirmed is not None:
-        from .confirm import confirmed_best
-
         chosen = confirmed_best(confirmed)
         confirm = {"table": _table(confirmed.sort_values("rank"),
                                    ["rank", "trial_id", "variant", "latent_dim", "lr", "seeds", "diverged",
@@ -480,7 +480,7 @@ def _page_context(results: Results, best: pd.DataFrame, flags: list[dict], figur
                                     "confirmed_rank"], None if chosen is None else chosen["trial_id"]),
                    "chosen": chosen is not None}
 
-    errored = trials[trials["status"] == "error"]
+    errored = trials[trials["status"] == Status.ERROR]
     every = trials.assign(_l=pd.to_numeric(trials["final_val_loss"], errors="coerce")).sort_values(
         ["variant", "_l"], na_position="last")
     return {

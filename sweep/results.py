@@ -7,8 +7,6 @@ never leave a half table behind that is not rebuilt. Reads need no running Ray.
 from __future__ import annotations
 
 import contextlib
-import glob
-import json
 import math
 import os
 import shutil
@@ -26,8 +24,8 @@ from aemodels.registry import knobs
 from aemodels.status import FINISHED, RANKED, Status
 
 from . import storage
-from .errors import ResultsError
-from .epochs import HISTORY_FILE, epoch_rows
+from .errors import ResultsError, SweepError
+from .experiment import EXPERIMENT_DIR, check_resumable, experiment_dirs, experiment_name, read_experiment, trial_folder_record
 from .study import (LEGACY_STUDY_FILE, STUDY_FILE, finished_trials, snapshot_name, snapshot_study, storage_error,
                     study_path, study_url, trial_status)
 from .spec import SEARCHED, FileProblem, SpecError, SweepSpec, load_yaml, parse, read_text, yaml_problem
@@ -39,8 +37,12 @@ TRIAL_COLUMNS = ["trial_id", *SEARCHED, "status", "epochs", "best_val_loss", "fi
                  "wall_s", "node", "node_id", "device", "execution", "num_failures", "error", *COMPUTE_COLUMNS,
                  "queued_s"]
 HYPER_DTYPES = {"latent_dim": "Int64", "lr": "Float64", **{k.name: "Float64" for k in knobs()}}
-SPEC_FILE, EXPERIMENT_DIR = "sweep.yaml", "ray"
+SPEC_FILE = "sweep.yaml"
 TABLE_FILES = ("trials.parquet", "trials.csv", "epochs.parquet", "best_config.yaml")
+CONFIDENCE = 0.95
+SUMMARY_COLUMNS = ["rank", "trial_id", *SEARCHED, "seeds", "diverged", "mean_val_loss", "std_val_loss", "ci_low",
+                   "ci_high", "search_val_loss", "confirmed_rank"]
+CONFIRM_TABLES = ("confirm.parquet", "confirm.csv")  # `sweep confirm`: one row per configuration and seed
 FINISHED_STATUSES = FINISHED
 
 
@@ -59,14 +61,10 @@ class Results:
     def confirmed(self) -> Optional[pd.DataFrame]:
         """`sweep confirm`'s summary, one row per configuration: mean, std and 95 % interval of its seeds' final
         val_loss beside the search's own value and rank; None when the sweep has not been confirmed."""
-        from .confirm import summarise
-
         return None if self.confirm is None else summarise(self.confirm)
 
     def confirmed_config(self) -> Optional[TrainConfig]:
         """The configuration with the best confirmed mean (what best_config.yaml names after a confirm), or None."""
-        from .confirm import confirmed_config
-
         return None if self.confirm is None else confirmed_config(self)
 
     def best_row(self) -> Optional[pd.Series]:
@@ -75,7 +73,7 @@ class Results:
         return self.trials.set_index("trial_id").loc[self.best_trial]
 
     def best_per_variant(self) -> pd.DataFrame:
-        ranked = _ranked(self.trials)
+        ranked = ranked_trials(self.trials)
         return ranked.groupby("variant", sort=True).head(1).reset_index(drop=True)
 
     def pareto(self, include_stopped: bool = False) -> pd.DataFrame:
@@ -116,23 +114,6 @@ def local_home(spec: SweepSpec) -> Path:
 
 def remote_home(spec: SweepSpec) -> Optional[str]:
     return storage.join(spec.storage_path, spec.name) if storage.is_remote(spec.storage_path) else None
-
-
-def experiment_name(driver: int = 0) -> str:
-    """The folder of a driver's Ray experiment in the sweep's folder: ray/ (the first), ray-1/, ray-2/, ..."""
-    return EXPERIMENT_DIR if driver == 0 else f"{EXPERIMENT_DIR}-{driver}"
-
-
-def experiment_dirs(home: Path, spec: SweepSpec) -> list[Path]:
-    """Every driver's Ray experiment folder, those of the sweep's extensions (`sweep extend`) included."""
-    return [home / experiment_name(k) for k in range(spec.all_drivers)]
-
-
-def experiment_path(home: Path, spec: SweepSpec, driver: int = 0) -> str:
-    """Where Ray keeps a driver's experiment: the object store when there is one, else home/ray."""
-    remote = remote_home(spec)
-    name = experiment_name(driver)
-    return storage.join(remote, name) if remote else str(home / name)
 
 
 def find_home(name_or_dir: str, storage_path: str = "results") -> Path:
@@ -205,10 +186,8 @@ def read_spec(home: Path) -> SweepSpec:
 
 def no_best_trial(found: "Results", name_or_dir: str) -> ResultsError:
     """The error for a sweep with no completed or stopped trial yet, with the one command that gets one:
-    `sweep resume` where runner.check_resumable lets it resume, else the sweep's own command again with
+    `sweep resume` where experiment.check_resumable lets it resume, else the sweep's own command again with
     --overwrite (a sweep killed before Ray's first snapshot has nothing to resume from)."""
-    from .runner import SweepError, check_resumable
-
     name = found.spec.name
     try:
         check_resumable(found.home)
@@ -255,66 +234,6 @@ def read_table(path: Path, fix: str, columns=("trial_id", "status", "epochs", "f
     return table
 
 
-# ---- reading Ray's experiment folder --------------------------------------------------------------
-
-def _newest(pattern: str) -> Optional[str]:
-    found = sorted(glob.glob(pattern))
-    return found[-1] if found else None
-
-
-def read_experiment(experiment: Path) -> list[dict]:
-    """One record per trial Ray knows: id, config, Ray status, last result, failures, error, result rows."""
-    state_file = _newest(str(experiment / "experiment_state-*.json"))
-    if state_file is None:
-        return []
-    try:
-        with open(state_file) as fh:
-            entries = [(json.loads(t), json.loads(r)) for t, r in json.load(fh)["trial_data"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ResultsError(f"{state_file}: Ray's experiment state cannot be read ({type(exc).__name__}); restore it "
-                           "from a copy (the trials' own folders beside it are intact)") from None
-    records = []
-    for trial, runtime in entries:
-        folder = experiment / trial["relative_logdir"]
-        records.append({
-            "trial_id": trial["trial_id"], "config": trial["config"], "ray_status": trial["status"],
-            "last_result": runtime.get("last_result") or {}, "num_failures": runtime.get("num_failures", 0),
-            "error": _error_line(folder, runtime.get("error_filename")), "rows": _epoch_rows(folder),
-        })
-    return records
-
-
-def _epoch_rows(folder: Path) -> list[dict]:
-    """The trial's rows: its newest readable checkpoint's history, then what result.json has beyond it."""
-    history = []
-    for checkpoint in sorted(folder.glob("checkpoint_*"), reverse=True):
-        with contextlib.suppress(OSError, ValueError):
-            history = json.loads((checkpoint / HISTORY_FILE).read_text())
-            break
-    last = max((r["epoch"] for r in history), default=0)
-    return history + [r for r in _result_rows(folder) if r.get("epoch", 0) > last]
-
-
-def _result_rows(folder: Path) -> list[dict]:
-    rows = []
-    with contextlib.suppress(FileNotFoundError):
-        with open(folder / "result.json") as fh:
-            for line in fh:
-                with contextlib.suppress(json.JSONDecodeError):  # a line cut short by a crash
-                    rows.extend(epoch_rows(json.loads(line)))
-    return rows
-
-
-def _error_line(folder: Path, filename: Optional[str]) -> Optional[str]:
-    filename = filename or ("error.txt" if (folder / "error.txt").is_file() else None)
-    if not filename:
-        return None
-    with contextlib.suppress(OSError):
-        lines = [line.strip() for line in (folder / filename).read_text().splitlines() if line.strip()]
-        return lines[-1][:300] if lines else "error"
-    return "error"
-
-
 # ---- tables ---------------------------------------------------------------------------------------
 
 def _finished_in_study(home: Path, spec: SweepSpec) -> dict[str, tuple[str, float | None]]:
@@ -336,24 +255,6 @@ def _finished_in_study(home: Path, spec: SweepSpec) -> dict[str, tuple[str, floa
         return {}
 
 
-def _trial_folder_record(experiment: Path, trial_id: str, status: str) -> Optional[dict]:
-    """A trial the study saw finish but Ray's last snapshot never listed (it started and ended between
-    two snapshots, and the driver died before the next): read from its own folder, as Ray wrote it."""
-    folders = [f for f in experiment.glob(f"*_{trial_id}_*") if f.is_dir()]
-    if not folders:
-        return None
-    folder = folders[0]
-    try:
-        config = json.loads((folder / "params.json").read_text())
-    except (OSError, ValueError):
-        return None
-    results = _result_rows(folder)
-    return {"trial_id": trial_id, "config": config, "ray_status": "TERMINATED",
-            "last_result": results[-1] if results else {}, "num_failures": 0,
-            "error": _error_line(folder, None) if status == Status.ERROR else None, "rows": _epoch_rows(folder),
-            "study_status": status}
-
-
 def build_tables(home: Path, spec: Optional[SweepSpec] = None) -> Results:
     spec = spec or read_spec(home)
     trial_rows, epoch_frames = [], []
@@ -371,7 +272,7 @@ def build_tables(home: Path, spec: Optional[SweepSpec] = None) -> Results:
     known = {record["trial_id"] for record in records}
     for trial_id, status in sorted(told.items()):
         if trial_id not in known and status != Status.ERROR:
-            orphan = next(filter(None, (_trial_folder_record(e, trial_id, status) for e in experiments)), None)
+            orphan = next(filter(None, (trial_folder_record(e, trial_id, status) for e in experiments)), None)
             if orphan is not None:
                 records.append(orphan)
     for record in records:
@@ -384,14 +285,12 @@ def build_tables(home: Path, spec: Optional[SweepSpec] = None) -> Results:
         trial_rows.append(_trial_row(record, epochs, spec))
     trials = pd.DataFrame(trial_rows, columns=TRIAL_COLUMNS).astype(HYPER_DTYPES)
     epochs = pd.concat(epoch_frames, ignore_index=True) if epoch_frames else pd.DataFrame(columns=EPOCH_COLUMNS)
-    best = _ranked(trials)
+    best = ranked_trials(trials)
     best_id = None if best.empty else best.iloc[0]["trial_id"]
     best_config = None
     if best_id is not None:
         params = trials.set_index("trial_id").loc[best_id, list(SEARCHED)].to_dict()
-        best_config = spec.train_config({k: _plain(v) for k, v in params.items()})
-    from .confirm import read_table as read_confirm
-
+        best_config = spec.train_config({k: plain(v) for k, v in params.items()})
     return Results(home, spec, trials, epochs, best_id, best_config, read_confirm(home))
 
 
@@ -439,14 +338,14 @@ def _compute(epochs: Optional[pd.DataFrame], suggested_at: Optional[float]) -> d
             "wait_s": waited + (queued if math.isfinite(queued) else 0.0), "queued_s": queued}
 
 
-def _ranked(trials: pd.DataFrame) -> pd.DataFrame:
+def ranked_trials(trials: pd.DataFrame) -> pd.DataFrame:
     """Trials that can be the best, best first: completed ones by final val_loss, then stopped ones."""
     usable = trials[trials["status"].isin(RANKED) & trials["final_val_loss"].notna()]
     order = usable.assign(_rank=(usable["status"] != Status.COMPLETED).astype(int))
     return order.sort_values(["_rank", "final_val_loss"]).drop(columns="_rank")
 
 
-def _plain(value):
+def plain(value):
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return None
     return value.item() if hasattr(value, "item") else value
@@ -473,32 +372,117 @@ def write_tables(results: Results) -> None:
         raise ResultsError(f"the tables rebuilt from {home} lack {len(lost)} finished trial(s) that "
                            f"{home / 'trials.parquet'} lists ({', '.join(sorted(lost)[:3])}); the tables are left as "
                            "they were; Ray's folder or the study is damaged or incomplete")
-    _atomic(home / "trials.parquet", lambda path: results.trials.to_parquet(path, index=False))
-    _atomic(home / "trials.csv", lambda path: results.trials.to_csv(path, index=False))
-    _atomic(home / "epochs.parquet", lambda path: results.epochs.to_parquet(path, index=False))
-    from .confirm import best_config_header
-
+    write_file(home / "trials.parquet", lambda path: results.trials.to_parquet(path, index=False))
+    write_file(home / "trials.csv", lambda path: results.trials.to_csv(path, index=False))
+    write_file(home / "epochs.parquet", lambda path: results.epochs.to_parquet(path, index=False))
     confirmed = best_config_header(results) if results.confirm is not None else None
     if confirmed is not None:
         text = confirmed + yaml.safe_dump(results.confirmed_config().to_dict(), sort_keys=False)
-        _atomic(home / "best_config.yaml", lambda path: Path(path).write_text(text))
+        write_file(home / "best_config.yaml", lambda path: Path(path).write_text(text))
     elif results.best_config is not None:
         row = results.best_row()
         header = (f"# best trial {results.best_trial} of sweep {results.spec.name}: {row['status']}, "
                   f"val_loss {row['final_val_loss']:.6g} after {row['epochs']} epochs\n"
                   "# aemodels.TrainConfig(**yaml.safe_load(open(this file))) trains it again\n")
         text = header + yaml.safe_dump(results.best_config.to_dict(), sort_keys=False)
-        _atomic(home / "best_config.yaml", lambda path: Path(path).write_text(text))
+        write_file(home / "best_config.yaml", lambda path: Path(path).write_text(text))
     sync_up(home, results.spec, TABLE_FILES + (SPEC_FILE,))
 
 
-def _atomic(target: Path, write) -> None:
+def write_file(target: Path, write) -> None:
     try:
         write_atomic(target, write)
     except OSError as exc:
         raise ResultsError(f"cannot write {target} ({exc.strerror or exc}); the previous file is intact; "
                            f"free space or fix permissions, then `sweep analyze {target.parent.name}` "
                            "rebuilds it") from None
+
+
+# ---- `sweep confirm`'s table ----------------------------------------------------------------------------------
+
+def interval(values, confidence: float = CONFIDENCE) -> tuple[float, float, float, float]:
+    """(mean, sample standard deviation, low, high): Student's t interval of the mean; NaN bounds below 2 values."""
+    from scipy import stats
+
+    values = [float(v) for v in values]
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan, math.nan, math.nan
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan, math.nan, math.nan
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
+    return mean, std, mean - half, mean + half
+
+
+def summarise(table: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration: seeds completed, seeds diverged, mean / standard deviation / 95 % interval of the
+    final val_loss over its completed seeds, the search's own val_loss and rank, and the rank by mean
+    (a configuration with a diverged seed ranks after every one without)."""
+    rows = []
+    for (rank, trial_id), runs in table.groupby(["rank", "trial_id"], sort=True):
+        completed = runs[runs["status"] == Status.COMPLETED]["final_val_loss"]
+        completed = completed[completed.map(lambda v: math.isfinite(v))]
+        mean, std, low, high = interval(completed)
+        first = runs.iloc[0]
+        rows.append({"rank": int(rank), "trial_id": trial_id, **{k: first[k] for k in SEARCHED},
+                     "seeds": int(len(completed)), "diverged": int((runs["status"] == Status.DIVERGED).sum()),
+                     "mean_val_loss": mean, "std_val_loss": std, "ci_low": low, "ci_high": high,
+                     "search_val_loss": float(first["search_val_loss"])})
+    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS[:-1])
+    order = summary.assign(_bad=(summary["diverged"] > 0) | summary["mean_val_loss"].isna()) \
+        .sort_values(["_bad", "mean_val_loss", "rank"]).index
+    summary.loc[order, "confirmed_rank"] = range(1, len(summary) + 1)
+    return summary.astype({"confirmed_rank": int}).astype(HYPER_DTYPES)
+
+
+def confirmed_best(summary: pd.DataFrame) -> Optional[pd.Series]:
+    """The configuration with the best mean, if any configuration has a completed seed and none diverged."""
+    if summary is None or summary.empty:
+        return None
+    row = summary.sort_values("confirmed_rank").iloc[0]
+    if row["diverged"] > 0 or not math.isfinite(row["mean_val_loss"]):
+        return None
+    return row
+
+
+def best_config_header(found: "Results") -> Optional[str]:
+    """best_config.yaml's comment lines when a confirm has picked the configuration, else None."""
+    summary = found.confirmed()
+    best = confirmed_best(summary)
+    if best is None:
+        return None
+    searched = summary[summary["rank"] == 1]
+    lines = [f"# confirmed best of sweep {found.spec.name}: trial {best['trial_id']} (the search's rank "
+             f"{int(best['rank'])}), mean final val_loss {best['mean_val_loss']:.6g} over {int(best['seeds'])} seeds, "
+             f"95% CI [{best['ci_low']:.6g}, {best['ci_high']:.6g}] (`sweep confirm`, confirm.parquet)"]
+    if not searched.empty:
+        s = searched.iloc[0]
+        lines.append(f"# the search's own best: trial {s['trial_id']}, val_loss {s['search_val_loss']:.6g} in one "
+                     f"run; confirmed mean {s['mean_val_loss']:.6g}, 95% CI [{s['ci_low']:.6g}, {s['ci_high']:.6g}]")
+    lines.append("# aemodels.TrainConfig(**yaml.safe_load(open(this file))) trains it again")
+    return "\n".join(lines) + "\n"
+
+
+def confirmed_config(found: "Results"):
+    """The TrainConfig of the configuration with the best confirmed mean (the sweep's seed), or None."""
+    best = confirmed_best(found.confirmed())
+    if best is None:
+        return None
+    runs = found.confirm[found.confirm["trial_id"] == best["trial_id"]]
+    params = {k: plain(best[k]) for k in SEARCHED}
+    config = found.spec.train_config(params)
+    return config.replace(epochs=int(runs["epochs"].max()))
+
+
+def read_confirm(home: Path) -> Optional[pd.DataFrame]:
+    """confirm.parquet, or None when the sweep has not been confirmed."""
+    path = Path(home) / CONFIRM_TABLES[0]
+    if not path.is_file():
+        return None
+    return read_table(path, f"`sweep confirm {Path(home).name}` rebuilds it",
+                                  columns=("rank", "trial_id", "seed", "status", "final_val_loss"))
 
 
 def load_results(name_or_dir: str, *, rebuild: bool = False, storage_path: str = "results") -> Results:
@@ -524,12 +508,10 @@ def load_results(name_or_dir: str, *, rebuild: bool = False, storage_path: str =
             best_config = TrainConfig.from_dict(read_yaml_file(path, fix))
         except ConfigError as exc:
             raise ResultsError(f"{path}: not a TrainConfig ({exc}); {fix}") from None
-        ranked = _ranked(trials)
+        ranked = ranked_trials(trials)
         best_trial = None if ranked.empty else ranked.iloc[0]["trial_id"]
-    from .confirm import read_table as read_confirm
-
     confirm = read_confirm(home)
     if confirm is not None and best_trial is not None:  # best_config.yaml names the confirmed best
         params = trials.set_index("trial_id").loc[best_trial, list(SEARCHED)].to_dict()
-        best_config = spec.train_config({k: _plain(v) for k, v in params.items()})
+        best_config = spec.train_config({k: plain(v) for k, v in params.items()})
     return Results(home, spec, trials, epochs, best_trial, best_config, confirm)

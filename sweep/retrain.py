@@ -14,7 +14,7 @@ import yaml
 
 from aemodels import ConfigError, TrainResult, resolve_device, train
 
-from .results import ResultsError, _atomic, load_results, no_best_trial
+from .results import ResultsError, load_results, no_best_trial, write_file
 
 
 def retrain(name_or_dir: str, epochs: Optional[int] = None, quiet: bool = False,
@@ -54,10 +54,10 @@ def retrain(name_or_dir: str, epochs: Optional[int] = None, quiet: bool = False,
     metrics = {"sweep": found.spec.name, "trial_id": found.best_trial, "status": result.status,
                "val_loss": result.val_loss, "trial_val_loss": float(row["final_val_loss"]),
                "trial_epochs": int(row["epochs"]), "threads": threads, "history": result.history}
-    _atomic(out / "model.pt", lambda path: torch.save(result.model.state_dict(), path))
-    _atomic(out / "state.pt", lambda path: result.state.save(path))
-    _atomic(out / "config.yaml", lambda path: Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False)))
-    _atomic(out / "metrics.json", lambda path: Path(path).write_text(json.dumps(metrics, indent=2)))
+    write_file(out / "model.pt", lambda path: torch.save(result.model.state_dict(), path))
+    write_file(out / "state.pt", lambda path: result.state.save(path))
+    write_file(out / "config.yaml", lambda path: Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False)))
+    write_file(out / "metrics.json", lambda path: Path(path).write_text(json.dumps(metrics, indent=2)))
     say(f"val_loss {result.val_loss:.6f} (the sweep's trial: {metrics['trial_val_loss']:.6f} after "
         f"{metrics['trial_epochs']} epochs); saved to {out}/")
     return result
@@ -75,6 +75,6 @@ def _check_writable(out: Path) -> None:
 
 def trial_threads(spec, row) -> int:
     """The torch threads a sweep's trial trained with on a CPU, as runner.plan and packed.trainers set them."""
-    from .packed import CPU_TRAINER_THREADS
+    from .plan import CPU_TRAINER_THREADS
 
     return CPU_TRAINER_THREADS if row.get("execution") == "packed" else spec.resources.threads_per_trial

@@ -10,40 +10,39 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import yaml
 
 from aemodels import DataError, load_dataset
-from aemodels.status import Status
 
 from . import results as results_mod
 from . import status as status_mod
 from . import storage
 from . import tracking
 from .errors import Interrupted, SweepError
-from .results import EXPERIMENT_DIR, SPEC_FILE, Results
+from .experiment import (EXPERIMENT_DIR, check_resumable, experiment_dirs, experiment_name, experiment_path,
+                         read_experiment)
+from .results import SPEC_FILE, Results
 from .drivers import other_drivers
+from .plan import Plan, plan
 from .searcher import STUDY_URL_ENV
-from .study import repair_journal, snapshot_name, storage_error, study_path, study_url
-from .spec import SEARCHED, SpecError, SweepSpec
+from .study import finished_in_study, repair_journal, snapshot_name, storage_error, study_path, study_url
+from .spec import SEARCHED, SweepSpec
 
 logger = logging.getLogger(__name__)
-TRIALS_PER_GPU_MAX = 16  # "auto" GPU fraction in trial execution: at most this many trials share one GPU
 # Modules the worker processes of a local Ray import before they take work (`preload_modules`), so that
 # a worker's first trial does not wait for them; on a cluster `ray start` takes such a list from
 # RAY_preload_python_modules (configs/cluster/). Ray Tune and the trainables, which every trial actor
-# imports (0.7 CPU-s, 67 MB per process on a CPU), and torch through aemodels (1.2 CPU-s, 270 MB), which a
-# trial of its own imports but a packed trial's proxy never does.
+# imports, and torch through aemodels, which a trial of its own imports but a packed trial's proxy never
+# does (their cost per process: BENCHMARKS.md, worker prestart).
 TRIAL_CODE = ("sweep.trial", "sweep.packed")
 # Ray binds its GCS, raylets, workers and agents to every interface (its agents to the machine's external
 # address) even when told to use 127.0.0.1 as the node's address; with this variable at 0, read once when
@@ -51,21 +50,6 @@ TRIAL_CODE = ("sweep.trial", "sweep.packed")
 # driver that joins a cluster must not have it (it would announce 127.0.0.1 as its own address).
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 TORCH = ("aemodels",)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How trials run on the cluster Ray reports."""
-
-    execution: str  # trial | packed
-    cpu_per_trial: float
-    gpu_per_trial: float
-    max_concurrent: Optional[int]
-    cluster_cpus: float
-    cluster_gpus: float
-    threads_per_trial: int = 1
-    pack_size: int = 0
-    trainers: int = 0
 
 
 # ---- preparing ------------------------------------------------------------------------------------
@@ -264,59 +248,27 @@ def idle_workers_for_trials():
         defaults.update(saved)
 
 
-def plan(spec: SweepSpec, total: Optional[dict] = None) -> Plan:
-    """Resources per trial from the spec and the cluster (`total`: CPU and GPU counts, by default what
-    Ray reports); refuse requests the cluster can never meet."""
-    if total is None:
-        import ray
+def trainable(spec: SweepSpec, plan: Plan, dataset, finished: frozenset = frozenset()):
+    """The Tune trainable; `dataset` (read once here) reaches every worker through Ray's object store.
 
-        total = ray.cluster_resources()
-    cpus, gpus = float(total.get("CPU", 0)), float(total.get("GPU", 0))
-    res = spec.resources
-    device = spec.train.get("device", "auto")
-    if device == "cuda" and gpus == 0:
-        raise SweepError("train.device is cuda but the Ray cluster has no GPU; set train.device: auto or cpu")
-    if res.gpu not in ("auto", 0) and gpus == 0:
-        raise SweepError(f"resources.gpu={res.gpu} asks for a GPU per trial but the Ray cluster has none "
-                         "(trials would wait forever); set resources.gpu: 0 or auto")
-    if res.cpu > cpus:
-        raise SweepError(f"resources.cpu={res.cpu:g} per trial but the Ray cluster has {cpus:g} CPUs "
-                         "(trials would wait forever); lower resources.cpu")
-    use_gpu = gpus > 0 and res.gpu != 0 and device != "cpu"
-    execution = res.execution if res.execution != "auto" else ("packed" if use_gpu else "trial")
-    if execution == "packed":
-        from .packed import packed_plan
-
-        return packed_plan(spec, cpus, gpus if use_gpu else 0.0)
-    gpu = 0.0
-    slots = int(cpus // res.cpu)
-    if use_gpu:
-        per_gpu = max(1, min(TRIALS_PER_GPU_MAX, int(cpus / gpus / res.cpu)))
-        gpu = 1.0 / per_gpu if res.gpu == "auto" else float(res.gpu)
-        slots = min(slots, int(gpus // gpu))
-    # A concurrency limit also lets Tune start that many trials at once (with a searcher it starts
-    # one at a time otherwise): the cluster fills in one wave instead of one trial per actor start-up.
-    concurrent = min(spec.max_concurrent_trials or slots, slots, spec.num_samples)
-    return Plan("trial", res.cpu, gpu, max(1, concurrent), cpus, gpus, threads_per_trial=res.threads_per_trial)
-
-
-def trainable(spec: SweepSpec, plan: Plan, dataset):
-    """The Tune trainable; `dataset` (read once here) reaches every worker through Ray's object store."""
+    `finished`: ids of trials that ended after Ray's last snapshot of a restored experiment. Ray restarts
+    them as unfinished; each returns at once, without a result, and Tune ends it with the last result it
+    had (sweep.trial.ended_before)."""
     from ray import tune
 
     base = {**spec.train, "dataset": spec.dataset, "data_dir": spec.data_dir}
     if plan.execution == "packed":
         from .packed import make_packed_trainable
 
-        return make_packed_trainable(spec, plan, base)
+        return make_packed_trainable(spec, plan, base, finished)
     from .trial import Reporting, SharedDataset, run_trial
 
     if spec.simulate is not None:
         fn = tune.with_parameters(run_trial, base=base, simulate=dataclasses.asdict(spec.simulate),
-                                  reporting=Reporting.of(spec))
+                                  reporting=Reporting.of(spec), finished=finished)
         return tune.with_resources(fn, {"cpu": plan.cpu_per_trial, "gpu": plan.gpu_per_trial})
     fn = tune.with_parameters(run_trial, base=base, threads=plan.threads_per_trial, dataset=SharedDataset(dataset),
-                              reporting=Reporting.of(spec))
+                              reporting=Reporting.of(spec), finished=finished)
     return tune.with_resources(fn, {"cpu": plan.cpu_per_trial, "gpu": plan.gpu_per_trial})
 
 
@@ -359,7 +311,7 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset, driver: int = 0
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
                                     max_concurrent_trials=concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
-            name=results_mod.experiment_name(driver), storage_path=remote or str(home), verbose=0,
+            name=experiment_name(driver), storage_path=remote or str(home), verbose=0,
             callbacks=[progress, TensorBoardLogs(), *tracking_callbacks(spec, home)],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
@@ -373,7 +325,7 @@ def write_spec(spec: SweepSpec, home: Path, plan: Plan, argv: list[str]) -> None
     meta = {"created": datetime.datetime.now().isoformat(timespec="seconds"), "command": " ".join(argv),
             "commit": _git_commit(), "python": sys.version.split()[0], "execution": plan.execution}
     text = yaml.safe_dump({"sweep": spec.to_dict(), "meta": meta}, sort_keys=False)
-    results_mod._atomic(home / SPEC_FILE, lambda path: Path(path).write_text(text))
+    results_mod.write_file(home / SPEC_FILE, lambda path: Path(path).write_text(text))
 
 
 def _git_commit() -> Optional[str]:
@@ -489,86 +441,11 @@ def stop_cleanly_on_signals():
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = saved_env
 
 
-def check_resumable(home: Path, driver: int = 0) -> None:
-    """Fail loudly on a sweep (a driver's experiment) Ray could only resume with a fresh searcher (ray#30861).
-
-    Ray itself silently skips a missing searcher state and goes on with a fresh one, and its files
-    are pickles (the .json of search_gen_state too): each must unpickle to its mapping.
-    """
-    import ray.cloudpickle as cloudpickle
-
-    from .searcher import STATE_FORMAT
-
-    experiment = home / results_mod.experiment_name(driver)
-    if not (experiment / "tuner.pkl").is_file():
-        raise SweepError(f"{experiment} has no tuner.pkl: the sweep never started; run it again with --overwrite")
-    for pattern in ("searcher-state-*.pkl", "search_gen_state-*.json", "experiment_state-*.json"):
-        newest = results_mod._newest(str(experiment / pattern))
-        if newest is None:
-            raise SweepError(f"{experiment} has no {pattern}: Ray would resume with a fresh searcher and lose the "
-                             "study's state; run the sweep again with --overwrite")
-        try:
-            with open(newest, "rb") as fh:
-                state = cloudpickle.load(fh) if "state" in pattern and "experiment" not in pattern else json.load(fh)
-            if not isinstance(state, dict):
-                raise ValueError("not a mapping")
-        except Exception as exc:
-            raise SweepError(f"{newest} is corrupt or truncated ({type(exc).__name__}); resuming would fall back to a "
-                             "default searcher, so it is refused; restore that file or rerun with --overwrite") from None
-        if pattern.startswith("searcher-state") and state.get("format") != STATE_FORMAT:
-            raise SweepError(f"{newest} was made by an older aesweep (its OptunaSearch-based searcher); finish the "
-                             "sweep with that version or rerun with --overwrite")
-
-
-def reconcile(home: Path, spec: SweepSpec) -> None:
-    """Mark finished the trials the study saw finish after Ray's last snapshot of the experiment.
-
-    Ray snapshots its experiment state every few seconds; a trial that finished after the last
-    snapshot would be resumed as unfinished and run again. The Optuna study is written as each trial
-    ends, so it knows better: such trials become TERMINATED (or ERROR) with their last result, taken
-    from their result.json, before Ray restores the experiment.
-    """
-    from .study import finished_in_study
-
-    finished = finished_in_study(study_url(study_path(home)), spec.name)
-    for driver in range(spec.all_drivers):
-        reconcile_experiment(home / results_mod.experiment_name(driver), spec, finished)
-
-
-def reconcile_experiment(experiment: Path, spec: SweepSpec, finished: dict[str, str]) -> None:
-    """`reconcile` for one driver's experiment folder."""
-    state_file = results_mod._newest(str(experiment / "experiment_state-*.json"))
-    if state_file is None:  # a driver that never started its experiment
-        return
-    with open(state_file) as fh:
-        state = json.load(fh)
-    changed = False
-    for entry in state["trial_data"]:
-        trial, runtime = json.loads(entry[0]), json.loads(entry[1])
-        status = finished.get(trial["trial_id"])
-        if status is None or trial["status"] in ("TERMINATED", "ERROR"):
-            continue
-        rows = results_mod._result_rows(experiment / trial["relative_logdir"])
-        trial["status"] = "ERROR" if status == Status.ERROR else "TERMINATED"
-        if rows:
-            runtime["last_result"] = rows[-1]
-        entry[0], entry[1] = json.dumps(trial, indent=2), json.dumps(runtime)
-        changed = True
-    if changed:
-        text = json.dumps(state)
-        results_mod._atomic(Path(state_file), lambda path: Path(path).write_text(text))
-        remote = results_mod.remote_home(spec)
-        if remote:
-            storage.upload(Path(state_file), storage.join(remote, experiment.name, Path(state_file).name))
-
-
 def check_consistent(home: Path, spec: SweepSpec) -> None:
     """Refuse a resume that would lose finished trials: every trial that Ray's snapshot or the tables
     list as finished must be in the study, which is written as each trial ends and so is never behind
     them unless it was damaged. (Ray would otherwise fail to restore its searcher and silently start a
     fresh experiment over the sweep, ray#30861.) Changes nothing."""
-    from .study import finished_in_study
-
     path = study_path(home)
     try:
         in_study = finished_in_study(study_url(path), spec.name)
@@ -576,7 +453,7 @@ def check_consistent(home: Path, spec: SweepSpec) -> None:
         raise SweepError(f"the study {path} cannot be read ({storage_error(exc)}); resuming would lose its trials, "
                          f"so it is refused; restore the file from a copy (Ray's, as of its last snapshot: "
                          f"{home / EXPERIMENT_DIR / snapshot_name(study_url(path))}) or rerun with --overwrite") from None
-    per_driver = [results_mod.read_experiment(e) for e in results_mod.experiment_dirs(home, spec)]
+    per_driver = [read_experiment(e) for e in experiment_dirs(home, spec)]
     records = [record for found in per_driver for record in found]
     listed = {r["trial_id"]: "Ray's snapshot" for r in records if r["ray_status"] in ("TERMINATED", "ERROR")}
     listed.update({trial_id: "the tables" for trial_id in results_mod.finished_in_tables(home)})
@@ -600,10 +477,9 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
         results_mod.sync_down(home, spec)
         check_resumable(home)
         for driver in range(1, spec.all_drivers):  # one that never started its experiment starts it now
-            if (home / results_mod.experiment_name(driver) / "tuner.pkl").is_file():
+            if (home / experiment_name(driver) / "tuner.pkl").is_file():
                 check_resumable(home, driver)
         check_consistent(home, spec)
-        reconcile(home, spec)
         repair_journal(study_path(home))  # before any driver opens it: drivers sharing it cut nothing
         os.environ[STUDY_URL_ENV] = study_url(study_path(home))  # the study is here now, wherever it was
         try:
@@ -637,13 +513,16 @@ def driver_tuner(spec: SweepSpec, sweep_plan: Plan, home: Path, dataset, driver:
 
     from .progress import RESUMED_TRIALS_ENV
 
-    experiment = home / results_mod.experiment_name(driver)
+    experiment = home / experiment_name(driver)
     if not (experiment / "tuner.pkl").is_file():
         os.environ[RESUMED_TRIALS_ENV] = "0"
         return make_tuner(spec, sweep_plan, home, dataset, driver)
-    os.environ[RESUMED_TRIALS_ENV] = str(len(results_mod.read_experiment(experiment)))
-    return tune.Tuner.restore(results_mod.experiment_path(home, spec, driver),
-                              trainable=trainable(spec, sweep_plan, dataset),
+    os.environ[RESUMED_TRIALS_ENV] = str(len(read_experiment(experiment)))
+    # The study is written as each trial ends, Ray's snapshot every few seconds: what the study saw end
+    # is not trained again.
+    finished = frozenset(finished_in_study(study_url(study_path(home)), spec.name))
+    return tune.Tuner.restore(experiment_path(home, results_mod.remote_home(spec), driver),
+                              trainable=trainable(spec, sweep_plan, dataset, finished),
                               resume_unfinished=True, resume_errored=False)
 
 
@@ -688,7 +567,6 @@ def extend(name_or_dir: str, overrides: tuple[str, ...], *, address: Optional[st
     with claim(home, f"wait for it to end, or `sweep stop {home.name}` ends it cleanly"):
         results_mod.sync_down(home, spec)
         check_consistent(home, spec)
-        reconcile(home, spec)
         repair_journal(study_path(home))
         dataset = None if new.simulate is not None else load_dataset(new.dataset, new.data_dir)
         os.environ[STUDY_URL_ENV] = study_url(study_path(home))
@@ -701,7 +579,7 @@ def extend(name_or_dir: str, overrides: tuple[str, ...], *, address: Optional[st
                 _record_extension(home, new, argv or sys.argv)
                 results_mod.sync_up(home, new, (SPEC_FILE,))
                 print(f"extending sweep {new.name} to {new.num_samples} trials: {new.extensions[-1]} more in "
-                      f"{home / results_mod.experiment_name(new.all_drivers - 1)}", flush=True)
+                      f"{home / experiment_name(new.all_drivers - 1)}", flush=True)
                 with status_mod.kept(home, new):
                     with _sweep_services(new, sweep_plan, home, dataset), idle_workers_for_trials():
                         if not received:
@@ -718,7 +596,7 @@ def _record_extension(home: Path, spec: SweepSpec, argv: list[str]) -> None:
     meta.setdefault("extended", []).append({"at": datetime.datetime.now().isoformat(timespec="seconds"),
                                             "command": " ".join(argv), "commit": _git_commit()})
     text = yaml.safe_dump({"sweep": spec.to_dict(), "meta": meta}, sort_keys=False)
-    results_mod._atomic(home / SPEC_FILE, lambda path: Path(path).write_text(text))
+    results_mod.write_file(home / SPEC_FILE, lambda path: Path(path).write_text(text))
 
 
 def _sweep_services(spec: SweepSpec, sweep_plan: Plan, home: Path, dataset):

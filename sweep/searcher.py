@@ -31,8 +31,6 @@ from .epochs import epoch_rows
 from .space import SearchSpace
 from .spec import SearcherSpec
 from .study import is_database_url, open_storage, snapshot_name, snapshot_study, storage_error, trial_status
-# sweep.report still imports these from here; they are sweep.study's.
-from .study import study_path, study_url  # noqa: F401
 from .tpe import TPE
 
 logger = logging.getLogger(__name__)

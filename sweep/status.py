@@ -32,6 +32,11 @@ SILENT_S = 120.0  # a driver on another host that has not written for this long 
 COUNTED = tuple(s.value for s in (Status.RUNNING, Status.PENDING, *FINISHED))
 
 
+def short(value):
+    """A parameter's value as the progress line and `sweep status` show it: floats to 3 significant digits."""
+    return f"{value:.3g}" if isinstance(value, float) else value
+
+
 def status_name(driver: int = 0) -> str:
     return STATUS_FILE if driver == 0 else f"status-{driver}.json"
 
@@ -347,7 +352,6 @@ def live_status(home: Path) -> Optional[dict]:
 # ---- showing ----------------------------------------------------------------------------------
 
 def format_status(status: dict) -> str:
-    from .progress import _short
     from .telemetry import status_line
 
     counts, name, state = status["counts"], status["name"], status["state"]
@@ -364,7 +368,7 @@ def format_status(status: dict) -> str:
              f"epochs: {status.get('epochs', 0)}"]
     best = status.get("best")
     if best:
-        params = ", ".join(f"{k}={_short(v)}" for k, v in (best.get("params") or {}).items() if v is not None)
+        params = ", ".join(f"{k}={short(v)}" for k, v in (best.get("params") or {}).items() if v is not None)
         lines.append(f"best val_loss: {best['val_loss']:.5f} (trial {best['trial_id']}: {params})")
     else:
         lines.append("best val_loss: - (no trial has reported yet)")

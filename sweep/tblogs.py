@@ -1,36 +1,61 @@
-"""Ray Tune's TensorBoard logs, without an fsync per reported result.
+"""The sweep's TensorBoard logs: one event file per trial in its folder, a scalar per metric per epoch.
 
-Ray's TBXLoggerCallback flushes a trial's event file after every result, and tensorboardX fsyncs
-on every flush: one fsync per reported epoch, on the Tune driver's only thread, which meanwhile
-handles no other result and starts no trial. Here tensorboardX's own writer thread writes each
-event as it comes and flushes every 30 s, and a trial's file is flushed and closed when the trial
-ends, as before. Given in `RunConfig(callbacks=...)`, it takes the place of Ray's default one
-(Ray adds its own only when no TBXLoggerCallback is among the callbacks). A result that carries
-earlier epochs (sweep.trial.CARRIED) is logged as one step per epoch, as if each had been reported.
+It stands in for Ray's TBXLoggerCallback, which flushes a trial's file after every result (and
+tensorboardX fsyncs on every flush, on the Tune driver's only thread) and steps by reported result,
+not by epoch. Here tensorboardX's own writer thread writes the events and flushes every 30 s, a
+trial's file is closed when the trial ends, and a result that carries earlier epochs
+(sweep.epochs.CARRIED) is logged as one step per epoch. It subclasses TBXLoggerCallback only so that
+Tune, which adds its own TensorBoard logger unless one is among the callbacks, does not add a second;
+every hook Tune calls is defined here.
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 from ray.tune.logger import TBXLoggerCallback
-from ray.tune.result import TRAINING_ITERATION
 from tensorboardX import SummaryWriter
+from tensorboardX.summary import hparams
 
 from .epochs import CARRIED, epoch_rows
 
-
-class _Writer(SummaryWriter):
-    def flush(self):
-        """Ray's per-result flush: left to tensorboardX's thread (every 30 s) and to close()."""
+TAG = "ray/tune/"  # Ray's own prefix, so dashboards made for Ray's logs keep working
+UNLOGGED = {"config", "pid", "timestamp", "time_total_s", "training_iteration", "epoch", CARRIED}
 
 
 class TensorBoardLogs(TBXLoggerCallback):
     def __init__(self):
         super().__init__()
-        self._summary_writer_cls = _Writer
+        self.writers: dict = {}  # trial -> (SummaryWriter, the last epoch's scalars)
+
+    def log_trial_start(self, trial):
+        self.log_trial_end(trial)  # a restarted trial appends to a fresh event file
+        trial.init_local_path()
+        self.writers[trial] = (SummaryWriter(trial.local_path, flush_secs=30), {})
 
     def log_trial_result(self, iteration, trial, result):
-        if CARRIED not in result:
-            return super().log_trial_result(iteration, trial, result)
-        rows = epoch_rows(result)
-        # Ray steps by training_iteration, which counts results, not epochs: step each row by its epoch.
-        for row in rows:
-            super().log_trial_result(iteration, trial, {**rows[-1], **row, TRAINING_ITERATION: row["epoch"]})
+        if trial not in self.writers:
+            self.log_trial_start(trial)
+        writer, _ = self.writers[trial]
+        scalars = {}
+        for row in epoch_rows(result):
+            step = row.get("epoch", result.get("training_iteration"))
+            scalars = {TAG + k: float(v) for k, v in row.items() if k not in UNLOGGED
+                       and isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)}
+            for tag, value in scalars.items():
+                writer.add_scalar(tag, value, global_step=step)
+        self.writers[trial] = (writer, scalars)
+
+    def log_trial_end(self, trial, failed: bool = False):
+        if trial not in self.writers:
+            return
+        writer, scalars = self.writers.pop(trial)
+        params = {k: v for k, v in (trial.evaluated_params or {}).items() if isinstance(v, (str, bool, int, float))}
+        if params and scalars:  # TensorBoard's HPARAMS tab: the trial's parameters against its last epoch
+            for summary in hparams(hparam_dict=params, metric_dict=scalars):
+                writer.file_writer.add_summary(summary)
+        writer.close()
+
+    def on_experiment_end(self, trials, **info):
+        for trial in list(self.writers):
+            self.log_trial_end(trial)

@@ -235,10 +235,25 @@ class SharedDataset:
             provide(ray.get(self.ref), data_dir)
 
 
+def ended_before(finished: frozenset) -> bool:
+    """Whether this trial ended before its experiment was restored (`finished`: trial ids the study saw end).
+
+    Ray restarts every trial its last snapshot lists as unfinished. A trainable that returns without a
+    result ends the trial at once, and Tune hands the scheduler and the searcher the last result it had,
+    which they have already counted; rewriting Ray's snapshot instead would mean writing its private
+    experiment_state file.
+    """
+    return bool(finished) and tune.get_context().get_trial_id() in finished
+
+
 def run_trial(config: dict, *, base: dict, threads: int = 1, dataset: Optional[SharedDataset] = None,
-              simulate: Optional[dict] = None, reporting: Reporting = Reporting()) -> None:
+              simulate: Optional[dict] = None, reporting: Reporting = Reporting(),
+              finished: frozenset = frozenset()) -> None:
     """The Tune function trainable of "trial" execution; `dataset` saves each worker reading the files.
-    With `simulate` (the spec's `simulate:` section) sweep.simulate's curves stand in for aemodels.train."""
+    With `simulate` (the spec's `simulate:` section) sweep.simulate's curves stand in for aemodels.train.
+    `finished`: see ended_before."""
+    if ended_before(finished):
+        return
     if simulate is not None:  # no torch in this process: the same record, callbacks and checkpoints
         import functools
 

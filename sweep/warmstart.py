@@ -95,4 +95,4 @@ def seed_study(home: Path, spec: SweepSpec, trials: list[optuna.trial.FrozenTria
              "status": t.user_attrs.get("status"), "epochs": t.user_attrs.get("epochs"),
              "final_val_loss": t.value, **spec.trial_params(t.params)} for t in trials]
     table = pd.DataFrame(rows)
-    results_mod._atomic(home / TABLE, lambda path: table.to_parquet(path, index=False))
+    results_mod.write_file(home / TABLE, lambda path: table.to_parquet(path, index=False))

@@ -295,9 +295,9 @@ def test_a_sweep_killed_before_rays_first_snapshot_is_advised_to_run_again_not_r
         assert "finishes it" not in err
     code, _, err = run_cli(capsys, "resume", "tiny")  # the advice agrees with what resume says
     assert code == 2 and "--overwrite" in err
-    import sweep.runner
+    import sweep.results
 
-    monkeypatch.setattr(sweep.runner, "check_resumable", lambda home: None)  # a sweep Ray did snapshot
+    monkeypatch.setattr(sweep.results, "check_resumable", lambda home: None)  # a sweep Ray did snapshot
     code, _, err = run_cli(capsys, "best", "tiny")
     assert code == 2 and "`sweep resume tiny` finishes it" in err
 

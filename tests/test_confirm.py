@@ -22,7 +22,8 @@ from cli_calls import run_cli
 from aemodels.pack import TrainState, epoch_order, generator
 from sweep import load_results
 from sweep.cli import main
-from sweep.confirm import candidates, interval, read_runs, seeds_for, summarise
+from sweep.confirm import candidates, read_runs, seeds_for
+from sweep.results import interval, summarise
 from sweep.report import confirm_figure
 from sweep.spec import SpecError, load
 

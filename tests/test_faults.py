@@ -430,13 +430,13 @@ def test_sigterm_and_ctrl_c_stop_cleanly_and_resume_loses_nothing(tmp_path, data
 
 
 def driver_pid(home: Path, driver: int) -> int | None:
-    """The process of the sweep's driver `driver` (sweep.drivers), if it runs."""
+    """The process of the sweep's driver `driver` (sweep.driver), if it runs."""
     for entry in os.listdir("/proc"):
         try:
             args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"sweep.drivers" in args and str(home).encode() in args and str(driver).encode() in args[-3:]:
+        if b"sweep.driver" in args and str(home).encode() in args and str(driver).encode() in args[-3:]:
             return int(entry)
     return None
 

@@ -271,7 +271,8 @@ def test_the_searcher_stops_at_num_samples_by_the_studys_count(tmp_path):
 def test_resume_refuses_the_searcher_state_of_an_older_aesweep(tmp_path):
     import json
 
-    from sweep.runner import SweepError, check_resumable
+    from sweep.errors import SweepError
+    from sweep.experiment import check_resumable
 
     experiment = tmp_path / "ray"
     experiment.mkdir()

@@ -5,6 +5,7 @@ import shutil
 import pytest
 
 import sweep.trial as trial_mod
+from sweep.epochs import epoch_rows
 from aemodels import TrainState, train
 
 
@@ -144,7 +145,7 @@ def test_rung_reporting_sends_rung_epochs_carrying_the_ones_between(persisted):
     assert [m["epoch"] for m, _, _ in persisted] == [2, 4, 8]
     assert [[r["epoch"] for r in m[trial_mod.CARRIED]] for m, _, _ in persisted] == [[1], [3], [5, 6, 7]]
     assert all(copy is not None for _, copy, _ in persisted)  # every report carries the state
-    expanded = [row["epoch"] for m, _, _ in persisted for row in trial_mod.epoch_rows(m)]
+    expanded = [row["epoch"] for m, _, _ in persisted for row in epoch_rows(m)]
     assert expanded == list(range(1, 9))
     history = json.loads((persisted[-1][1] / trial_mod.HISTORY_FILE).read_text())
     assert [row["epoch"] for row in history] == list(range(1, 9))
