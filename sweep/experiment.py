@@ -72,11 +72,21 @@ def read_experiment(experiment: Path) -> list[dict]:
     return records
 
 
+def trial_folders(home: Path, trial_id: str) -> list[Path]:
+    """The trial's folder in whichever driver's experiment ran it (ray/, or ray-<k>/)."""
+    return sorted(home.glob(f"{EXPERIMENT_DIR}*/*_{trial_id}_*"))
+
+
+def checkpoints(*folders: Path) -> list[Path]:
+    """The checkpoints Ray kept in trial folders, newest first (Ray numbers them with leading zeros)."""
+    return sorted((c for f in folders for c in f.glob("checkpoint_*")), key=lambda c: c.name, reverse=True)
+
+
 def trial_rows(folder: Path, results: Optional[list[dict]] = None) -> list[dict]:
     """The trial's rows: its newest readable checkpoint's history, then what result.json (`results`, if
     read already) has beyond it."""
     history = []
-    for checkpoint in sorted(folder.glob("checkpoint_*"), reverse=True):
+    for checkpoint in checkpoints(folder):
         with contextlib.suppress(OSError, ValueError):
             history = json.loads((checkpoint / HISTORY_FILE).read_text())
             break

@@ -27,7 +27,7 @@ from aemodels import TrainState, load_dataset, train
 from aemodels.models import VARIANTS
 from aemodels.status import Status
 
-from .experiment import EXPERIMENT_DIR
+from .experiment import EXPERIMENT_DIR, checkpoints, trial_folders
 from .figures import (DPI, NEAR_ZERO, confirm_figure, denoising_grid, hyperparameter_scatter, importance_figure,
                       latent_scatter, learning_curves, pareto_figure, reconstruction_grid, sparsity_histogram)
 from .results import Results, confirmed_best, ranked_trials, write_file
@@ -89,9 +89,7 @@ def chosen_trials(trials: pd.DataFrame) -> pd.DataFrame:
 
 def checkpoint_state(home: Path, trial_id: str) -> tuple[Optional[TrainState], str]:
     """The trial's newest readable checkpoint state (an unreadable one falls back to the one before)."""
-    folders = sorted(home.glob(f"{EXPERIMENT_DIR}*/*_{trial_id}_*"))  # ray/, or ray-<driver>/ of another driver
-    checkpoints = sorted((c for f in folders for c in f.glob("checkpoint_*")), key=lambda c: c.name, reverse=True)
-    for checkpoint in checkpoints:
+    for checkpoint in checkpoints(*trial_folders(home, trial_id)):
         # torch.load raises anything from OSError to UnpicklingError or RuntimeError for a cut-short file
         with contextlib.suppress(Exception):
             return TrainState.load(checkpoint / "state.pt"), checkpoint.name
