@@ -9,8 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .models import VARIANTS
-from .registry import REGISTRY, knob_user, knobs, shown, unknown_name
+from .registry import REGISTRY, VARIANTS, knob_user, knobs, shown, unknown_name
 
 DATASETS = ("mnist", "fashion_mnist")
 DEVICES = ("auto", "cpu", "cuda")

@@ -1,15 +1,15 @@
 """The four autoencoders of the seed article, exactly as it writes them, behind one interface.
 
 Every variant has `encode(x)`, `decode(z)` and `forward(x) -> (x_hat, z)`; x_hat has the shape of x.
-Each is one entry of the variant registry (`aemodels.registry`), registered at the end of this file;
-adding a variant is a class plus one `register_variant` line. `create_model` builds one by name.
+Each is one entry of the variant registry (`aemodels.registry`, which registers these four by name, so
+that reading which variants and knobs exist imports no torch). `create_model` builds one by name.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .registry import VARIANTS, Knob, import_variant_modules, register_variant, shown, unknown_name  # noqa: F401  (re-exported)
+from .registry import VARIANTS, unknown_name
 
 IMAGE_PIXELS = 28 * 28
 
@@ -113,20 +113,6 @@ class ConvAE(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.encode(x)
         return self.decode(z).view(x.shape), z
-
-
-NOISE_DEFAULT = 0.3  # the seed article's Part 3 noise level
-SPARSITY_DEFAULT = 1e-3  # the seed article's lambda
-
-register_variant("vanilla", VanillaAE, family="mlp", color="tab:blue")
-register_variant("denoising", DenoisingAE, family="mlp", color="tab:orange",
-                 knobs=[Knob("noise_factor", NOISE_DEFAULT, 0.1, 0.7)], noise="noise_factor")
-register_variant("sparse", SparseAE, family="mlp", color="tab:green",
-                 knobs=[Knob("sparsity_weight", SPARSITY_DEFAULT, 1e-5, 1e-2, log=True)], penalty="sparsity_weight")
-register_variant("conv", ConvAE, family="conv", color="tab:red")
-# After the seed's own, so that a module AEMODELS_VARIANT_MODULES names finds them registered; whatever
-# reads the registry imports this module first (TrainConfig does), so Ray workers see those variants too.
-import_variant_modules()
 
 
 def create_model(variant: str, latent_dim: int = 32, **kwargs) -> nn.Module:

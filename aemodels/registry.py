@@ -1,8 +1,9 @@
 """The variant registry: one entry per variant, naming its module, pack family, knobs, loss term and colour.
 
 Whatever depends on which variants or knobs exist reads it: TrainConfig's checks, the pack, the sweep's
-space and tables, the report. The seed's four variants are registered in `aemodels.models`; a new one is
-its module class plus one `register_variant(...)` call. Nothing here imports torch models or builds any.
+space and tables, the report. The seed's four are registered at the end of this file, by where their
+classes are (aemodels.models); a new variant is its module class plus one `register_variant(...)` call.
+Nothing here imports torch: a class given by name is imported when a model is first built.
 """
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import difflib
 import importlib
 import os
 import reprlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 SHOWN_CHARS = 60  # a value quoted in an error message, so that the message stays one short line
 # Modules that register variants of their own, comma-separated. Every process that imports aemodels
@@ -48,25 +50,47 @@ class Variant:
     """
 
     name: str
-    module: type
+    source: Union[type, str]  # the module class, or where it is ("package.module:Class"), imported when first built
     family: str
     color: str
     knobs: tuple[Knob, ...] = ()
     noise: Optional[str] = None
     penalty: Optional[str] = None
 
+    @property
+    def module(self) -> type:
+        """The module class (importing its module, and torch, on first use)."""
+        if not isinstance(self.source, str):
+            return self.source
+        where, _, name = self.source.partition(":")
+        return getattr(importlib.import_module(where), name)
+
     def knob(self, name: str) -> Optional[Knob]:
         return next((k for k in self.knobs if k.name == name), None)
 
 
+class _Modules(Mapping):
+    """name -> module class, in registration order; a class is imported only when it is looked up."""
+
+    def __getitem__(self, name: str) -> type:
+        return REGISTRY[name].module
+
+    def __iter__(self):
+        return iter(REGISTRY)
+
+    def __len__(self) -> int:
+        return len(REGISTRY)
+
+
 REGISTRY: dict[str, Variant] = {}
-VARIANTS: dict[str, type] = {}  # name -> module class, in registration order
+VARIANTS: Mapping[str, type] = _Modules()
 FAMILY: dict[str, str] = {}  # name -> pack family
 
 
-def register_variant(name: str, module: type, family: str, color: str, knobs=(), noise: Optional[str] = None,
+def register_variant(name: str, module: Union[type, str], family: str, color: str, knobs=(), noise: Optional[str] = None,
                      penalty: Optional[str] = None) -> Variant:
-    """Add a variant. Its knobs must be fields of TrainConfig, and no other variant may use them."""
+    """Add a variant. `module` is its class, or "package.module:Class" to import it only when it is built.
+    Its knobs must be fields of TrainConfig, and no other variant may use them."""
     knobs = tuple(knobs)
     names = [k.name for k in knobs]
     if name in REGISTRY:
@@ -80,7 +104,6 @@ def register_variant(name: str, module: type, family: str, color: str, knobs=(),
             raise ValueError(f"variant {name!r}: knob {knob.name!r} is already used by {owner!r}; give it its own name")
     entry = Variant(name, module, family, color, knobs, noise, penalty)
     REGISTRY[name] = entry
-    VARIANTS[name] = module
     FAMILY[name] = family
     return entry
 
@@ -98,7 +121,6 @@ def import_variant_modules() -> None:
 def unregister_variant(name: str) -> None:
     """Remove a variant (for tests that register a toy one)."""
     REGISTRY.pop(name, None)
-    VARIANTS.pop(name, None)
     FAMILY.pop(name, None)
 
 
@@ -136,3 +158,16 @@ def unknown_name(kind: str, name: object, known) -> str:
     close = difflib.get_close_matches(name, known, n=1) if short else []
     hint = f"did you mean {close[0]!r}?; " if close else ""
     return f"unknown {kind} {shown(name)} ({hint}known: {', '.join(known)})"
+
+
+# The seed article's four (aemodels.models), by name: what the sweep file, the tables and the report read
+# of them needs no torch. Then the variants of the modules MODULES_ENV names, which see these registered.
+NOISE_DEFAULT = 0.3  # the seed article's Part 3 noise level
+SPARSITY_DEFAULT = 1e-3  # the seed article's lambda
+register_variant("vanilla", "aemodels.models:VanillaAE", family="mlp", color="tab:blue")
+register_variant("denoising", "aemodels.models:DenoisingAE", family="mlp", color="tab:orange",
+                 knobs=[Knob("noise_factor", NOISE_DEFAULT, 0.1, 0.7)], noise="noise_factor")
+register_variant("sparse", "aemodels.models:SparseAE", family="mlp", color="tab:green",
+                 knobs=[Knob("sparsity_weight", SPARSITY_DEFAULT, 1e-5, 1e-2, log=True)], penalty="sparsity_weight")
+register_variant("conv", "aemodels.models:ConvAE", family="conv", color="tab:red")
+import_variant_modules()

@@ -14,8 +14,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import LogFormatterSciNotation, LogLocator, MaxNLocator, NullFormatter
 
-from aemodels.models import VARIANTS
-from aemodels.registry import REGISTRY
+from aemodels.registry import REGISTRY, VARIANTS
 from aemodels.status import RANKED, Status
 
 from .spec import CONDITIONAL, Param

@@ -24,7 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from aemodels import TrainState, load_dataset, train
-from aemodels.models import VARIANTS
+from aemodels.registry import VARIANTS
 from aemodels.status import Status
 
 from .experiment import EXPERIMENT_DIR, checkpoints, trial_folders

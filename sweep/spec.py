@@ -22,8 +22,7 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 from typing_extensions import TypedDict
 
 from aemodels import ConfigError, TrainConfig
-from aemodels.models import VARIANTS, shown, unknown_name
-from aemodels.registry import knob_user, knobs
+from aemodels.registry import VARIANTS, knob_user, knobs, shown, unknown_name
 
 # Every variant has these; each knob of the registry belongs to one variant and is searched for it only.
 COMMON = ("variant", "latent_dim", "lr")
