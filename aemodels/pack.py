@@ -2,13 +2,13 @@
 
 Every parameter is stacked along a leading member dimension, and every member runs its variant's own
 module (`torch.func.functional_call` over its share of the stacks): on a GPU all members in one call
-(`vmap`: batched matmuls, grouped convolutions), on a CPU one after another, with the very kernels a model
-alone runs. There is no second copy of any architecture. Members may differ in variant (the variants of one registry family),
-latent_dim (zero-padded to the pack's widest, which gets exactly zero gradient and stays zero), lr,
-their variant's knobs (the noise and penalty weights the registry names), seed and epoch:
-each draws its own batches and noise from generators keyed by (seed, epoch), and has its own Adam
-state and step count. A member therefore computes what it would compute alone; `aemodels.train`
-is a pack of one. Members join and leave between epochs.
+(`vmap`: batched matmuls, grouped convolutions), on a CPU one after another, with the very kernels a
+model alone runs. Members may differ in variant (the variants of one registry family), latent_dim
+(zero-padded to the pack's widest, which gets exactly zero gradient and stays zero), lr, their variant's
+knobs (the noise and penalty weights the registry names), seed and epoch: each draws its own batches
+and noise from generators keyed by (seed, epoch), and has its own Adam state and step count. A member
+therefore computes what it would compute alone; `aemodels.train` is a pack of one. Members join and
+leave between epochs.
 """
 from __future__ import annotations
 
@@ -332,6 +332,8 @@ class Pack:
         x = self.dataset.train_images[self.order[:, cols]].float().div_(255)  # (K, size, 784)
         x_in = x
         if self.has_noise:
+            # DenoisingAE.add_noise's arithmetic, but not its call: it draws from the global RNG, and a
+            # member's noise comes from its own (seed, epoch) stream, drawn before the captured step.
             noise = self.noise[self.noise_row, :size]
             x_in = torch.clamp(x + self.noise_scale.view(-1, 1, 1) * noise, 0.0, 1.0)
         with torch.enable_grad():

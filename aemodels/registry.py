@@ -77,7 +77,8 @@ def register_variant(name: str, module: type, family: str, color: str, knobs=(),
         if knob is not None and knob not in names:
             raise ValueError(f"variant {name!r}: {role}={knob!r} is not one of its knobs ({', '.join(names) or 'none'})")
     if penalty is not None and not callable(getattr(module, "penalty", None)):
-        raise ValueError(f"variant {name!r}: penalty={penalty!r} needs a penalty(z) method on {module.__name__}; add one")
+        raise ValueError(f"variant {name!r}: penalty={penalty!r} needs a penalty(z) method on "
+                         f"{module.__name__}; add one")
     for knob in knobs:
         owner = knob_user(knob.name)
         if owner is not None:
