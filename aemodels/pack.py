@@ -163,7 +163,10 @@ def _batched(module: torch.nn.Module):
 
 
 # Pack(forward_path=...): how the members' forward runs. "batched" is one vmapped call over the stacks;
-# "per_member" calls each member's module on its own share, the very kernels a model alone runs.
+# "per_member" calls each member's module on its own share, the very kernels a model alone runs. "auto"
+# is per_member on a CPU: there a grouped convolution sums in another order than a plain one, Adam turns
+# those last-bit differences into a visible drift from the member's solo run, and it is no faster; on a
+# GPU one launch per layer for all members is what makes packing pay.
 FORWARD_PATHS = ("auto", "batched", "per_member")
 
 
