@@ -1,14 +1,14 @@
 """K autoencoders of one architecture family trained together as one batched model.
 
-Every parameter is stacked along a leading member dimension. The seed's two families run batched:
-linear layers as one batched matmul (`baddbmm`), convolutions as one grouped convolution (`groups=K`).
-A family registered without such a layout runs each member's own module over its share of the stacks
-(`torch.func.functional_call`). Members may differ in variant (the variants of one registry family),
-latent_dim (zero-padded to the pack's widest, which gets exactly zero gradient and stays zero), lr,
-their variant's knobs (the noise and penalty weights the registry names), seed and epoch:
-each draws its own batches and noise from generators keyed by (seed, epoch), and has its own Adam
-state and step count. A member therefore computes what it would compute alone; `aemodels.train`
-is a pack of one. Members join and leave between epochs.
+Every parameter is stacked along a leading member dimension, and every member runs its variant's own
+module (`torch.func.functional_call` over its share of the stacks): on a GPU all members in one call
+(`vmap`: batched matmuls, grouped convolutions), on a CPU one after another, with the very kernels a
+model alone runs. Members may differ in variant (the variants of one registry family), latent_dim
+(zero-padded to the pack's widest, which gets exactly zero gradient and stays zero), lr, their variant's
+knobs (the noise and penalty weights the registry names), seed and epoch: each draws its own batches
+and noise from generators keyed by (seed, epoch), and has its own Adam state and step count. A member
+therefore computes what it would compute alone; `aemodels.train` is a pack of one. Members join and
+leave between epochs.
 """
 from __future__ import annotations
 
@@ -22,21 +22,12 @@ from dataclasses import dataclass, field
 from typing import Hashable, Optional
 
 import torch
-import torch.nn.functional as F
 
 from .config import TrainConfig
 from .data import Dataset
 from .models import create_model
 from .registry import FAMILY, REGISTRY
 
-# The seed's families' batched layouts: (module prefix, kind) in forward order. A linear layer's slot is its weight as nn.Linear keeps it,
-# (out, in), used transposed by baddbmm at no cost, and its bias as (1, out); conv slots are as is.
-LAYOUT = {
-    "mlp": [("encoder.0", "linear"), ("encoder.2", "linear"), ("encoder.4", "linear"),
-            ("decoder.0", "linear"), ("decoder.2", "linear"), ("decoder.4", "linear")],
-    "conv": [("enc_conv.0", "conv"), ("enc_conv.2", "conv"), ("enc_fc", "linear"),
-             ("dec_fc", "linear"), ("dec_conv.0", "conv"), ("dec_conv.2", "conv")],
-}
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as the seed's training uses
 ADAM_EPS = 1e-8
 EVAL_ROWS = 8192  # member-images per evaluation chunk: bounds activation memory for any pack size
@@ -135,117 +126,35 @@ def _meta_module(config: TrainConfig) -> torch.nn.Module:
         return create_model(config.variant, config.latent_dim, **kwargs)
 
 
-# ---- packed parameters --------------------------------------------------------------------------
+# ---- the members' forward -----------------------------------------------------------------------
 
-def _to_slot(name: str, kind: str, tensor: torch.Tensor) -> torch.Tensor:
-    """A parameter as the pack stores one member's share of it: linear biases become (1, out)."""
-    return tensor.unsqueeze(0) if kind == "linear" and name.endswith(".bias") else tensor
-
-
-def _from_slot(name: str, kind: str, slot: torch.Tensor) -> torch.Tensor:
-    return slot.squeeze(0) if kind == "linear" and name.endswith(".bias") else slot
-
-
-def _param_kinds(family: str):
-    if family not in LAYOUT:  # a registered family the pack runs module by module: its tensors as they are
-        variant = next(v for v in REGISTRY.values() if v.family == family)
-        with torch.device("meta"):
-            names = list(variant.module(1, **{k.name: k.default for k in variant.knobs}).state_dict())
-        yield from ((name, "module") for name in names)
-        return
-    for prefix, kind in LAYOUT[family]:
-        yield f"{prefix}.weight", kind
-        yield f"{prefix}.bias", kind
+def _state_names(family: str) -> list[str]:
+    """The names of the family's parameters and buffers, as its modules' state_dicts hold them."""
+    variant = next(v for v in REGISTRY.values() if v.family == family)
+    with torch.device("meta"):
+        return list(variant.module(1, **{k.name: k.default for k in variant.knobs}).state_dict())
 
 
 def _slot_shapes(config: TrainConfig) -> dict[str, torch.Size]:
-    state = _meta_module(config).state_dict()
-    return {name: _to_slot(name, kind, state[name]).shape for name, kind in _param_kinds(FAMILY[config.variant])}
+    return {name: tensor.shape for name, tensor in _meta_module(config).state_dict().items()}
 
 
-def _linear(p: dict, layer: str, x: torch.Tensor) -> torch.Tensor:
-    """x (K, B, in) through K linear layers at once: one batched matmul."""
-    return torch.baddbmm(p[f"{layer}.bias"], x, p[f"{layer}.weight"].transpose(1, 2))
+def _batched(module: torch.nn.Module):
+    """One module's forward over every member at once, PyTorch's model-ensembling recipe: `vmap` of
+    `functional_call` over the stacked parameters. Linear layers become batched matmuls and convolutions
+    grouped ones (vmap's batching rules), so a pack of K costs a few large kernels per layer."""
+    def member(params, x):
+        return torch.func.functional_call(module, params, (x,))
+
+    return torch.func.vmap(member)
 
 
-def _mlp_forward(p: dict, x: torch.Tensor):
-    h = torch.relu(_linear(p, "encoder.0", x))
-    h = torch.relu(_linear(p, "encoder.2", h))
-    z = _linear(p, "encoder.4", h)
-    h = torch.relu(_linear(p, "decoder.0", z))
-    h = torch.relu(_linear(p, "decoder.2", h))
-    return torch.sigmoid(_linear(p, "decoder.4", h)), z
-
-
-def _conv_forward(p: dict, x: torch.Tensor):
-    """The conv family's default: per-member convolutions on a CPU, grouped ones elsewhere."""
-    return (_conv_forward_per_member if x.device.type == "cpu" else _conv_forward_grouped)(p, x)
-
-
-def _conv_forward_grouped(p: dict, x: torch.Tensor):
-    # Member k's channels are the k-th contiguous block of every grouped convolution's channels.
-    k, b = x.shape[:2]
-    flat = lambda name: p[name].reshape(-1, *p[name].shape[2:])  # noqa: E731  (K, C, ...) -> (K*C, ...)
-    h = x.transpose(0, 1).reshape(b, k, 28, 28)
-    h = torch.relu(F.conv2d(h, flat("enc_conv.0.weight"), p["enc_conv.0.bias"].flatten(), stride=2, padding=1, groups=k))
-    h = torch.relu(F.conv2d(h, flat("enc_conv.2.weight"), p["enc_conv.2.bias"].flatten(), stride=2, padding=1, groups=k))
-    z = _linear(p, "enc_fc", h.reshape(b, k, 32 * 7 * 7).transpose(0, 1))
-    h = _linear(p, "dec_fc", z).transpose(0, 1).reshape(b, k * 32, 7, 7)
-    h = torch.relu(F.conv_transpose2d(h, flat("dec_conv.0.weight"), p["dec_conv.0.bias"].flatten(), stride=2,
-                                      padding=1, output_padding=1, groups=k))
-    h = torch.sigmoid(F.conv_transpose2d(h, flat("dec_conv.2.weight"), p["dec_conv.2.bias"].flatten(), stride=2,
-                                         padding=1, output_padding=1, groups=k))
-    return h.reshape(b, k, 28 * 28).transpose(0, 1), z
-
-
-def _conv_forward_per_member(p: dict, x: torch.Tensor):
-    """The conv variant on a CPU: each member's convolutions alone, its linear layers batched.
-
-    A grouped convolution sums in another order than a plain one, and Adam's first steps turn those
-    last-bit differences into visible ones (a high-lr conv member drifted ~1% from its solo run in
-    4 epochs). Per-member convolutions run the very kernels a model alone runs, so a packed member
-    computes what it computes alone, and on a CPU they are also faster than grouped ones
-    (benchmarks/pack_speed.py). On a GPU one grouped launch per layer is what makes packing pay.
-    """
-    k, b = x.shape[:2]
-
-    def conv(name: str, h: torch.Tensor, i: int, transpose: bool = False) -> torch.Tensor:
-        weight, bias = p[f"{name}.weight"][i], p[f"{name}.bias"][i]
-        if transpose:
-            return F.conv_transpose2d(h, weight, bias, stride=2, padding=1, output_padding=1)
-        return F.conv2d(h, weight, bias, stride=2, padding=1)
-
-    encoded = []
-    for i in range(k):
-        h = torch.relu(conv("enc_conv.0", x[i].reshape(b, 1, 28, 28), i))
-        encoded.append(torch.relu(conv("enc_conv.2", h, i)).reshape(b, 32 * 7 * 7))
-    z = _linear(p, "enc_fc", torch.stack(encoded))
-    h = _linear(p, "dec_fc", z)
-    decoded = []
-    for i in range(k):
-        g = torch.relu(conv("dec_conv.0", h[i].reshape(b, 32, 7, 7), i, transpose=True))
-        decoded.append(torch.sigmoid(conv("dec_conv.2", g, i, transpose=True)).reshape(b, 28 * 28))
-    return torch.stack(decoded), z
-
-
-def _module_forward(members: list, p: dict, x: torch.Tensor):
-    """Each member's own module (in eval mode: the pack adds the noise) over its share of the stacks,
-    cropped to its shapes: a family registered without a batched layout trains the very forward its
-    module defines. z is padded back to the pack's widest, the shape the loss terms take."""
-    x_hats, zs = [], []
-    for i, member in enumerate(members):
-        params = {n: Pack._crop(p[n][i], shape) for n, shape in member.slot_shapes.items()}
-        x_hat, z = torch.func.functional_call(member.module, params, (x[i],))
-        x_hats.append(x_hat)
-        zs.append(z)
-    width = max(z.shape[1] for z in zs)
-    return torch.stack(x_hats), torch.stack([F.pad(z, (0, width - z.shape[1])) for z in zs])
-
-
-FORWARD = {"mlp": _mlp_forward, "conv": _conv_forward}
-# Pack(conv_path=...): which convolutions a conv pack runs. "auto" is FORWARD["conv"]'s choice by
-# device; naming one lets a test run the GPU's grouped path on a CPU against the per-member path.
-CONV_PATHS = {"auto": _conv_forward, "grouped": _conv_forward_grouped, "per_member": _conv_forward_per_member}
+# Pack(forward_path=...): how the members' forward runs. "batched" is one vmapped call over the stacks;
+# "per_member" calls each member's module on its own share, the very kernels a model alone runs. "auto"
+# is per_member on a CPU: there a grouped convolution sums in another order than a plain one, Adam turns
+# those last-bit differences into a visible drift from the member's solo run, and it is no faster; on a
+# GPU one launch per layer for all members is what makes packing pay.
+FORWARD_PATHS = ("auto", "batched", "per_member")
 
 
 @contextlib.contextmanager
@@ -267,24 +176,25 @@ class _Member:
     history: list
     status: str
     slot_shapes: dict
-    module: Optional[torch.nn.Module] = None  # on the meta device; set for the families run module by module
+    module: torch.nn.Module  # the member's own module with its knobs, on the meta device, in eval mode
 
 
 class Pack:
     """The members of one family, batch size and training-set size, on one device, trained in lockstep."""
 
     def __init__(self, dataset: Dataset, family: str, batch_size: int, train_size: int,
-                 cuda_graphs: bool = True, matmul_precision: str = "highest", conv_path: str = "auto"):
-        if conv_path not in CONV_PATHS:
-            raise ValueError(f"unknown conv_path {conv_path!r} (known: {', '.join(CONV_PATHS)})")
+                 cuda_graphs: bool = True, matmul_precision: str = "highest", forward_path: str = "auto"):
+        if forward_path not in FORWARD_PATHS:
+            raise ValueError(f"unknown forward_path {forward_path!r} (known: {', '.join(FORWARD_PATHS)})")
         self.dataset, self.family, self.batch_size, self.train_size = dataset, family, batch_size, train_size
-        self.forward = CONV_PATHS[conv_path] if family == "conv" else FORWARD.get(family)
         self.device = dataset.device
+        if forward_path == "auto":
+            forward_path = "per_member" if self.device.type == "cpu" else "batched"
+        self.forward_path = forward_path
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         self.matmul_precision = matmul_precision
         self.members: list[_Member] = []
-        self.names = [name for name, _ in _param_kinds(family)]
-        self._kinds = dict(_param_kinds(family))
+        self.names = _state_names(family)
         self.params: dict[str, torch.Tensor] = {}
         self.exp_avg: dict[str, torch.Tensor] = {}
         self.exp_avg_sq: dict[str, torch.Tensor] = {}
@@ -296,10 +206,10 @@ class Pack:
         return (FAMILY[config.variant], config.batch_size, config.train_subset, config.dataset)
 
     @classmethod
-    def for_config(cls, config: TrainConfig, dataset: Dataset, conv_path: str = "auto") -> "Pack":
+    def for_config(cls, config: TrainConfig, dataset: Dataset, forward_path: str = "auto") -> "Pack":
         return cls(dataset, FAMILY[config.variant], config.batch_size,
                    config.train_subset or len(dataset.train_images), config.cuda_graphs, config.matmul_precision,
-                   conv_path)
+                   forward_path)
 
     def __len__(self) -> int:
         return len(self.members)
@@ -338,7 +248,7 @@ class Pack:
                 raise ValueError(f"member {key!r} is already in the pack")
         kept = [m for m in self.members if m.key in keep]
         new = [_Member(key, s.config, s.epoch, s.adam_step, list(s.history), s.status, _slot_shapes(s.config),
-                       None if self.forward else _meta_module(s.config).eval())
+                       _meta_module(s.config).eval())
                for key, s in add.items()]
         incoming = {key: {"params": s.model, "exp_avg": s.exp_avg, "exp_avg_sq": s.exp_avg_sq}
                     for key, s in add.items()}
@@ -348,7 +258,7 @@ class Pack:
         """The member's state now, as CPU tensors in the variant's own state_dict layout."""
         k = self.keys.index(key)
         member = self.members[k]
-        take = lambda stack: {n: _from_slot(n, self._kinds[n], self._crop(stack[n][k], member.slot_shapes[n])).cpu().clone()
+        take = lambda stack: {n: self._crop(stack[n][k], member.slot_shapes[n]).cpu().clone()
                               for n in self.names}  # noqa: E731
         return TrainState(member.config, member.epoch, take(self.params), take(self.exp_avg), take(self.exp_avg_sq),
                           member.adam_step, [dict(h) for h in member.history], member.status)
@@ -377,8 +287,7 @@ class Pack:
                                 self._crop(stack[name][self.keys.index(m.key)], m.slot_shapes[name]))
                     added = torch.zeros((len(new), *shape), device=self.device)
                     for i, m in enumerate(new):
-                        slot = _to_slot(name, self._kinds[name], incoming[m.key][what][name])
-                        self._crop(added[i], m.slot_shapes[name]).copy_(slot)
+                        self._crop(added[i], m.slot_shapes[name]).copy_(incoming[m.key][what][name])
                     out[what][name] = torch.cat([base, added]).requires_grad_(what == "params")
         self.params, self.exp_avg, self.exp_avg_sq = out["params"], out["exp_avg"], out["exp_avg_sq"]
         self.members = members
@@ -391,10 +300,13 @@ class Pack:
         self.lr = as_tensor([m.config.lr for m in ms], torch.float64)
         self.adam_steps = as_tensor([m.adam_step for m in ms], torch.float64)
         self.noise_scale = as_tensor([_knob(m.config, "noise") for m in ms])
-        self.penalty_weight = as_tensor([_knob(m.config, "penalty") for m in ms])
-        self.inv_latent = as_tensor([1.0 / m.config.latent_dim for m in ms])
         self.has_noise = any(_knob(m.config, "noise") for m in ms)
-        self.has_penalty = any(_knob(m.config, "penalty") for m in ms)
+        # The members whose variant adds its module's penalty(z) to the objective, and their rows.
+        self.penalized = [(i, m) for i, m in enumerate(ms) if REGISTRY[m.config.variant].penalty is not None]
+        self.penalized_rows = torch.tensor([i for i, _ in self.penalized], dtype=torch.long, device=dev)
+        # The widest member's module has the stacks' padded shapes; a family's variants share one forward.
+        widest = max(ms, key=lambda m: m.config.latent_dim, default=None)
+        self.batched = _batched(widest.module) if widest and self.forward_path == "batched" else None
         self.order = torch.zeros((len(ms), self.train_size), dtype=torch.long, device=dev)
         self.noise = torch.zeros((len(ms), self.batch_size, 784), device=dev) if self.has_noise else None
         self.noise_row = torch.zeros(len(ms), dtype=torch.long, device=dev)
@@ -410,24 +322,35 @@ class Pack:
         x = self.dataset.train_images[self.order[:, cols]].float().div_(255)  # (K, size, 784)
         x_in = x
         if self.has_noise:
+            # DenoisingAE.add_noise's arithmetic, but not its call: it draws from the global RNG, and a
+            # member's noise comes from its own (seed, epoch) stream, drawn before the captured step.
             noise = self.noise[self.noise_row, :size]
             x_in = torch.clamp(x + self.noise_scale.view(-1, 1, 1) * noise, 0.0, 1.0)
         with torch.enable_grad():
             x_hat, z = self._forward(x_in)
             objective = (x_hat - x).pow(2).mean(dim=(1, 2))
-            if self.has_penalty:
-                mean_abs_z = z.abs().sum(dim=(1, 2)) * self.inv_latent / size
-                objective = objective + self.penalty_weight * mean_abs_z
+            if self.penalized:
+                penalties = [m.module.penalty(z[i][:, :m.config.latent_dim]) for i, m in self.penalized]
+                objective = objective.index_add(0, self.penalized_rows, torch.stack(penalties))
             grads = torch.autograd.grad(objective.sum(), [self.params[n] for n in self.names])
         with torch.no_grad():
             self.loss_sum += objective.detach().double()
             self._adam(grads)
             self.batch_no += 1
 
-    def _forward(self, x: torch.Tensor):
-        if self.forward is None:
-            return _module_forward(self.members, self.params, x)
-        return self.forward(self.params, x)
+    def _forward(self, x: torch.Tensor, params: Optional[dict] = None):
+        """Every member's module in eval mode (the pack adds the noise) on its x[k]: x_hat (K, B, 784) and
+        z, whose row k holds member k's latent in its first latent_dim columns (the rest is padding)."""
+        params = self.params if params is None else params
+        if self.batched is not None:
+            return self.batched(params, x)
+        x_hats, zs = [], []
+        for i, member in enumerate(self.members):
+            own = {n: self._crop(params[n][i], shape) for n, shape in member.slot_shapes.items()}
+            x_hat, z = torch.func.functional_call(member.module, own, (x[i],))
+            x_hats.append(x_hat)
+            zs.append(z)
+        return torch.stack(x_hats), zs
 
     def _adam(self, grads) -> None:
         """torch.optim.Adam's update, with a learning rate and a step count per member."""

@@ -43,10 +43,12 @@ class Variant:
     """One registered variant.
 
     `module` is built as `module(latent_dim, **{knob: value})`. Variants of one `family` have the same
-    parameters and train together in one pack. The training objective is the reconstruction MSE of the
-    clean image plus the variant's loss term: `noise` names the knob scaling the Gaussian noise added to
-    the training input (clamped to [0, 1], as `DenoisingAE.add_noise` does), `penalty` the knob weighting
-    mean|z| (as `SparseAE.penalty`). `color` is the matplotlib colour the report draws the variant in.
+    parameters and, in eval mode, the same forward, and train together in one pack. The training
+    objective is the reconstruction MSE of the clean image plus the variant's loss term: `noise` names the
+    knob scaling the Gaussian noise added to the training input (clamped to [0, 1], as
+    `DenoisingAE.add_noise` does), `penalty` the knob the module's own `penalty(z)` method weights (as
+    `SparseAE.penalty`); training adds that method's value. `color` is the matplotlib colour the report
+    draws the variant in.
     """
 
     name: str
@@ -98,6 +100,9 @@ def register_variant(name: str, module: Union[type, str], family: str, color: st
     for role, knob in (("noise", noise), ("penalty", penalty)):
         if knob is not None and knob not in names:
             raise ValueError(f"variant {name!r}: {role}={knob!r} is not one of its knobs ({', '.join(names) or 'none'})")
+    if penalty is not None and not callable(getattr(module, "penalty", None)):
+        raise ValueError(f"variant {name!r}: penalty={penalty!r} needs a penalty(z) method on "
+                         f"{module.__name__}; add one")
     for knob in knobs:
         owner = knob_user(knob.name)
         if owner is not None:

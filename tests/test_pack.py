@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from aemodels import Pack, TrainState, load_dataset, train
+from aemodels import REGISTRY, Pack, TrainState, load_dataset, train
 from aemodels.data import Dataset
-from aemodels.pack import FORWARD, _conv_forward_grouped, _conv_forward_per_member, _param_kinds, _to_slot
+from aemodels.pack import FORWARD_PATHS
 
 
 @pytest.fixture(autouse=True)
@@ -99,31 +99,49 @@ def test_padding_of_narrow_latents_stays_exactly_zero(mixed):
     enc, dec = pack.params["encoder.4.weight"], pack.params["decoder.0.weight"]
     assert enc.shape == (2, 64, 256) and dec.shape == (2, 256, 64)
     assert torch.count_nonzero(enc[0, 2:, :]) == 0 and torch.count_nonzero(dec[0, :, 2:]) == 0
-    assert torch.count_nonzero(pack.params["encoder.4.bias"][0, :, 2:]) == 0
+    assert torch.count_nonzero(pack.params["encoder.4.bias"][0, 2:]) == 0
     assert torch.count_nonzero(enc[1, 2:, :]) > 0
     assert pack.snapshot(0).model["encoder.4.weight"].shape == (2, 256)
 
 
-@pytest.mark.parametrize("variant, forward", [("vanilla", FORWARD["mlp"]), ("conv", _conv_forward_per_member),
-                                              ("conv", _conv_forward_grouped)])
-def test_packed_forward_equals_each_members_module_forward(small, variant, forward):
-    """Both conv implementations: per-member (CPU) and grouped (GPU; it runs on a CPU too)."""
+@pytest.mark.parametrize("path", ["batched", "per_member"])
+@pytest.mark.parametrize("variant", list(REGISTRY))
+def test_packed_forward_equals_each_members_module_forward(small, variant, path):
+    """Both paths: all members in one vmapped call (a GPU's default; it runs on a CPU too) and one by one."""
     configs = [small(variant=variant, latent_dim=d, seed=d) for d in (3, 10)]
     states = [TrainState.initial(c) for c in configs]
-    pack = Pack.for_config(configs[0], load_dataset(configs[0].dataset, configs[0].data_dir))
+    pack = Pack.for_config(configs[0], load_dataset(configs[0].dataset, configs[0].data_dir), forward_path=path)
     for k, state in enumerate(states):
         pack.add(k, state)
     x = torch.rand(2, 5, 784)
-    x_hat, z = forward(pack.params, x)
+    with torch.no_grad():
+        x_hat, z = pack._forward(x)
     for k, state in enumerate(states):
         module_x_hat, module_z = state.to_module()(x[k])
         assert torch.allclose(x_hat[k], module_x_hat, atol=1e-6)
-        assert torch.allclose(z[k, :, :configs[k].latent_dim], module_z, atol=1e-6)
+        assert torch.allclose(z[k][:, :configs[k].latent_dim], module_z, atol=1e-6)
 
 
-def test_grouped_convolutions_the_gpu_path_match_per_member_ones_on_cpu(small):
-    """The grouped-convolution path, which only GPUs take by default, forced on a CPU against the per-member
-    path: the same gradients at the same weights, then the same losses after ten Adam steps.
+@pytest.mark.parametrize("variant", list(REGISTRY))
+def test_training_runs_the_variants_own_module_forward_and_loss_term(small, variant, monkeypatch):
+    """No second copy of an architecture: the pack calls the registered module's forward, and its
+    penalty(z) where the registry names one, on the member's own latent."""
+    module = REGISTRY[variant].module
+    calls = []
+    forward = module.forward
+    monkeypatch.setattr(module, "forward", lambda self, x: calls.append("forward") or forward(self, x))
+    if REGISTRY[variant].penalty:
+        penalty = module.penalty
+        monkeypatch.setattr(module, "penalty", lambda self, z: calls.append(z.shape) or penalty(self, z))
+    train(small(variant=variant, latent_dim=5, epochs=1, train_subset=200, batch_size=100))
+    assert "forward" in calls
+    assert (torch.Size([100, 5]) in calls) == (REGISTRY[variant].penalty is not None)
+
+
+def test_batched_conv_members_the_gpu_path_match_per_member_ones_on_cpu(small):
+    """The batched path (vmap turns the members' convolutions into grouped ones), which only GPUs take by
+    default, forced on a CPU against the per-member path: the same gradients at the same weights, then the
+    same losses after ten Adam steps.
 
     Tolerances: both paths compute the same sums in another order. The largest is the last transposed
     convolution's bias gradient, B x 784 = 50,176 fp32 terms per member: a rounding random walk of
@@ -140,39 +158,40 @@ def test_grouped_convolutions_the_gpu_path_match_per_member_ones_on_cpu(small):
     full = load_dataset(configs[0].dataset, configs[0].data_dir)
     data = Dataset(full.name, full.train_images, full.train_labels, full.test_images[:1000], full.test_labels[:1000])
     packs = {}  # (val_loss on 1,000 test images: on all 10,000 the evaluation took most of this test's time)
-    for path in ("per_member", "grouped"):
-        packs[path] = Pack.for_config(configs[0], data, conv_path=path)
+    for path in ("per_member", "batched"):
+        packs[path] = Pack.for_config(configs[0], data, forward_path=path)
         for k, config in enumerate(configs):
             packs[path].add(k, TrainState.initial(config))
-    assert packs["grouped"].forward is _conv_forward_grouped and packs["per_member"].forward is _conv_forward_per_member
+    assert packs["batched"].batched is not None and packs["per_member"].batched is None
 
     params = {n: t.detach().clone().requires_grad_() for n, t in packs["per_member"].params.items()}
     x = data.train_images[:64].float().div(255).expand(3, -1, -1)
     losses, grads = {}, {}
     for path, pack in packs.items():
-        x_hat, _ = pack.forward(params, x)
+        x_hat, _ = pack._forward(x, params)
         losses[path] = (x_hat - x).pow(2).mean(dim=(1, 2))
         grads[path] = torch.autograd.grad(losses[path].sum(), list(params.values()))
-    assert torch.allclose(losses["grouped"], losses["per_member"], rtol=1e-6, atol=0)
-    for name, grouped, per_member in zip(params, grads["grouped"], grads["per_member"]):
-        assert (grouped - per_member).abs().max() <= 1e-3 * per_member.abs().max(), name
+    assert torch.allclose(losses["batched"], losses["per_member"], rtol=1e-6, atol=0)
+    for name, batched, per_member in zip(params, grads["batched"], grads["per_member"]):
+        assert (batched - per_member).abs().max() <= 1e-3 * per_member.abs().max(), name
 
     rows = {path: [pack.run_epoch() for _ in range(2)] for path, pack in packs.items()}  # 2 x 5 Adam steps
     for epoch in range(2):
         for k in range(3):
             for metric in ("train_loss", "val_loss"):
-                assert rows["grouped"][epoch][k][metric] == pytest.approx(rows["per_member"][epoch][k][metric],
+                assert rows["batched"][epoch][k][metric] == pytest.approx(rows["per_member"][epoch][k][metric],
                                                                           rel=1e-3), (epoch, k, metric)
     for k in range(3):
-        grouped, per_member = packs["grouped"].snapshot(k), packs["per_member"].snapshot(k)
-        assert grouped.adam_step == per_member.adam_step == 10
+        batched, per_member = packs["batched"].snapshot(k), packs["per_member"].snapshot(k)
+        assert batched.adam_step == per_member.adam_step == 10
         for name, weight in per_member.model.items():
-            assert (grouped.model[name] - weight).norm() <= 1e-2 * weight.norm(), (k, name)
+            assert (batched.model[name] - weight).norm() <= 1e-2 * weight.norm(), (k, name)
 
 
-def test_an_unknown_conv_path_is_refused_with_the_known_ones(small):
-    with pytest.raises(ValueError, match="unknown conv_path 'groupd' \\(known: auto, grouped, per_member\\)"):
-        Pack.for_config(small(variant="conv"), load_dataset("mnist"), conv_path="groupd")
+def test_an_unknown_forward_path_is_refused_with_the_known_ones(small):
+    assert FORWARD_PATHS == ("auto", "batched", "per_member")
+    with pytest.raises(ValueError, match="unknown forward_path 'batchd' \\(known: auto, batched, per_member\\)"):
+        Pack.for_config(small(variant="conv"), load_dataset("mnist"), forward_path="batchd")
 
 
 def test_a_member_that_does_not_fit_is_refused(small):
@@ -181,13 +200,6 @@ def test_a_member_that_does_not_fit_is_refused(small):
         pack.add("conv", TrainState.initial(small(variant="conv")))
     with pytest.raises(ValueError, match="does not fit this pack"):
         pack.add("wide batch", TrainState.initial(small(batch_size=256)))
-
-
-def test_slot_layout_keeps_weights_and_lifts_linear_biases():
-    kinds = dict(_param_kinds("conv"))
-    assert _to_slot("enc_fc.weight", kinds["enc_fc.weight"], torch.zeros(5, 1568)).shape == (5, 1568)
-    assert _to_slot("enc_fc.bias", kinds["enc_fc.bias"], torch.zeros(5)).shape == (1, 5)
-    assert _to_slot("enc_conv.0.bias", kinds["enc_conv.0.bias"], torch.zeros(16)).shape == (16,)
 
 
 def test_membership_changes_keep_every_members_state(mixed):

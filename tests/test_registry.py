@@ -82,6 +82,9 @@ def test_registering_refuses_a_taken_name_a_shared_knob_and_a_role_without_its_k
         register_variant("other", tiny.TinyAE, family="tiny", color="k", knobs=[Knob("noise_factor", 0.3, 0.1, 0.7)])
     with pytest.raises(ValueError, match="penalty='sparsity_weight' is not one of its knobs"):
         register_variant("other", tiny.TinyAE, family="tiny", color="k", penalty="sparsity_weight")
+    with pytest.raises(ValueError, match="penalty='weight' needs a penalty\\(z\\) method on TinyAE; add one"):
+        register_variant("other", tiny.TinyAE, family="tiny", color="k", knobs=[Knob("weight", 1.0, 0.1, 2.0)],
+                         penalty="weight")
     assert "other" not in REGISTRY
 
 
