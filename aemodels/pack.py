@@ -25,6 +25,7 @@ import torch
 
 from .config import TrainConfig
 from .data import Dataset
+from .files import write_atomic
 from .models import create_model
 from .registry import FAMILY, REGISTRY
 
@@ -104,8 +105,6 @@ class TrainState:
 
         durable=False skips the fsync, for a scratch copy that is about to be copied elsewhere.
         """
-        from .files import write_atomic
-
         write_atomic(path, lambda tmp: torch.save(self.to_dict(), tmp), durable=durable)
 
     @classmethod

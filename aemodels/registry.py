@@ -65,7 +65,9 @@ class Variant:
         if not isinstance(self.source, str):
             return self.source
         where, _, name = self.source.partition(":")
-        return getattr(importlib.import_module(where), name)
+        module = getattr(importlib.import_module(where), name)
+        _check_penalty(self.name, module, self.penalty)
+        return module
 
     def knob(self, name: str) -> Optional[Knob]:
         return next((k for k in self.knobs if k.name == name), None)
@@ -100,9 +102,8 @@ def register_variant(name: str, module: Union[type, str], family: str, color: st
     for role, knob in (("noise", noise), ("penalty", penalty)):
         if knob is not None and knob not in names:
             raise ValueError(f"variant {name!r}: {role}={knob!r} is not one of its knobs ({', '.join(names) or 'none'})")
-    if penalty is not None and not callable(getattr(module, "penalty", None)):
-        raise ValueError(f"variant {name!r}: penalty={penalty!r} needs a penalty(z) method on "
-                         f"{module.__name__}; add one")
+    if not isinstance(module, str):  # a class named by a string is checked when it is imported
+        _check_penalty(name, module, penalty)
     for knob in knobs:
         owner = knob_user(knob.name)
         if owner is not None:
@@ -111,6 +112,12 @@ def register_variant(name: str, module: Union[type, str], family: str, color: st
     REGISTRY[name] = entry
     FAMILY[name] = family
     return entry
+
+
+def _check_penalty(name: str, module: type, penalty: Optional[str]) -> None:
+    if penalty is not None and not callable(getattr(module, "penalty", None)):
+        raise ValueError(f"variant {name!r}: penalty={penalty!r} needs a penalty(z) method on "
+                         f"{module.__name__}; add one")
 
 
 def import_variant_modules() -> None:
