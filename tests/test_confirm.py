@@ -22,7 +22,7 @@ from cli_calls import run_cli
 from aemodels.pack import TrainState, epoch_order, generator
 from sweep import load_results
 from sweep.cli import main
-from sweep.confirm import candidates, read_runs, seeds_for
+from sweep.confirm import candidates, read_runs, run_key, seeds_for
 from sweep.results import interval, summarise
 from sweep.report import confirm_figure
 from sweep.spec import SpecError, load
@@ -179,6 +179,15 @@ def test_confirm_trains_the_top_configurations_with_each_seed(capsys, confirmed,
     assert pd.read_parquet(home / "confirm.parquet").equals(table)
 
 
+def reported(home: Path) -> dict[str, bytes]:
+    """Each confirm run's result.json, by its run key."""
+    found = {}
+    for params in (home / "confirm").glob("run-*/*/params.json"):
+        result = params.parent / "result.json"  # none yet for a run that was only starting
+        found[run_key(json.loads(params.read_text()))] = result.read_bytes() if result.is_file() else b""
+    return found
+
+
 @pytest.mark.slow
 def test_a_killed_confirm_resumes_without_training_a_finished_run_again(confirmed, tmp_path):
     root, home, _ = confirmed
@@ -198,7 +207,8 @@ def test_a_killed_confirm_resumes_without_training_a_finished_run_again(confirme
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, as a crash would
     proc.wait()
     time.sleep(5)  # a trial's worker outlives its raylet by a moment, and may still copy its last checkpoint
-    before = {r["key"]: r["mtime"] for r in read_runs(copy, 2) if r["status"] == "completed"}
+    done = {r["key"] for r in read_runs(copy, 2) if r["status"] == "completed"}
+    before = {k: v for k, v in reported(copy).items() if k in done}  # what each finished run reported
     assert 2 <= len(before) < 6
 
     out = finish(sweep_process(tmp_path, *args))
@@ -208,5 +218,7 @@ def test_a_killed_confirm_resumes_without_training_a_finished_run_again(confirme
     assert set(table["status"]) == {"completed"} and set(table["epochs"]) == {2}
     finished = [r for r in read_runs(copy, 2) if r["status"] == "completed"]
     assert sorted(r["key"] for r in finished) == sorted(set(r["key"] for r in finished))  # each trained once
-    assert {r["key"]: r["mtime"] for r in finished if r["key"] in before} == before
+    # A finished run that Ray's last snapshot still listed as running is restarted and ends at once: it
+    # reports nothing, so its result.json is as it was.
+    assert {k: v for k, v in reported(copy).items() if k in before} == before
     assert [p.name for p in (copy / "confirm").glob("run-*")] == ["run-0"]  # Ray restored it: no new experiment
