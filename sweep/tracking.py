@@ -247,7 +247,8 @@ class MlflowRuns(LoggerCallback):
         run_id = self._run_of(trial)
         if run_id is None:
             return
-        status = trial_status(self._last.pop(trial.trial_id, None) or trial.last_result, failed, self.spec.epochs)
+        last = self._last.pop(trial.trial_id, None) or trial.last_result
+        status = trial_status(last, failed, self.spec.epochs).value
         self._call("end a run", self._end, run_id, status, failed)
         self._runs.pop(trial.trial_id, None)
 
@@ -302,7 +303,9 @@ class WandbRuns(LoggerCallback):
         self._queue.put(("log", trial.trial_id, (str(trial), trial_params(self.spec, trial.config), points)))
 
     def log_trial_end(self, trial, failed: bool = False):
-        status = trial_status(self._newest.pop(trial.trial_id, None) or trial.last_result, failed, self.spec.epochs)
+        # The word itself: wandb writes an Enum member in the run's config by its name (COMPLETED), not its value.
+        last = self._newest.pop(trial.trial_id, None) or trial.last_result
+        status = trial_status(last, failed, self.spec.epochs).value
         self._queue.put(("end", trial.trial_id, (str(trial), trial_params(self.spec, trial.config), status, failed)))
 
     def on_experiment_end(self, trials, **info):
