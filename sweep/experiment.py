@@ -129,7 +129,7 @@ def trial_folder_record(experiment: Path, trial_id: str, status: str) -> Optiona
     results = result_rows(folder)
     return {"trial_id": trial_id, "config": config, "ray_status": "TERMINATED",
             "last_result": results[-1] if results else {}, "num_failures": 0,
-            "error": error_line(folder, None) if status == Status.ERROR else None, "rows": trial_rows(folder),
+            "error": error_line(folder, None) if status == Status.ERROR else None, "rows": trial_rows(folder, results),
             "study_status": status}
 
 

@@ -29,7 +29,8 @@ class TensorBoardLogs(TBXLoggerCallback):
         self.writers: dict = {}  # trial -> (SummaryWriter, the last epoch's scalars)
 
     def log_trial_start(self, trial):
-        self.log_trial_end(trial)  # a restarted trial appends to a fresh event file
+        if trial in self.writers:  # a restarted trial: its run goes on in a fresh event file, not yet ended
+            self.writers.pop(trial)[0].close()
         trial.init_local_path()
         self.writers[trial] = (SummaryWriter(trial.local_path, flush_secs=30), {})
 
