@@ -88,6 +88,14 @@ def _positive_seconds(value: float) -> float:
     return value
 
 
+def _max_t(epochs):
+    """A sweep trains at least one epoch (ASHA's max_t), where a model may have none; whether `epochs` is an
+    integer at all is TrainConfig's to judge, with the rest of `train:`."""
+    if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs < 1:
+        raise ValueError(f"must be >= 1, got {epochs}")
+    return epochs
+
+
 def _latent_dim(value: int) -> int:
     if not 1 <= value <= MAX_LATENT_DIM:
         raise ValueError(f"must be between 1 and {MAX_LATENT_DIM}, got {shown(value)}")
@@ -227,7 +235,7 @@ class TrainSection(TypedDict, total=False):
     rules, and a checkpoint's config is judged by them without a sweep file); the sweep adds one rule of its own."""
 
     __pydantic_config__ = ConfigDict(extra="forbid")
-    epochs: Annotated[StrictInt, Field(ge=1)]  # TrainConfig allows 0 (an untrained model); ASHA's max_t must be >= 1
+    epochs: Annotated[Any, AfterValidator(_max_t)]
     batch_size: Any
     train_subset: Any
     seed: Any
