@@ -128,15 +128,16 @@ def find_home(name_or_dir: str, storage_path: str = "results") -> Path:
         if not found:
             raise ResultsError(f"no sweep at {name_or_dir}: it holds no {SPEC_FILE}")
         return home
-    candidates = [Path(name_or_dir), Path(storage_path) / name_or_dir]
+    candidates = list(dict.fromkeys([Path(name_or_dir), Path(storage_path) / name_or_dir]))  # one if absolute
     for candidate in candidates:
         try:
             if (candidate / SPEC_FILE).is_file():
                 return candidate.resolve()
         except OSError as exc:  # is_file raises on a folder it may not search
             raise ResultsError(f"{candidate}: cannot read it ({exc.strerror or exc}); check its permissions") from None
-    raise ResultsError(f"no sweep {name_or_dir!r}: neither {candidates[0]} nor {candidates[1]} holds a {SPEC_FILE}; "
-                       "`sweep ls` lists the sweeps")
+    missing = (f"neither {candidates[0]} nor {candidates[1]} holds a {SPEC_FILE}" if len(candidates) > 1
+               else f"{candidates[0]} holds no {SPEC_FILE}")
+    raise ResultsError(f"no sweep {name_or_dir!r}: {missing}; `sweep ls` lists the sweeps")
 
 
 def sync_down(home: Path, spec: SweepSpec) -> None:

@@ -189,6 +189,12 @@ def test_commands_on_an_unknown_sweep(capsys, tmp_path, monkeypatch, command):
     assert code == 2 and "no sweep 'nope'" in err and "sweep ls" in err
 
 
+def test_an_absolute_path_to_no_sweep_is_named_once(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "analyze", str(tmp_path / "nope"))
+    assert code == 2 and err.count("\n") == 1 and err.count(str(tmp_path / "nope")) == 2  # the argument, the folder
+    assert f"{tmp_path / 'nope'} holds no sweep.yaml" in err
+
+
 def test_more_gpu_than_the_cluster_has_fails_fast(capsys, tmp_path, sweep_file):
     # This machine's Ray has no GPU: a GPU fraction per trial would leave every trial pending forever.
     assert_refused(capsys, tmp_path, "run", sweep_file({"resources": {"gpu": 0.5}}),
