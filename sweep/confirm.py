@@ -175,8 +175,6 @@ def run_dirs(home: Path) -> list[Path]:
 def read_runs(home: Path, epochs: int) -> list[dict]:
     """Every confirm run's record, from the trials' own folders (not Ray's snapshot, which can lag them):
     key, config, status (completed, diverged, error, or unfinished), its rows' last epoch and losses."""
-    from .study import trial_status
-
     records = []
     for experiment in run_dirs(home):
         for params in experiment.glob("*/params.json"):
@@ -191,9 +189,7 @@ def read_runs(home: Path, epochs: int) -> list[dict]:
             last = rows[-1] if rows else None
             error = error_line(folder, None)
             reported = result_rows(folder)  # Tune's own rows: the trial's time_total_s
-            ended = last is not None and (last.get("status") == Status.DIVERGED or last["epoch"] >= config.get("epochs", epochs))
-            status = trial_status(last, False, config.get("epochs", epochs)) if ended else \
-                ("error" if error else "unfinished")
+            status = run_end(last, config.get("epochs", epochs)) or ("error" if error else "unfinished")
             losses = [r["val_loss"] for r in rows if r.get("val_loss") is not None and math.isfinite(r["val_loss"])]
             records.append({
                 "key": run_key(config), "config": config, "status": status, "run": experiment.name,
@@ -365,9 +361,19 @@ def _finished_in_run(run: Path, epochs: int) -> dict[str, str]:
     ended = {}
     for record in read_experiment(run):
         rows = [r for r in record["rows"] if "epoch" in r]
-        if rows and (rows[-1].get("status") == Status.DIVERGED or rows[-1]["epoch"] >= record["config"].get("epochs", epochs)):
-            ended[record["trial_id"]] = Status.DIVERGED if rows[-1].get("status") == Status.DIVERGED else Status.COMPLETED
+        end = run_end(rows[-1] if rows else None, record["config"].get("epochs", epochs))
+        if end:
+            ended[record["trial_id"]] = end
     return ended
+
+
+def run_end(last: Optional[dict], epochs: int) -> Optional[Status]:
+    """How a run ended, from its last epoch row: diverged, completed (all its epochs), or None (not yet)."""
+    if last is None:
+        return None
+    if last.get("status") == Status.DIVERGED:
+        return Status.DIVERGED
+    return Status.COMPLETED if last["epoch"] >= epochs else None
 
 
 def _sync_down(home: Path, spec) -> None:
