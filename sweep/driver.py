@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from filelock import FileLock
+
 from aemodels import load_dataset
 
 from . import results as results_mod
@@ -27,7 +29,7 @@ def run_driver(home: Path, driver: int, address: str) -> None:
     spec = results_mod.read_spec(home)
     os.environ[STUDY_URL_ENV] = study_url(study_path(home))
     experiment = home / experiment_name(driver)
-    with runner.ray_for_sweep(address, spec) as received:
+    with FileLock(str(runner.driver_lock(home, driver))), runner.ray_for_sweep(address, spec) as received:
         _stop_with_first_driver()
         plan = runner.plan(spec)
         trains_here = plan.execution == "trial" and spec.simulate is None  # packed: the trainers hold the data
@@ -42,15 +44,21 @@ def run_driver(home: Path, driver: int, address: str) -> None:
         raise SystemExit(128 + received[0])
 
 
+STOP_GRACE_S = 30.0  # how long a driver whose first driver died may take to stop cleanly
+
+
 def _stop_with_first_driver() -> None:
-    """Stop this driver cleanly (as on SIGTERM) if the first driver dies: a `sweep resume` started after it
-    would otherwise run this driver's experiment a second time beside it."""
+    """Stop this driver cleanly (as on SIGTERM) if the first driver dies, and at once if it cannot: a local
+    Ray dies with the first driver, and a clean stop may then wait on it for good. Until this driver has
+    ended, its lock keeps a `sweep resume` from running its experiment a second time beside it."""
     parent = os.getppid()
 
     def watch():
         while os.getppid() == parent:
             time.sleep(1.0)
         os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(STOP_GRACE_S)
+        os.kill(os.getpid(), signal.SIGKILL)  # as a crash would: `sweep resume` continues from its checkpoints
 
     threading.Thread(target=watch, name="first-driver", daemon=True).start()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import glob
 import logging
 import os
 import shutil
@@ -134,6 +135,12 @@ def claim(home: Path, fix: str = "wait for it to end, or pick another name with 
         raise SweepError(f"cannot lock {lock.lock_file} ({exc.strerror or exc}); fix the results folder's "
                          "permissions") from None
     try:
+        prefix = driver_lock(home, 0).name.removesuffix("0.lock")
+        for path in sorted(home.parent.glob(f"{glob.escape(prefix)}*.lock")):
+            if lock_held(path):
+                raise SweepError(f"driver {path.name[len(prefix):-len('.lock')]} of sweep {home.name!r} is still "
+                                 f"running (it holds {path}): it stops by itself once it notices that the sweep's "
+                                 "first driver is gone; wait for it to end, then run this again")
         yield
     finally:
         # A command refused before it wrote the sweep's folder leaves no trace: no lock file, and no
@@ -144,6 +151,28 @@ def claim(home: Path, fix: str = "wait for it to end, or pick another name with 
                 with contextlib.suppress(OSError):
                     folder.rmdir()
         lock.release()
+
+
+def driver_lock(home: Path, driver: int) -> Path:
+    """The lock another driver of the sweep (sweep.driver) holds while it runs. `claim` refuses while one is
+    held: such a driver outlives a first driver that was killed, and writes into the sweep's folder until it
+    has stopped, so a `sweep resume` (or --overwrite) beside it would run its experiment twice."""
+    return home.parent / f".{home.name}.driver-{driver}.lock"
+
+
+def lock_held(path: Path) -> bool:
+    """Whether a process holds the lock `path` (a file lock: released when its holder dies, however)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    except OSError:  # a lock file this user cannot open is no driver of this user's
+        return False
+    lock.release()
+    return False
 
 
 # ---- Ray --------------------------------------------------------------------------------------
@@ -441,11 +470,11 @@ def stop_cleanly_on_signals():
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = saved_env
 
 
-def check_consistent(home: Path, spec: SweepSpec) -> None:
+def check_consistent(home: Path, spec: SweepSpec) -> dict[str, str]:
     """Refuse a resume that would lose finished trials: every trial that Ray's snapshot or the tables
     list as finished must be in the study, which is written as each trial ends and so is never behind
     them unless it was damaged. (Ray would otherwise fail to restore its searcher and silently start a
-    fresh experiment over the sweep, ray#30861.) Changes nothing."""
+    fresh experiment over the sweep, ray#30861.) Changes nothing; returns the study's finished trials."""
     path = study_path(home)
     try:
         in_study = finished_in_study(study_url(path), spec.name)
@@ -463,6 +492,7 @@ def check_consistent(home: Path, spec: SweepSpec) -> None:
         raise SweepError(f"the study {path} lacks {len(missing)} finished trial(s) that {listed[missing[0]]} "
                          f"lists ({shown}): it is damaged or older than them, and resuming would lose them, so it "
                          "is refused; restore the study from a copy or rerun with --overwrite")
+    return in_study
 
 
 def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
@@ -479,7 +509,7 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
         for driver in range(1, spec.all_drivers):  # one that never started its experiment starts it now
             if (home / experiment_name(driver) / "tuner.pkl").is_file():
                 check_resumable(home, driver)
-        check_consistent(home, spec)
+        finished = check_consistent(home, spec)
         repair_journal(study_path(home))  # before any driver opens it: drivers sharing it cut nothing
         os.environ[STUDY_URL_ENV] = study_url(study_path(home))  # the study is here now, wherever it was
         try:
@@ -491,7 +521,7 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
                 with status_mod.kept(home, spec):
                     with _sweep_services(spec, sweep_plan, home, dataset), idle_workers_for_trials():
                         if not received:
-                            tuner = driver_tuner(spec, sweep_plan, home, dataset)
+                            tuner = driver_tuner(spec, sweep_plan, home, dataset, finished=finished)
                             with other_drivers(spec, home, received) as others:
                                 tuner.fit()
                                 failed = others.wait()
@@ -505,10 +535,12 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
             os.environ.pop(RESUMED_TRIALS_ENV, None)  # set by driver_tuner
 
 
-def driver_tuner(spec: SweepSpec, sweep_plan: Plan, home: Path, dataset, driver: int = 0):
+def driver_tuner(spec: SweepSpec, sweep_plan: Plan, home: Path, dataset, driver: int = 0,
+                 finished: Optional[dict[str, str]] = None):
     """The Tuner of driver `driver`: its experiment restored when it started before (finished trials kept,
     unfinished ones continued from their checkpoints), else a new one. The progress line learns from
-    RESUMED_TRIALS_ENV how many trials Ray restores, so that it counts them as done and not as new."""
+    RESUMED_TRIALS_ENV how many trials Ray restores, so that it counts them as done and not as new.
+    `finished`: the study's finished trials, where the caller has just read them."""
     from ray import tune
 
     from .progress import RESUMED_TRIALS_ENV
@@ -520,9 +552,10 @@ def driver_tuner(spec: SweepSpec, sweep_plan: Plan, home: Path, dataset, driver:
     os.environ[RESUMED_TRIALS_ENV] = str(len(read_experiment(experiment)))
     # The study is written as each trial ends, Ray's snapshot every few seconds: what the study saw end
     # is not trained again.
-    finished = frozenset(finished_in_study(study_url(study_path(home)), spec.name))
+    if finished is None:
+        finished = finished_in_study(study_url(study_path(home)), spec.name)
     return tune.Tuner.restore(experiment_path(home, results_mod.remote_home(spec), driver),
-                              trainable=trainable(spec, sweep_plan, dataset, finished),
+                              trainable=trainable(spec, sweep_plan, dataset, frozenset(finished)),
                               resume_unfinished=True, resume_errored=False)
 
 

@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from aemodels import TrainState, train
-from sweep import load_results
+from sweep import load_results, runner
+from sweep.driver import STOP_GRACE_S
 from sweep.results import read_spec
 from sweep.study import open_storage
 
@@ -441,9 +442,11 @@ def driver_pid(home: Path, driver: int) -> int | None:
     return None
 
 
-def test_a_sweep_of_two_drivers_survives_a_killed_driver_a_stop_and_resumes_exactly(tmp_path):
+def test_a_sweep_of_two_drivers_survives_killed_drivers_a_stop_and_resumes_exactly(tmp_path):
     """Two Tune drivers share one study. Driver 1, SIGKILLed mid-sweep, is started again and resumes its
-    experiment; SIGTERM to the sweep then stops both cleanly; `sweep resume` finishes each driver's share."""
+    experiment; SIGTERM to the sweep then stops both cleanly. `sweep resume` is then killed as a crash
+    would (the first driver and its Ray): driver 1 stops by itself, and until it has, its lock refuses
+    another resume. The last `sweep resume` finishes each driver's share, nothing lost."""
     sets = ["--set", "drivers=2", "--set", "num_samples=10", "--set", "train.epochs=4",
             "--set", "simulate.seconds_per_epoch=0.4"]
     home = tmp_path / "quick"
@@ -464,10 +467,28 @@ def test_a_sweep_of_two_drivers_survives_a_killed_driver_a_stop_and_resumes_exac
     assert f"driver 1 ended with exit status -{signal.SIGKILL.value}; starting it again" in out
     assert "stopped by SIGTERM" in out and f"sweep resume {home}" in out and "Traceback" not in out
     assert driver_pid(home, 1) is None, "the stop must reach every driver"
+
+    def driver_1_rows():
+        return sum(1 for path in (home / "ray-1").glob("*/result.json") for line in open(path) if line.strip())
+
+    rows_before = driver_1_rows()
+    resumed = start(tmp_path, command="resume")
+    while resumed.poll() is None and not (driver_pid(home, 1) and driver_1_rows() > rows_before):
+        time.sleep(0.1)
+    os.killpg(resumed.pid, signal.SIGKILL)
+    resumed.wait()
+    orphan = driver_pid(home, 1)
+    assert orphan, "driver 1 runs on after the first driver's crash until it notices"
+    assert runner.lock_held(runner.driver_lock(home, 1))
+    deadline = time.monotonic() + STOP_GRACE_S + 30
+    while driver_pid(home, 1) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert driver_pid(home, 1) is None, "driver 1 must end once the first driver is gone"
+
     before = {t: rows for t, rows in result_rows(home).items() if rows[-1]["status"] != "running"}
     finish(start(tmp_path, command="resume"))
-    check_sweep(home, 10, "two drivers: driver 1 SIGKILLed, SIGTERM to the sweep, then `sweep resume`", 2,
-                time.perf_counter() - tick, before)
+    check_sweep(home, 10, "two drivers: driver 1 SIGKILLed, SIGTERM to the sweep, `sweep resume` SIGKILLed, "
+                "then `sweep resume`", 3, time.perf_counter() - tick, before)
     study = optuna.load_study(study_name="quick", storage=open_storage(str(home / "study.journal"), writer=False))
     drivers = pd.Series([t.user_attrs["driver"] for t in study.trials if t.state.is_finished()])
     assert drivers.value_counts().to_dict() == {0: 5, 1: 5}

@@ -162,3 +162,28 @@ def test_a_signal_as_the_trials_end_still_writes_the_tables_and_names_the_stop(m
         pass
     assert received == [signal.SIGTERM] and not signal_at_shutdown
     assert signal.getsignal(signal.SIGTERM) is before, "the handlers of before the sweep are back"
+
+
+def test_a_driver_that_outlives_the_first_one_holds_the_sweep_until_it_ends(tmp_path):
+    """Another driver (sweep.driver) of a sweep whose first driver died keeps writing into its folder until
+    it stops: a resume (or --overwrite) beside it would run its experiment twice, so claim refuses."""
+    home = tmp_path / "quick"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""\
+        import time
+        from pathlib import Path
+        from filelock import FileLock
+        from sweep.runner import driver_lock
+        with FileLock(str(driver_lock(Path({str(home)!r}), 2))):
+            print("held", flush=True)
+            time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SweepError, match="driver 2 of sweep 'quick' is still running .* wait for it to end"):
+            with claim(home):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with claim(home):  # its lock died with it
+        pass
