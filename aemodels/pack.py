@@ -1,9 +1,9 @@
 """K autoencoders of one architecture family trained together as one batched model.
 
 Every parameter is stacked along a leading member dimension, and every member runs its variant's own
-module (`torch.func.functional_call` over its share of the stacks): on a GPU all members in one call
-(`vmap`: batched matmuls, grouped convolutions), on a CPU one after another, with the very kernels a
-model alone runs. Members may differ in variant (the variants of one registry family), latent_dim
+module (`torch.func.functional_call` over its share of the stacks): all members in one call (`vmap`:
+batched matmuls, grouped convolutions), or, for convolutions on a CPU, one after another with the very
+kernels a model alone runs. Members may differ in variant (the variants of one registry family), latent_dim
 (zero-padded to the pack's widest, which gets exactly zero gradient and stays zero), lr, their variant's
 knobs (the noise and penalty weights the registry names), seed and epoch: each draws its own batches
 and noise from generators keyed by (seed, epoch), and has its own Adam state and step count. A member
@@ -127,11 +127,24 @@ def _meta_module(config: TrainConfig) -> torch.nn.Module:
 
 # ---- the members' forward -----------------------------------------------------------------------
 
-def _state_names(family: str) -> list[str]:
-    """The names of the family's parameters and buffers, as its modules' state_dicts hold them."""
+def _family_module(family: str) -> torch.nn.Module:
+    """A module of the family, on the meta device: what its variants share (layers, state names)."""
     variant = next(v for v in REGISTRY.values() if v.family == family)
     with torch.device("meta"):
-        return list(variant.module(1, **{k.name: k.default for k in variant.knobs}).state_dict())
+        return variant.module(1, **{k.name: k.default for k in variant.knobs})
+
+
+def _state_names(family: str) -> list[str]:
+    """The names of the family's parameters and buffers, as its modules' state_dicts hold them."""
+    return list(_family_module(family).state_dict())
+
+
+_CONVOLUTIONS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
+                 torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+
+
+def _convolves(family: str) -> bool:
+    return any(isinstance(layer, _CONVOLUTIONS) for layer in _family_module(family).modules())
 
 
 def _slot_shapes(config: TrainConfig) -> dict[str, torch.Size]:
@@ -150,9 +163,10 @@ def _batched(module: torch.nn.Module):
 
 # Pack(forward_path=...): how the members' forward runs. "batched" is one vmapped call over the stacks;
 # "per_member" calls each member's module on its own share, the very kernels a model alone runs. "auto"
-# is per_member on a CPU: there a grouped convolution sums in another order than a plain one, Adam turns
-# those last-bit differences into a visible drift from the member's solo run, and it is no faster; on a
-# GPU one launch per layer for all members is what makes packing pay.
+# is batched, except for a family with convolutions on a CPU: there a grouped convolution sums in another
+# order than a plain one, Adam turns those last-bit differences into a visible drift from the member's
+# solo run, and it is no faster. Batched matmuls keep a member within rounding of its solo run, and one
+# launch per layer for all members is what makes packing pay.
 FORWARD_PATHS = ("auto", "batched", "per_member")
 
 
@@ -188,7 +202,7 @@ class Pack:
         self.dataset, self.family, self.batch_size, self.train_size = dataset, family, batch_size, train_size
         self.device = dataset.device
         if forward_path == "auto":
-            forward_path = "per_member" if self.device.type == "cpu" else "batched"
+            forward_path = "per_member" if self.device.type == "cpu" and _convolves(family) else "batched"
         self.forward_path = forward_path
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         self.matmul_precision = matmul_precision

@@ -188,6 +188,11 @@ def test_batched_conv_members_the_gpu_path_match_per_member_ones_on_cpu(small):
             assert (batched.model[name] - weight).norm() <= 1e-2 * weight.norm(), (k, name)
 
 
+@pytest.mark.parametrize("variant, path", [("vanilla", "batched"), ("sparse", "batched"), ("conv", "per_member")])
+def test_auto_batches_every_family_on_a_cpu_but_one_with_convolutions(small, variant, path):
+    assert Pack.for_config(small(variant=variant), load_dataset("mnist")).forward_path == path
+
+
 def test_an_unknown_forward_path_is_refused_with_the_known_ones(small):
     assert FORWARD_PATHS == ("auto", "batched", "per_member")
     with pytest.raises(ValueError, match="unknown forward_path 'batchd' \\(known: auto, batched, per_member\\)"):
