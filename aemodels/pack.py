@@ -2,8 +2,8 @@
 
 Every parameter is stacked along a leading member dimension, and every member runs its variant's own
 module (`torch.func.functional_call` over its share of the stacks): all members in one call (`vmap`:
-batched matmuls, grouped convolutions), or, for convolutions on a CPU, one after another with the very
-kernels a model alone runs. Members may differ in variant (the variants of one registry family), latent_dim
+batched matmuls, grouped convolutions), or, on a CPU for convolutions or a lone member, one after another
+with the very kernels a model alone runs. Members may differ in variant (the variants of one registry family), latent_dim
 (zero-padded to the pack's widest, which gets exactly zero gradient and stays zero), lr, their variant's
 knobs (the noise and penalty weights the registry names), seed and epoch: each draws its own batches
 and noise from generators keyed by (seed, epoch), and has its own Adam state and step count. A member
@@ -163,10 +163,12 @@ def _batched(module: torch.nn.Module):
 
 # Pack(forward_path=...): how the members' forward runs. "batched" is one vmapped call over the stacks;
 # "per_member" calls each member's module on its own share, the very kernels a model alone runs. "auto"
-# is batched, except for a family with convolutions on a CPU: there a grouped convolution sums in another
-# order than a plain one, Adam turns those last-bit differences into a visible drift from the member's
-# solo run, and it is no faster. Batched matmuls keep a member within rounding of its solo run, and one
-# launch per layer for all members is what makes packing pay.
+# is batched off the CPU, where one launch per layer for all members is what makes packing pay. On a CPU
+# it is per_member for a lone member (a trial trained alone: its module's own kernels are the fastest
+# there, and a retrain repeats them exactly) and for a family with convolutions (a grouped convolution
+# sums in another order than a plain one, Adam turns those last-bit differences into a visible drift
+# from the member's solo run, and it is no faster); several members of any other family run batched
+# matmuls, which keep each within rounding of its solo run and use the cores better than small ones.
 FORWARD_PATHS = ("auto", "batched", "per_member")
 
 
@@ -201,9 +203,10 @@ class Pack:
             raise ValueError(f"unknown forward_path {forward_path!r} (known: {', '.join(FORWARD_PATHS)})")
         self.dataset, self.family, self.batch_size, self.train_size = dataset, family, batch_size, train_size
         self.device = dataset.device
-        if forward_path == "auto":
-            forward_path = "per_member" if self.device.type == "cpu" and _convolves(family) else "batched"
-        self.forward_path = forward_path
+        if forward_path == "auto" and self.device.type != "cpu":
+            forward_path = "batched"
+        self.forward_path = forward_path  # "auto" here: decided by the members, in _runs_batched
+        self.convolves = _convolves(family)
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         self.matmul_precision = matmul_precision
         self.members: list[_Member] = []
@@ -319,13 +322,18 @@ class Pack:
         self.penalized_rows = torch.tensor([i for i, _ in self.penalized], dtype=torch.long, device=dev)
         # The widest member's module has the stacks' padded shapes; a family's variants share one forward.
         widest = max(ms, key=lambda m: m.config.latent_dim, default=None)
-        self.batched = _batched(widest.module) if widest and self.forward_path == "batched" else None
+        self.batched = _batched(widest.module) if widest and self._runs_batched() else None
         self.order = torch.zeros((len(ms), self.train_size), dtype=torch.long, device=dev)
         self.noise = torch.zeros((len(ms), self.batch_size, 784), device=dev) if self.has_noise else None
         self.noise_row = torch.zeros(len(ms), dtype=torch.long, device=dev)
         self.batch_no = torch.zeros((), dtype=torch.long, device=dev)
         self.loss_sum = torch.zeros(len(ms), dtype=torch.float64, device=dev)
         self.columns = torch.arange(self.batch_size, device=dev)
+
+    def _runs_batched(self) -> bool:
+        if self.forward_path == "auto":  # on a CPU (see FORWARD_PATHS)
+            return len(self.members) > 1 and not self.convolves
+        return self.forward_path == "batched"
 
     # ---- one step ------------------------------------------------------------------------------
 

@@ -188,9 +188,15 @@ def test_batched_conv_members_the_gpu_path_match_per_member_ones_on_cpu(small):
             assert (batched.model[name] - weight).norm() <= 1e-2 * weight.norm(), (k, name)
 
 
-@pytest.mark.parametrize("variant, path", [("vanilla", "batched"), ("sparse", "batched"), ("conv", "per_member")])
-def test_auto_batches_every_family_on_a_cpu_but_one_with_convolutions(small, variant, path):
-    assert Pack.for_config(small(variant=variant), load_dataset("mnist")).forward_path == path
+@pytest.mark.parametrize("variant, batched", [("vanilla", True), ("sparse", True), ("conv", False)])
+def test_auto_on_a_cpu_batches_several_members_without_convolutions_and_runs_one_alone(small, variant, batched):
+    pack = Pack.for_config(small(variant=variant), load_dataset("mnist"))
+    pack.add(0, TrainState.initial(small(variant=variant)))
+    assert pack.batched is None  # a trial trained alone runs its module's own kernels
+    pack.add(1, TrainState.initial(small(variant=variant, seed=1)))
+    assert (pack.batched is not None) == batched
+    pack.remove(0)
+    assert pack.batched is None
 
 
 def test_an_unknown_forward_path_is_refused_with_the_known_ones(small):
