@@ -3,9 +3,11 @@ where they are, the trials Ray recorded in them with their result rows, checkpoi
 errors, and whether Ray can resume one. It reads what Ray writes and writes nothing there.
 
 No Ray at import: the tables (sweep.results) are built from these records. Ray's own reader,
-ExperimentAnalysis, would import Ray into every notebook that reads a sweep and load each trial's
-progress.csv besides; the one private format read here is experiment_state-*.json, for each
-trial's id, config, status, failures and error file.
+ExperimentAnalysis, would import Ray into every notebook that reads a sweep, build a DataFrame of
+every trial's results besides, and its trials name their error file only inside a running Ray
+(Trial.error_file asks for the Ray session's folder), so the tables of a failed sweep would need one.
+The one private format read here is experiment_state-*.json, for each trial's id, config, status,
+failures and error file; the floor job reads it with the oldest Ray declared, CI with the newest.
 """
 from __future__ import annotations
 
