@@ -2,13 +2,13 @@
 
 Every parameter is stacked along a leading member dimension, and every member runs its variant's own
 module (`torch.func.functional_call` over its share of the stacks): all members in one call (`vmap`:
-batched matmuls, grouped convolutions), or, on a CPU for convolutions or a lone member, one after another
-with the very kernels a model alone runs. Members may differ in variant (the variants of one registry family), latent_dim
-(zero-padded to the pack's widest, which gets exactly zero gradient and stays zero), lr, their variant's
-knobs (the noise and penalty weights the registry names), seed and epoch: each draws its own batches
-and noise from generators keyed by (seed, epoch), and has its own Adam state and step count. A member
-therefore computes what it would compute alone; `aemodels.train` is a pack of one. Members join and
-leave between epochs.
+batched matmuls, grouped convolutions), or, on a CPU for convolutions or a lone member, one after
+another with the very kernels a model alone runs. Members may differ in variant (the variants of one
+registry family), latent_dim (zero-padded to the pack's widest, which gets exactly zero gradient and
+stays zero), lr, their variant's knobs (the noise and penalty weights the registry names), seed and
+epoch: each draws its own batches and noise from generators keyed by (seed, epoch), and has its own Adam
+state and step count. A member therefore computes what it would compute alone; `aemodels.train` is a
+pack of one. Members join and leave between epochs.
 """
 from __future__ import annotations
 
