@@ -445,8 +445,8 @@ def driver_pid(home: Path, driver: int) -> int | None:
 def test_a_sweep_of_two_drivers_survives_killed_drivers_a_stop_and_resumes_exactly(tmp_path):
     """Two Tune drivers share one study. Driver 1, SIGKILLed mid-sweep, is started again and resumes its
     experiment; SIGTERM to the sweep then stops both cleanly. `sweep resume` is then killed as a crash
-    would (the first driver and its Ray): driver 1 stops by itself, and until it has, its lock refuses
-    another resume. The last `sweep resume` finishes each driver's share, nothing lost."""
+    would (the first driver and its Ray): driver 1 holds its lock (which refuses another resume,
+    test_runner) until it stops by itself. The last `sweep resume` finishes each driver's share, nothing lost."""
     sets = ["--set", "drivers=2", "--set", "num_samples=10", "--set", "train.epochs=4",
             "--set", "simulate.seconds_per_epoch=0.4"]
     home = tmp_path / "quick"
