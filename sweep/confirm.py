@@ -24,7 +24,7 @@ from aemodels.status import Status
 from . import results as results_mod
 from . import storage
 from .errors import Interrupted, SweepError
-from .experiment import error_line, read_experiment, result_rows, trial_rows
+from .experiment import error_line, mend_state, read_experiment, restart_ends, result_rows, trial_rows
 from .results import (CONFIRM_TABLES, HYPER_DTYPES, Results, confirmed_best, load_results, plain, ranked_trials,
                       write_file)
 from .spec import SEARCHED
@@ -263,6 +263,9 @@ def confirm(name_or_dir: str, request: Request = Request(), *, address: Optional
         say(f"confirm sweep {spec.name}: top {request.top} configurations x {request.seeds} seeds "
             f"({', '.join(map(str, seeds))}), {epochs} epochs: {len(wanted) - len(left)} of {len(wanted)} runs "
             f"done, {len(left)} to train in {confirm_home(home)}")
+        if run_dirs(home):  # Ray restores the newest run only if its state files are complete
+            for line in mend_state(run_dirs(home)[-1]):
+                say(f"note: {line}")
         unfinished = _unfinished_run(home, records)
         if left or unfinished is not None:
             with ray_for_sweep(address or spec.address, spec) as received:
@@ -279,7 +282,7 @@ def confirm(name_or_dir: str, request: Request = Request(), *, address: Optional
 def _unfinished_run(home: Path, records: list[dict]) -> Optional[Path]:
     """The newest confirm run whose request has runs left and that Ray can restore, if any."""
     runs = run_dirs(home)
-    if not runs or not (runs[-1] / "tuner.pkl").is_file():
+    if not runs or not all(any(runs[-1].glob(state)) for state in ("tuner.pkl", "experiment_state-*.json")):
         return None
     try:
         asked = json.loads((runs[-1] / REQUEST_FILE).read_text())["configs"]
@@ -295,6 +298,7 @@ def _fit(spec, home: Path, run: Path, configs: Optional[list[dict]], records: li
     the unfinished one there, with the execution it started with."""
     from ray import tune
 
+    from .kept import KeepState
     from .progress import RESUMED_TRIALS_ENV, Progress
     from .runner import _sweep_services, idle_workers_for_trials, plan, trainable
 
@@ -328,7 +332,7 @@ def _fit(spec, home: Path, run: Path, configs: Optional[list[dict]], records: li
         with _sweep_services(cspec, run_plan, confirm_home(home), dataset), idle_workers_for_trials():
             if configs is None:
                 os.environ[RESUMED_TRIALS_ENV] = str(len(read_experiment(run)))
-                finished = frozenset(_finished_in_run(run, epochs))
+                finished = restart_ends(run, _finished_in_run(run, epochs))
                 tuner = tune.Tuner.restore(str(run) if not remote else storage.join(storage_path, run.name),
                                            trainable=trainable(cspec, run_plan, dataset, finished),
                                            resume_unfinished=True, resume_errored=False)
@@ -344,7 +348,7 @@ def _fit(spec, home: Path, run: Path, configs: Optional[list[dict]], records: li
                                                 reuse_actors=True),
                     run_config=tune.RunConfig(
                         name=run.name, storage_path=storage_path, verbose=0,
-                        callbacks=[Progress(len(configs), epochs)],
+                        callbacks=[Progress(len(configs), epochs), KeepState()],
                         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                         checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
             tuner.fit()

@@ -1,6 +1,7 @@
 """Ray Tune's experiment folders of a sweep (ray/, and ray-<k>/ of its other drivers and extensions):
 where they are, the trials Ray recorded in them with their result rows, checkpoint histories and
-errors, and whether Ray can resume one. It reads what Ray writes and writes nothing there.
+errors, and whether Ray can resume one. It reads what Ray writes, and writes there only to put back
+a file a crash cut short (below).
 
 No Ray at import: the tables (sweep.results) are built from these records. Ray's own reader,
 ExperimentAnalysis, would import Ray into every notebook that reads a sweep, build a DataFrame of
@@ -8,15 +9,26 @@ every trial's results besides, and its trials name their error file only inside 
 (Trial.error_file asks for the Ray session's folder), so the tables of a failed sweep would need one.
 The one private format read here is experiment_state-*.json, for each trial's id, config, status,
 failures and error file; the floor job reads it with the oldest Ray declared, CI with the newest.
+
+Ray copies its state files into the experiment folder in place, so a driver killed mid-copy leaves one
+cut short, which Tuner.restore cannot read. The driver therefore keeps a complete copy of each beside the
+folder (keep_state, from the sweep.kept.KeepState callback); before a restore, mend_state puts a cut-short
+file back from it, or sets it aside for Ray's older snapshot; the tables read the newest complete state,
+and the trials it lacks from their own folders.
 """
 from __future__ import annotations
 
 import contextlib
-import glob
+import fnmatch
 import json
+import os
+import pickletools
+import shutil
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
+from aemodels.files import write_atomic, write_bytes_atomic
 from aemodels.status import Status
 
 from . import storage
@@ -44,20 +56,129 @@ def experiment_path(home: Path, remote: Optional[str], driver: int = 0) -> str:
     return storage.join(remote, name) if remote else str(home / name)
 
 
-def newest(pattern: str) -> Optional[str]:
-    found = sorted(glob.glob(pattern))
-    return found[-1] if found else None
+def kept_dir(experiment: Path) -> Path:
+    """Where the driver keeps complete copies of Ray's state files: beside the experiment folder, hidden, so
+    that nothing globbing the sweep's folders (ray*, run-*) meets it."""
+    return experiment.parent / f".{experiment.name}.kept"
+
+
+def state_files(folder: Path) -> list[Path]:
+    """Ray's state files in an experiment folder: every top-level .json and .pkl, as its restore copies them."""
+    return sorted(p for p in folder.glob("*") if p.suffix in (".json", ".pkl") and p.is_file())
+
+
+RAY_STATE = ("tuner.pkl", "experiment_state-*.json", "searcher-state-*.pkl", "search_gen_state-*.json")
+
+
+def state_kind(name: str) -> str:
+    """The pattern of a state file of Ray's (RAY_STATE), of which Ray restores the newest; any other file is
+    a kind of its own."""
+    return next((pattern for pattern in RAY_STATE if fnmatch.fnmatch(name, pattern)), name)
+
+
+def complete(data: bytes, name: str) -> bool:
+    """Whether a state file was written to its end: JSON parses; a pickle's opcodes run to its STOP (read
+    without unpickling, so without importing the classes it names)."""
+    try:
+        if name.endswith(".json") and not data.startswith(b"\x80"):  # search_gen_state-*.json is a pickle
+            json.loads(data)
+        else:
+            for _ in pickletools.genops(data):
+                pass
+        return bool(data)
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
+def keep_state(experiment: Path, kept_versions: dict[str, tuple]) -> None:
+    """Copy into kept_dir each state file that changed since it was last copied (`kept_versions`: name -> the
+    size and mtime of its copy, updated here), when the bytes read are complete: a file caught mid-copy is
+    left for the next call, and the copy kept stays the last complete one."""
+    kept = kept_dir(experiment)
+    for path in state_files(experiment):
+        with contextlib.suppress(FileNotFoundError):
+            stat = path.stat()
+            version = (stat.st_size, stat.st_mtime_ns)
+            if kept_versions.get(path.name) == version:
+                continue
+            data = path.read_bytes()
+            if complete(data, path.name):
+                kept.mkdir(exist_ok=True)
+                write_bytes_atomic(kept / path.name, data, durable=False)
+                kept_versions[path.name] = version
+
+
+def state_kinds(experiment: Path) -> dict[str, list[Path]]:
+    """Ray's state files by kind (state_kind), oldest first."""
+    kinds: dict[str, list[Path]] = {}
+    for path in state_files(experiment):
+        kinds.setdefault(state_kind(path.name), []).append(path)
+    return kinds
+
+
+def restorable(experiment: Path, files: list[Path]) -> Optional[Path]:
+    """Of one kind's files (oldest first), the one Ray restores once mend_state has run: the newest that is
+    complete, or whose complete copy the driver kept (then that copy). None: every one was cut short."""
+    for path in reversed(files):
+        for candidate in (path, kept_dir(experiment) / path.name):
+            if candidate.is_file() and complete(candidate.read_bytes(), candidate.name):
+                return candidate
+    return None
+
+
+def mend_state(experiment: Path) -> list[str]:
+    """Before Tuner.restore: for each kind of Ray's state file whose newest one a crash cut short, put it back
+    from the driver's complete copy, else set it aside (as NAME.cut-short) so that Ray restores its older
+    snapshot. Returns one line per file mended; a kind with no complete file left is for check_resumable
+    to refuse."""
+    mended = []
+    for files in state_kinds(experiment).values():
+        source = restorable(experiment, files)
+        for cut in (f for f in files if source is None or f.name > source.name):
+            os.replace(cut, cut.with_name(cut.name + ".cut-short"))
+            mended.append(f"{cut} was cut short by a crash and no copy was kept; set aside as {cut.name}.cut-short"
+                          + (f", so Ray restores {source.name}" if source is not None else ""))
+        if source is not None and source.parent != experiment:  # the driver's copy of a file cut short
+            target = experiment / source.name
+            mode = target.stat().st_mode & 0o777
+
+            def put_back(tmp: str) -> None:
+                shutil.copyfile(source, tmp)
+                os.chmod(tmp, mode)  # as Ray made it, not the temp file's 0600
+
+            write_atomic(target, put_back)
+            mended.append(f"{target} was cut short by a crash; put back from the copy kept at "
+                          f"{time.strftime('%H:%M:%S', time.localtime(source.stat().st_mtime))}")
+    return mended
+
+
+def read_state(experiment: Path) -> tuple[Optional[dict], Optional[Path], bool]:
+    """Ray's newest complete experiment state, from its folder or the driver's copies, the file it was read
+    from, and whether a newer one was cut short by a crash (then Ray's snapshot misses what happened after
+    it). (None, None, True) when none is complete; (None, None, False) when Ray wrote none."""
+    written = sorted(experiment.glob("experiment_state-*.json"))
+    cut = [p.name for p in experiment.glob("experiment_state-*.json.cut-short")]
+    candidates = sorted([(p.name, 1, p) for p in written] +
+                        [(p.name, 0, p) for p in kept_dir(experiment).glob("experiment_state-*.json")], reverse=True)
+    for name, _, path in candidates:
+        with contextlib.suppress(OSError, ValueError):
+            state = json.loads(path.read_bytes())
+            return state, path, not written or path != written[-1] or any(c > name for c in cut)
+    return None, None, bool(written or cut)
 
 
 def read_experiment(experiment: Path) -> list[dict]:
-    """One record per trial Ray knows: id, config, Ray status, last result, failures, error, result rows."""
-    state_file = newest(str(experiment / "experiment_state-*.json"))
-    if state_file is None:
+    """One record per trial Ray knows: id, config, Ray status, last result, failures, error, result rows.
+    Where Ray's newest state was cut short, the trials its older one lacks are read from their folders."""
+    state, state_file, fallback = read_state(experiment)
+    if state is None and not fallback:
         return []
+    if fallback:
+        print(f"note: {experiment}: Ray's newest experiment state was cut short by a crash; its trials are read "
+              f"from {'an older complete copy and ' if state is not None else ''}their own folders", flush=True)
     try:
-        with open(state_file) as fh:
-            entries = [(json.loads(t), json.loads(r)) for t, r in json.load(fh)["trial_data"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        entries = [(json.loads(t), json.loads(r)) for t, r in state["trial_data"]] if state is not None else []
+    except (ValueError, KeyError, TypeError) as exc:
         raise ResultsError(f"{state_file}: Ray's experiment state cannot be read ({type(exc).__name__}); restore it "
                            "from a copy (the trials' own folders beside it are intact)") from None
     records = []
@@ -71,7 +192,42 @@ def read_experiment(experiment: Path) -> list[dict]:
             "num_failures": runtime.get("num_failures", 0),
             "error": error_line(folder, runtime.get("error_filename")), "rows": trial_rows(folder, results),
         })
+    if fallback:
+        known = {record["trial_id"] for record in records}
+        records.extend(r for r in map(folder_record, sorted(experiment.glob("*/params.json")))
+                       if r is not None and r["trial_id"] not in known)
     return records
+
+
+def restart_ends(experiment: Path, finished: Iterable[str]) -> dict[str, Optional[dict]]:
+    """The trials that ended (`finished`, ids) for sweep.trial.ended_before: id -> None, or, where the state
+    Ray restores lists the trial unfinished and without a result (it predates the trial's first), the
+    trial's last epoch from its own folder, for Tune to end it with."""
+    ends: dict[str, Optional[dict]] = dict.fromkeys(finished)
+    state, _, _ = read_state(experiment)
+    for trial, runtime in ((json.loads(t), json.loads(r)) for t, r in (state or {}).get("trial_data", [])):
+        if trial["trial_id"] in ends and trial["status"] not in ("TERMINATED", "ERROR") and \
+                not runtime.get("last_result"):
+            rows = trial_rows(experiment / trial["relative_logdir"])  # its checkpoint's may be newer
+            ends[trial["trial_id"]] = rows[-1] if rows else None
+    return ends
+
+
+def folder_record(params: Path, trial_id: Optional[str] = None) -> Optional[dict]:
+    """A trial read from its own folder alone (params.json, result.json, error.txt), as Ray wrote them. Its
+    id, unless given, is in its results: None for a trial that never reported."""
+    folder = params.parent
+    results = result_rows(folder)
+    try:
+        config = json.loads(params.read_text())
+        trial_id = trial_id or results[0]["trial_id"]
+    except (OSError, ValueError, IndexError, KeyError):
+        return None
+    error = error_line(folder, None)
+    last = results[-1] if results else {}
+    return {"trial_id": trial_id, "config": config,
+            "ray_status": "ERROR" if error else "TERMINATED" if last.get("done") else "RUNNING",
+            "last_result": last, "num_failures": 0, "error": error, "rows": trial_rows(folder, results)}
 
 
 def trial_folders(home: Path, trial_id: str) -> list[Path]:
@@ -121,46 +277,49 @@ def trial_folder_record(experiment: Path, trial_id: str, status: str) -> Optiona
     """A trial the study saw finish but Ray's last snapshot never listed (it started and ended between
     two snapshots, and the driver died before the next): read from its own folder, as Ray wrote it."""
     folders = [f for f in experiment.glob(f"*_{trial_id}_*") if f.is_dir()]
-    if not folders:
-        return None
-    folder = folders[0]
-    try:
-        config = json.loads((folder / "params.json").read_text())
-    except (OSError, ValueError):
-        return None
-    results = result_rows(folder)
-    return {"trial_id": trial_id, "config": config, "ray_status": "TERMINATED",
-            "last_result": results[-1] if results else {}, "num_failures": 0,
-            "error": error_line(folder, None) if status == Status.ERROR else None, "rows": trial_rows(folder, results),
-            "study_status": status}
+    record = folder_record(folders[0] / "params.json", trial_id) if folders else None
+    if record is not None:
+        record.update(ray_status="TERMINATED", study_status=status,
+                      error=record["error"] if status == Status.ERROR else None)
+    return record
 
 
-def check_resumable(home: Path, driver: int = 0) -> None:
+def check_resumable(home: Path, driver: int = 0, *, mend: bool = False) -> None:
     """Fail loudly on a sweep (a driver's experiment) Ray could only resume with a fresh searcher (ray#30861).
 
     Ray itself silently skips a missing searcher state and goes on with a fresh one, and its files
-    are pickles (the .json of search_gen_state too): each must unpickle to its mapping.
+    are pickles (the .json of search_gen_state too): each must unpickle to its mapping. `mend`: first put
+    back the files a crash cut short (mend_state), saying so, as a resume about to restore it does.
     """
     import ray.cloudpickle as cloudpickle  # Ray pickled them
 
     from .searcher import STATE_FORMAT
 
     experiment = home / experiment_name(driver)
-    if not (experiment / "tuner.pkl").is_file():
-        raise SweepError(f"{experiment} has no tuner.pkl: the sweep never started; run it again with --overwrite")
-    for pattern in ("searcher-state-*.pkl", "search_gen_state-*.json", "experiment_state-*.json"):
-        found = newest(str(experiment / pattern))
+    for line in mend_state(experiment) if mend else ():
+        print(f"note: {line}", flush=True)
+    kinds = state_kinds(experiment)
+    for kind in RAY_STATE:
+        found = restorable(experiment, kinds.get(kind, []))
+        cut = kinds.get(kind) or sorted(experiment.glob(f"{kind}.cut-short"))
+        if found is None and cut:
+            raise SweepError(f"{cut[-1].parent / cut[-1].name.removesuffix('.cut-short')} was cut short by a crash and "
+                             "no complete copy of it is left, so Ray cannot resume the sweep; rerun it with --overwrite")
+        if found is None and kind == "tuner.pkl":
+            raise SweepError(f"{experiment} has no tuner.pkl: the sweep never started; run it again with --overwrite")
         if found is None:
-            raise SweepError(f"{experiment} has no {pattern}: Ray would resume with a fresh searcher and lose the "
+            raise SweepError(f"{experiment} has no {kind}: Ray would resume with a fresh searcher and lose the "
                              "study's state; run the sweep again with --overwrite")
+        if kind == "tuner.pkl":
+            continue
         try:
             with open(found, "rb") as fh:
-                state = cloudpickle.load(fh) if "state" in pattern and "experiment" not in pattern else json.load(fh)
+                state = json.load(fh) if kind == "experiment_state-*.json" else cloudpickle.load(fh)
             if not isinstance(state, dict):
                 raise ValueError("not a mapping")
         except Exception as exc:
-            raise SweepError(f"{found} is corrupt or truncated ({type(exc).__name__}); resuming would fall back to a "
-                             "default searcher, so it is refused; restore that file or rerun with --overwrite") from None
-        if pattern.startswith("searcher-state") and state.get("format") != STATE_FORMAT:
+            raise SweepError(f"{found} is corrupt ({type(exc).__name__}); resuming would fall back to a default "
+                             "searcher, so it is refused; restore that file or rerun with --overwrite") from None
+        if kind == "searcher-state-*.pkl" and state.get("format") != STATE_FORMAT:
             raise SweepError(f"{found} was made by an older aesweep (its OptunaSearch-based searcher); finish the "
                              "sweep with that version or rerun with --overwrite")

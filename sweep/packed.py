@@ -320,7 +320,7 @@ def _trial_number(trial_id: str) -> int:
 
 
 def run_packed_trial(config: dict, *, base: dict, trainers: list[str], reporting: Reporting = Reporting(),
-                     finished: frozenset = frozenset()) -> None:
+                     finished: Optional[dict[str, Optional[dict]]] = None) -> None:
     """The Tune function trainable of packed execution (imports no torch).
 
     It asks for one epoch at a time, so members still join and leave the pack between any two epochs,
@@ -389,7 +389,7 @@ def trainers(spec, plan, home: Path, dataset=None):
                 ray.kill(handle)
 
 
-def make_packed_trainable(spec, plan, base: dict, finished: frozenset = frozenset()):
+def make_packed_trainable(spec, plan, base: dict, finished: Optional[dict[str, Optional[dict]]] = None):
     fn = tune.with_parameters(run_packed_trial, base=base, trainers=trainer_names(spec, plan),
                               reporting=Reporting.of(spec), finished=finished)
     return tune.with_resources(fn, {"cpu": plan.cpu_per_trial})

@@ -30,7 +30,7 @@ from . import storage
 from . import tracking
 from .errors import Interrupted, SweepError
 from .experiment import (EXPERIMENT_DIR, check_resumable, experiment_dirs, experiment_name, experiment_path,
-                         read_experiment)
+                         read_experiment, restart_ends)
 from .results import SPEC_FILE, Results
 from .drivers import other_drivers
 from .plan import Plan, plan
@@ -277,12 +277,12 @@ def idle_workers_for_trials():
         defaults.update(saved)
 
 
-def trainable(spec: SweepSpec, plan: Plan, dataset, finished: frozenset = frozenset()):
+def trainable(spec: SweepSpec, plan: Plan, dataset, finished: Optional[dict[str, Optional[dict]]] = None):
     """The Tune trainable; `dataset` (read once here) reaches every worker through Ray's object store.
 
-    `finished`: ids of trials that ended after Ray's last snapshot of a restored experiment. Ray restarts
-    them as unfinished; each returns at once, without a result, and Tune ends it with the last result it
-    had (sweep.trial.ended_before)."""
+    `finished`: the trials that ended after Ray's last snapshot of a restored experiment
+    (sweep.experiment.restart_ends). Ray restarts them as unfinished; each returns at once, and Tune ends
+    it with the last result it had (sweep.trial.ended_before)."""
     from ray import tune
 
     base = {**spec.train, "dataset": spec.dataset, "data_dir": spec.data_dir}
@@ -308,6 +308,7 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset, driver: int = 0
     from ray.tune.schedulers import ASHAScheduler
 
     from .drivers import share
+    from .kept import KeepState
     from .progress import Progress
     from .searcher import StudySearch
     from .space import SearchSpace
@@ -341,7 +342,7 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset, driver: int = 0
                                     max_concurrent_trials=concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
             name=experiment_name(driver), storage_path=remote or str(home), verbose=0,
-            callbacks=[progress, TensorBoardLogs(), *tracking_callbacks(spec, home)],
+            callbacks=[progress, TensorBoardLogs(), KeepState(), *tracking_callbacks(spec, home)],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
         ),
@@ -505,10 +506,10 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
     tracking.check(spec)
     with claim(home, f"wait for it to end, or `sweep stop {home.name}` ends it cleanly"):
         results_mod.sync_down(home, spec)
-        check_resumable(home)
+        check_resumable(home, mend=True)
         for driver in range(1, spec.all_drivers):  # one that never started its experiment starts it now
             if (home / experiment_name(driver) / "tuner.pkl").is_file():
-                check_resumable(home, driver)
+                check_resumable(home, driver, mend=True)
         finished = check_consistent(home, spec)
         repair_journal(study_path(home))  # before any driver opens it: drivers sharing it cut nothing
         os.environ[STUDY_URL_ENV] = study_url(study_path(home))  # the study is here now, wherever it was
@@ -555,7 +556,7 @@ def driver_tuner(spec: SweepSpec, sweep_plan: Plan, home: Path, dataset, driver:
     if finished is None:
         finished = finished_in_study(study_url(study_path(home)), spec.name)
     return tune.Tuner.restore(experiment_path(home, results_mod.remote_home(spec), driver),
-                              trainable=trainable(spec, sweep_plan, dataset, frozenset(finished)),
+                              trainable=trainable(spec, sweep_plan, dataset, restart_ends(experiment, finished)),
                               resume_unfinished=True, resume_errored=False)
 
 

@@ -235,20 +235,31 @@ class SharedDataset:
             provide(ray.get(self.ref), data_dir)
 
 
-def ended_before(finished: frozenset) -> bool:
-    """Whether this trial ended before its experiment was restored (`finished`: trial ids the study saw end).
+def ended_before(finished: Optional[dict[str, Optional[dict]]]) -> bool:
+    """Whether this trial ended before its experiment was restored (`finished`: trial ids the study saw end,
+    from sweep.experiment.restart_ends).
 
     Ray restarts every trial its last snapshot lists as unfinished. A trainable that returns without a
     result ends the trial at once, and Tune hands the scheduler and the searcher the last result it had,
     which they have already counted; rewriting Ray's snapshot instead would mean writing its private
-    experiment_state file.
+    experiment_state file. A snapshot older than the trial's first result gives Tune no result to end it
+    with, and Tune fails a trial that ends without its metric: `finished` then holds the trial's last
+    row, which is reported again.
     """
-    return bool(finished) and tune.get_context().get_trial_id() in finished
+    trial_id = tune.get_context().get_trial_id()
+    if not finished or trial_id not in finished:
+        return False
+    if finished[trial_id] is not None:
+        from ray.tune.result import AUTO_RESULT_KEYS
+
+        added = {*AUTO_RESULT_KEYS, "done", "trial_id", "should_checkpoint", "experiment_tag", CARRIED}
+        tune.report({k: v for k, v in finished[trial_id].items() if k not in added})
+    return True
 
 
 def run_trial(config: dict, *, base: dict, threads: int = 1, dataset: Optional[SharedDataset] = None,
               simulate: Optional[dict] = None, reporting: Reporting = Reporting(),
-              finished: frozenset = frozenset()) -> None:
+              finished: Optional[dict[str, Optional[dict]]] = None) -> None:
     """The Tune function trainable of "trial" execution; `dataset` saves each worker reading the files.
     With `simulate` (the spec's `simulate:` section) sweep.simulate's curves stand in for aemodels.train.
     `finished`: see ended_before."""

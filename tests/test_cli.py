@@ -308,10 +308,21 @@ def test_a_sweep_killed_before_rays_first_snapshot_is_advised_to_run_again_not_r
     assert code == 2 and "`sweep resume tiny` finishes it" in err
 
 
-@pytest.mark.parametrize("garbage", ["{garbage", '{"trial_data": 5}', '{"other": []}'])
+@pytest.mark.parametrize("garbage", ['{"trial_data": 5}', '{"other": []}'])
 def test_a_garbage_experiment_state_is_one_line_naming_the_file(capsys, finished_sweep, garbage):
     state = finished_sweep / "ray" / "experiment_state-2026-12-03_00-00-00.json"
     state.parent.mkdir()
     state.write_text(garbage)
     code, _, err = run_cli(capsys, "analyze", "tiny")
     assert code == 2 and err.count("\n") == 1 and f"{state}: Ray's experiment state cannot be read" in err, err
+
+
+def test_an_unparseable_experiment_state_is_read_as_cut_short_and_the_old_tables_kept(capsys, finished_sweep):
+    state = finished_sweep / "ray" / "experiment_state-2026-12-03_00-00-00.json"
+    state.parent.mkdir()
+    state.write_text('{"trial_data": [["{')  # as a crash mid-copy leaves it; here with no trial folders beside
+    before = (finished_sweep / "trials.parquet").read_bytes()
+    code, out, err = run_cli(capsys, "analyze", "tiny")
+    assert "cut short by a crash; its trials are read from their own folders" in out
+    assert code == 2 and err.count("\n") == 1 and "lack 1 finished trial(s)" in err, err
+    assert (finished_sweep / "trials.parquet").read_bytes() == before

@@ -179,17 +179,16 @@ def test_confirm_trains_the_top_configurations_with_each_seed(capsys, confirmed,
     assert pd.read_parquet(home / "confirm.parquet").equals(table)
 
 
-def reported(home: Path) -> dict[str, bytes]:
-    """Each confirm run's result.json, by its run key."""
-    found = {}
-    for params in (home / "confirm").glob("run-*/*/params.json"):
-        result = params.parent / "result.json"  # none yet for a run that was only starting
-        found[run_key(json.loads(params.read_text()))] = result.read_bytes() if result.is_file() else b""
-    return found
+def checkpointed(home: Path) -> dict[str, list[tuple[str, int]]]:
+    """The checkpoints each confirm run wrote (one per epoch it trained), with when, by its run key."""
+    return {run_key(json.loads(params.read_text())): sorted((c.name, max(f.stat().st_mtime_ns for f in c.iterdir()))
+                                                            for c in params.parent.glob("checkpoint_*"))
+            for params in (home / "confirm").glob("run-*/*/params.json")}
 
 
 @pytest.mark.slow
 def test_a_killed_confirm_resumes_without_training_a_finished_run_again(confirmed, tmp_path):
+    """Killed at the worst moment: while Ray copied its experiment state into the run's folder."""
     root, home, _ = confirmed
     copy = tmp_path / "results" / "small"
     shutil.copytree(home, copy, ignore=shutil.ignore_patterns("confirm", "confirm.*", "report"))
@@ -206,19 +205,25 @@ def test_a_killed_confirm_resumes_without_training_a_finished_run_again(confirme
     assert proc.poll() is None, "the confirm ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, as a crash would
     proc.wait()
+    state = Path(sorted(glob.glob(str(copy / "confirm" / "run-0" / "experiment_state-*.json")))[-1])
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # as a kill mid-copy leaves it
     time.sleep(5)  # a trial's worker outlives its raylet by a moment, and may still copy its last checkpoint
     done = {r["key"] for r in read_runs(copy, 2) if r["status"] == "completed"}
-    before = {k: v for k, v in reported(copy).items() if k in done}  # what each finished run reported
+    before = {k: v for k, v in checkpointed(copy).items() if k in done}
     assert 2 <= len(before) < 6
 
     out = finish(sweep_process(tmp_path, *args))
     assert f"{len(before)} of 6 runs done, {6 - len(before)} to train" in out, out
+    assert f"{state} was cut short by a crash; put back from the copy kept at" in out, out
     table = pd.read_parquet(copy / "confirm.parquet")
     assert len(table) == 6 and table["trial_id"].nunique() == 3 and sorted(set(table["seed"])) == [0, 1]
     assert set(table["status"]) == {"completed"} and set(table["epochs"]) == {2}
     finished = [r for r in read_runs(copy, 2) if r["status"] == "completed"]
     assert sorted(r["key"] for r in finished) == sorted(set(r["key"] for r in finished))  # each trained once
-    # A finished run that Ray's last snapshot still listed as running is restarted and ends at once: it
-    # reports nothing, so its result.json is as it was.
-    assert {k: v for k, v in reported(copy).items() if k in before} == before
-    assert [p.name for p in (copy / "confirm").glob("run-*")] == ["run-0"]  # Ray restored it: no new experiment
+    # A finished run that the restored state still lists as running is restarted and ends at once, with
+    # no epoch trained again: it writes no new checkpoint.
+    assert {k: v for k, v in checkpointed(copy).items() if k in before} == before
+    # Ray restored run-0, so no new experiment, but for a run the restored copy of its state (seconds
+    # older than the one cut short) had not started: that one is trained in run-1.
+    runs = sorted(p.name for p in (copy / "confirm").glob("run-*"))
+    assert runs in (["run-0"], ["run-0", "run-1"]), runs

@@ -8,6 +8,7 @@ import glob
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -177,17 +178,33 @@ def test_killed_driver_then_resume_finishes_the_sweep_exactly(tmp_path, data_dir
     assert {t.user_attrs["tune_trial_id"] for t in told} == set(trials["trial_id"])
 
 
-def test_resume_refuses_a_truncated_searcher_state(tmp_path, data_dir):
+def test_resume_puts_back_state_files_a_crash_cut_short_and_refuses_when_no_copy_is_left(tmp_path, data_dir):
     finish(start(tmp_path, "--set", "num_samples=2", "--set", "train.epochs=1"))
-    state = sorted(glob.glob(str(tmp_path / "quick" / "ray" / "searcher-state-*.pkl")))[-1]
-    data = Path(state).read_bytes()
-    Path(state).write_bytes(data[: len(data) // 2])
-    proc = subprocess.run([sys.executable, "-m", "sweep.cli", "resume", str(tmp_path / "quick")],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2 and "corrupt or truncated" in proc.stderr and proc.stderr.count("\n") == 1
-    os.unlink(state)
-    proc = subprocess.run([sys.executable, "-m", "sweep.cli", "resume", str(tmp_path / "quick")],
-                          capture_output=True, text=True)
+    home = tmp_path / "quick"
+    before = load_results(str(home)).trials
+    cut = [sorted(glob.glob(str(home / "ray" / pattern)))[-1]
+           for pattern in ("experiment_state-*.json", "searcher-state-*.pkl")]
+    for state in cut:  # as a driver killed while Ray copied them into the folder leaves them
+        data = Path(state).read_bytes()
+        Path(state).write_bytes(data[: len(data) // 2])
+    out = finish(start(tmp_path, command="resume"))
+    assert out.count("was cut short by a crash; put back from the copy kept at") == 2, out
+    kept = home / ".ray.kept"
+    assert all(Path(state).read_bytes() == (kept / Path(state).name).read_bytes() for state in cut)
+    after = load_results(str(home)).trials
+    assert list(after["trial_id"]) == list(before["trial_id"]) and list(after["status"]) == list(before["status"])
+
+    shutil.rmtree(kept)  # no copy kept, and every older snapshot cut too: refused, the cut files set aside
+    searcher_states = sorted(glob.glob(str(home / "ray" / "searcher-state-*.pkl")))
+    assert len(searcher_states) == 2  # the resume's own, and the run's
+    for state in searcher_states:
+        Path(state).write_bytes(Path(state).read_bytes()[:100])
+    proc = subprocess.run([sys.executable, "-m", "sweep.cli", "resume", str(home)], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "cut short by a crash and no complete copy of it is left" in proc.stderr
+    for state in searcher_states:
+        os.unlink(state + ".cut-short")
+    proc = subprocess.run([sys.executable, "-m", "sweep.cli", "resume", str(home)], capture_output=True, text=True)
     assert proc.returncode == 2 and "fresh searcher" in proc.stderr
 
 

@@ -276,7 +276,7 @@ def test_resume_refuses_the_searcher_state_of_an_older_aesweep(tmp_path):
 
     experiment = tmp_path / "ray"
     experiment.mkdir()
-    (experiment / "tuner.pkl").write_bytes(b"")
+    (experiment / "tuner.pkl").write_bytes(pickle.dumps({}))
     (experiment / "searcher-state-x.pkl").write_bytes(pickle.dumps({"_ot_trial_ids": {}, "_study_name": "bench"}))
     (experiment / "search_gen_state-x.json").write_bytes(pickle.dumps({"counter": 3}))
     (experiment / "experiment_state-x.json").write_text(json.dumps({"trial_data": []}))
