@@ -192,7 +192,7 @@ def test_resume_puts_back_state_files_a_crash_cut_short_and_refuses_when_no_copy
     kept = home / ".ray.kept"
     assert all(Path(state).read_bytes() == (kept / Path(state).name).read_bytes() for state in cut)
     after = load_results(str(home)).trials
-    assert list(after["trial_id"]) == list(before["trial_id"]) and list(after["status"]) == list(before["status"])
+    assert dict(zip(after["trial_id"], after["status"])) == dict(zip(before["trial_id"], before["status"]))
 
     shutil.rmtree(kept)  # no copy kept, and every older snapshot cut too: refused, the cut files set aside
     searcher_states = sorted(glob.glob(str(home / "ray" / "searcher-state-*.pkl")))
