@@ -263,8 +263,8 @@ def confirm(name_or_dir: str, request: Request = Request(), *, address: Optional
         say(f"confirm sweep {spec.name}: top {request.top} configurations x {request.seeds} seeds "
             f"({', '.join(map(str, seeds))}), {epochs} epochs: {len(wanted) - len(left)} of {len(wanted)} runs "
             f"done, {len(left)} to train in {confirm_home(home)}")
-        if run_dirs(home):  # Ray restores the newest run only if its state files are complete
-            for line in mend_state(run_dirs(home)[-1]):
+        for run in run_dirs(home)[-1:]:  # Ray restores the newest run only if its state files are complete
+            for line in mend_state(run):
                 say(f"note: {line}")
         unfinished = _unfinished_run(home, records)
         if left or unfinished is not None:
@@ -331,8 +331,9 @@ def _fit(spec, home: Path, run: Path, configs: Optional[list[dict]], records: li
     try:
         with _sweep_services(cspec, run_plan, confirm_home(home), dataset), idle_workers_for_trials():
             if configs is None:
-                os.environ[RESUMED_TRIALS_ENV] = str(len(read_experiment(run)))
-                finished = restart_ends(run, _finished_in_run(run, epochs))
+                restored = read_experiment(run)
+                os.environ[RESUMED_TRIALS_ENV] = str(len(restored))
+                finished = restart_ends(restored, _finished_in_run(restored, epochs))
                 tuner = tune.Tuner.restore(str(run) if not remote else storage.join(storage_path, run.name),
                                            trainable=trainable(cspec, run_plan, dataset, finished),
                                            resume_unfinished=True, resume_errored=False)
@@ -360,10 +361,11 @@ def _fit(spec, home: Path, run: Path, configs: Optional[list[dict]], records: li
                 os.environ[key] = value
 
 
-def _finished_in_run(run: Path, epochs: int) -> dict[str, str]:
-    """Tune trial id -> how it ended, for the trials of `run` whose own rows show their end."""
+def _finished_in_run(restored: list[dict], epochs: int) -> dict[str, str]:
+    """Tune trial id -> how it ended, for the trials of a run (`restored`: its read_experiment records) whose
+    own rows show their end."""
     ended = {}
-    for record in read_experiment(run):
+    for record in restored:
         rows = [r for r in record["rows"] if "epoch" in r]
         end = run_end(rows[-1] if rows else None, record["config"].get("epochs", epochs))
         if end:

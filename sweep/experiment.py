@@ -168,8 +168,9 @@ def read_state(experiment: Path) -> tuple[Optional[dict], Optional[Path], bool]:
 
 
 def read_experiment(experiment: Path) -> list[dict]:
-    """One record per trial Ray knows: id, config, Ray status, last result, failures, error, result rows.
-    Where Ray's newest state was cut short, the trials its older one lacks are read from their folders."""
+    """One record per trial Ray knows: id, config, Ray status, last result, failures, error, result rows, and
+    whether Ray's snapshot holds a result for it (`snapshot_result`). Where Ray's newest state was cut short,
+    the trials its older one lacks are read from their folders (`snapshot_result` None)."""
     state, state_file, fallback = read_state(experiment)
     if state is None and not fallback:
         return []
@@ -191,6 +192,7 @@ def read_experiment(experiment: Path) -> list[dict]:
             "last_result": results[-1] if results else runtime.get("last_result") or {},
             "num_failures": runtime.get("num_failures", 0),
             "error": error_line(folder, runtime.get("error_filename")), "rows": trial_rows(folder, results),
+            "snapshot_result": bool(runtime.get("last_result")),
         })
     if fallback:
         known = {record["trial_id"] for record in records}
@@ -199,17 +201,15 @@ def read_experiment(experiment: Path) -> list[dict]:
     return records
 
 
-def restart_ends(experiment: Path, finished: Iterable[str]) -> dict[str, Optional[dict]]:
+def restart_ends(records: list[dict], finished: Iterable[str]) -> dict[str, Optional[dict]]:
     """The trials that ended (`finished`, ids) for sweep.trial.ended_before: id -> None, or, where the state
-    Ray restores lists the trial unfinished and without a result (it predates the trial's first), the
-    trial's last epoch from its own folder, for Tune to end it with."""
+    Ray restores (`records`, read_experiment's) lists the trial unfinished and without a result (it predates
+    the trial's first), the trial's last epoch from its own folder, for Tune to end it with."""
     ends: dict[str, Optional[dict]] = dict.fromkeys(finished)
-    state, _, _ = read_state(experiment)
-    for trial, runtime in ((json.loads(t), json.loads(r)) for t, r in (state or {}).get("trial_data", [])):
-        if trial["trial_id"] in ends and trial["status"] not in ("TERMINATED", "ERROR") and \
-                not runtime.get("last_result"):
-            rows = trial_rows(experiment / trial["relative_logdir"])  # its checkpoint's may be newer
-            ends[trial["trial_id"]] = rows[-1] if rows else None
+    for record in records:
+        if record["trial_id"] in ends and record["ray_status"] not in ("TERMINATED", "ERROR") and \
+                record["snapshot_result"] is False:
+            ends[record["trial_id"]] = record["rows"][-1] if record["rows"] else None
     return ends
 
 
@@ -227,7 +227,8 @@ def folder_record(params: Path, trial_id: Optional[str] = None) -> Optional[dict
     last = results[-1] if results else {}
     return {"trial_id": trial_id, "config": config,
             "ray_status": "ERROR" if error else "TERMINATED" if last.get("done") else "RUNNING",
-            "last_result": last, "num_failures": 0, "error": error, "rows": trial_rows(folder, results)}
+            "last_result": last, "num_failures": 0, "error": error, "rows": trial_rows(folder, results),
+            "snapshot_result": None}
 
 
 def trial_folders(home: Path, trial_id: str) -> list[Path]:

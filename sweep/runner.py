@@ -550,13 +550,14 @@ def driver_tuner(spec: SweepSpec, sweep_plan: Plan, home: Path, dataset, driver:
     if not (experiment / "tuner.pkl").is_file():
         os.environ[RESUMED_TRIALS_ENV] = "0"
         return make_tuner(spec, sweep_plan, home, dataset, driver)
-    os.environ[RESUMED_TRIALS_ENV] = str(len(read_experiment(experiment)))
+    restored = read_experiment(experiment)
+    os.environ[RESUMED_TRIALS_ENV] = str(len(restored))
     # The study is written as each trial ends, Ray's snapshot every few seconds: what the study saw end
     # is not trained again.
     if finished is None:
         finished = finished_in_study(study_url(study_path(home)), spec.name)
     return tune.Tuner.restore(experiment_path(home, results_mod.remote_home(spec), driver),
-                              trainable=trainable(spec, sweep_plan, dataset, restart_ends(experiment, finished)),
+                              trainable=trainable(spec, sweep_plan, dataset, restart_ends(restored, finished)),
                               resume_unfinished=True, resume_errored=False)
 
 

@@ -137,6 +137,6 @@ def test_a_finished_trial_that_rays_state_lists_without_a_result_is_ended_with_i
     trial, runtime = data["trial_data"][1]
     data["trial_data"][1][1] = json.dumps({**json.loads(runtime), "last_result": {"epoch": 2, "val_loss": 0.5}})
     (experiment / STATE).write_text(json.dumps(data))
-    ends = restart_ends(experiment, ["a", "b", "c"])
+    ends = restart_ends(read_experiment(experiment), ["a", "b", "c"])
     # a: Ray restarts it with no result, so Tune is handed its last epoch; b: Tune has its result; c: not restarted
     assert ends["a"]["epoch"] == 2 and ends["a"]["val_loss"] == 0.5 and ends["b"] is None and ends["c"] is None
