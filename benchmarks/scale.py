@@ -162,7 +162,6 @@ def run_one(job: dict) -> dict:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.update(job["env"])
     import ray
-    import pandas as pd
 
     from sweep import results, runner
     from sweep.spec import apply_override, parse
@@ -218,7 +217,12 @@ def run_one(job: dict) -> dict:
             "driver_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "trainers": len(trainers), "torch_in_trainers": any(t.get("torch_imported") for t in trainers),
             "epoch_rows_complete": bool(len(found.epochs) == epochs), "statuses": statuses,
-            "mean_epochs": epochs / len(found.trials)}
+            "mean_epochs": epochs / len(found.trials),
+            "trial_processes": sum(1 for name in processes.name_of.values() if name == "ImplicitFunc"),
+            # How many trials ran at once on average (their wall time over the span of epochs), and how many
+            # members a pack's round trained: what `concurrent` asked for is not necessarily what ran.
+            "mean_running": float(found.trials["wall_s"].sum() / (stamps[-1] - stamps[0])) if len(stamps) > 1 else float("nan"),
+            "mean_pack": float(found.epochs["pack_size"].mean())}
 
 
 COLUMNS = [("protocol", "protocol", "{}"), ("trials", "trials", "{:,}"), ("gpus", "declared GPUs", "{}"),
@@ -246,7 +250,9 @@ def render(rows: list[dict], command: str) -> str:
     for row in rows:
         lines.append(f"- {row['protocol']}, {row['trials']} trials, {row['gpus']} GPUs: {row['trainers']} trainers "
                      f"(torch imported in one: {row['torch_in_trainers']}), statuses {row['statuses']}, "
-                     f"{row['mean_epochs']:.2f} epochs per trial, epochs.parquet complete: {row['epoch_rows_complete']}")
+                     f"{row['mean_epochs']:.2f} epochs per trial, epochs.parquet complete: {row['epoch_rows_complete']}, "
+                     f"worker processes that ran trials: {row['trial_processes']}, trials running at once (mean): "
+                     f"{row['mean_running']:.1f}, members per pack round (mean): {row['mean_pack']:.1f}")
     lines += ["", "CPU ms per trial, by process (all of the sweep's processes on this machine, sampled from /proc):", ""]
     for row in rows:
         by_process = row["cpu_ms_per_trial_by_process"]

@@ -4,8 +4,9 @@ One `PackTrainer` actor per GPU (one per node without GPUs) holds an `aemodels.P
 model and trains, epoch by epoch in lockstep, every member whose trial has asked for its next epoch.
 Each Tune trial stays an ordinary trial (Optuna samples it, ASHA stops it, it has its own checkpoints
 and table rows): it runs `run_packed_trial`, a proxy that joins a trainer, asks for one epoch at a
-time and reports to Tune as `TrialRecord` decides (at ASHA's rungs by default). Proxies never import torch, so hundreds of them cost little; trials join and
-leave between epochs. This module imports no torch at the top: the trainer imports it inside.
+time and reports to Tune as `TrialRecord` decides (at ASHA's rungs by default). Proxies never import torch;
+each is a Ray worker process of its own, started once and handed from trial to trial (OpenPacks). Trials
+join and leave between epochs. This module imports no torch at the top: the trainer imports it inside.
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ from .trial import ComputeClock, Reporting, TrialRecord, ended_before
 logger = logging.getLogger(__name__)
 NAMESPACE = "aesweep"
 STALE_S = 300.0  # a member that has not asked for an epoch this long is dropped (its proxy died)
+FILL_S = 120.0  # the longest a sweep's trainers wait for its first wave of trials to join (see OpenPacks)
+QUIET_S = 20.0  # ... or, once some have joined, for the next one
 IN_PACK = "in_pack_s"  # a row's wall time in its pack's round, for the proxy's wait_s; not kept in the tables
 
 
@@ -55,7 +58,7 @@ class PackTrainer:
     """Trains every member that is ready, one epoch per round; see the module docstring."""
 
     def __init__(self, threads: Optional[int] = None, gather_s: Optional[float] = None, dataset=None,
-                 data_dir: Optional[str] = None, simulate: Optional[dict] = None):
+                 data_dir: Optional[str] = None, simulate: Optional[dict] = None, closed_until: float = 0.0):
         # simulate (the spec's `simulate:` section): sweep.simulate.SimPack stands in for aemodels.Pack, and
         # this process never imports torch, so a trainer on a GPU declared to Ray but absent never tries CUDA.
         self.simulate = simulate
@@ -71,13 +74,18 @@ class PackTrainer:
             # This process only trains packs: let cuDNN pick the fastest grouped-convolution kernels.
             torch.backends.cudnn.benchmark = True
         self.fixed_gather_s = gather_s
+        # No round before this time (time.time()) unless opened: the first wave of trials joins first
+        # (OpenPacks). A trainer Ray restarts after a crash trains at once: its members are waiting.
+        context = ray.get_runtime_context()
+        restarted = context.get_actor_id() is not None and context.was_current_actor_reconstructed
+        self.closed_until = 0.0 if restarted else closed_until
         self.members: dict[str, _Slot] = {}
         self.packs: dict[tuple, object] = {}
         self.in_pack: dict[tuple, dict[str, _Slot]] = {}
         self.cond = threading.Condition()
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.last_round_s = 1.0
-        context = ray.get_runtime_context()  # where this trainer runs: in its report and each member's rows
+        # Where this trainer runs: in its report and each member's rows.
         self.name, self.node_id, self.gpu_ids = context.get_actor_name(), context.get_node_id(), ray.get_gpu_ids()
         self.pid = os.getpid()
         self.stats = {"rounds": 0, "member_epochs": 0, "train_s": 0.0, "serialize_s": 0.0, "wait_s": 0.0,
@@ -139,6 +147,11 @@ class PackTrainer:
     def load(self) -> int:
         return len(self.members)
 
+    def open(self) -> None:
+        with self.cond:
+            self.closed_until = 0.0
+            self.cond.notify_all()
+
     def report(self) -> dict:
         """Where the trainer's time went, for benchmarks (and whether this process imported torch)."""
         import sys
@@ -151,6 +164,8 @@ class PackTrainer:
     def _gather(self) -> list[_Slot]:
         """Wait for a ready member, then until every member is ready or the gather window closes."""
         with self.cond:
+            self.cond.wait_for(lambda: time.time() >= self.closed_until,
+                               timeout=max(0.0, self.closed_until - time.time()))
             self.cond.wait_for(lambda: any(s.ready for s in self.members.values()))
             window = self.fixed_gather_s if self.fixed_gather_s is not None else \
                 min(5.0, max(0.2, 0.5 * self.last_round_s))
@@ -374,7 +389,8 @@ def trainers(spec, plan, home: Path, dataset=None):
                       scheduling_strategy="DEFAULT" if gpu else "SPREAD", max_restarts=-1,
                       max_concurrency=4 * plan.pack_size + 16, get_if_exists=False)
         .remote(None if gpu else CPU_TRAINER_THREADS, dataset=dataset, data_dir=spec.data_dir,
-                simulate=None if spec.simulate is None else dataclasses.asdict(spec.simulate))
+                simulate=None if spec.simulate is None else dataclasses.asdict(spec.simulate),
+                closed_until=time.time() + FILL_S)
         for name in trainer_names(spec, plan)
     ]
     ray.get([h.load.remote() for h in handles])
@@ -387,6 +403,46 @@ def trainers(spec, plan, home: Path, dataset=None):
         for handle in handles:
             with contextlib.suppress(Exception):
                 ray.kill(handle)
+
+
+class OpenPacks(tune.Callback):
+    """Opens the sweep's trainers once every trial Tune has started or is starting has joined one.
+
+    Tune reuses a finished trial's actor for the next trial only when that trial is already waiting,
+    and then ends the actor it had begun to start for it, work lost. A proxy's process takes about a
+    second of CPU to start (Ray, Tune and the trial code); a simulated or GPU member's trial can end
+    sooner. Were the trainers to train the first proxies to join, their trials would end while the
+    others were still starting, each end would cost one of those starts, and the packs would never
+    fill. Held until the first wave has joined, every proxy starts once and then runs trial after
+    trial. The trainers open on their own after FILL_S in any case.
+    """
+
+    def __init__(self, trainers: list[str], concurrent: int):
+        self.trainers, self.concurrent, self.handles, self.opened = trainers, concurrent, [], False
+        self.checked = self.changed = time.monotonic()
+        self.joined = 0
+
+    def on_step_end(self, iteration: int, trials: list, **info):
+        now = time.monotonic()
+        if self.opened or now - self.checked < 0.2:
+            return
+        self.checked = now
+        # The spare trials (plan.spare_trials) wait for an actor another trial leaves.
+        live = min(self.concurrent, sum(1 for t in trials if t.status in ("RUNNING", "PENDING")))
+        try:
+            self.handles = self.handles or [ray.get_actor(name, namespace=NAMESPACE) for name in self.trainers]
+            joined = sum(ray.get([h.load.remote() for h in self.handles]))
+            if joined != self.joined:
+                self.joined, self.changed = joined, now
+            # A trial that cannot be placed (the last share of a fragmented cluster) never joins: once no
+            # proxy has joined for QUIET_S, the rest are not coming.
+            if live and (joined >= live or (joined and now - self.changed >= QUIET_S)):
+                ray.get([h.open.remote() for h in self.handles])
+                self.opened = True
+        except Exception:  # Ray's errors reaching a trainer: the sweep goes on, and the trainers open after FILL_S
+            logger.warning("could not open the packed trainers; they open on their own after %.0f s", FILL_S,
+                           exc_info=True)
+            self.opened = True
 
 
 def make_packed_trainable(spec, plan, base: dict, finished: Optional[dict[str, Optional[dict]]] = None):

@@ -6,6 +6,7 @@ runner, the packed trainers and `sweep retrain` all plan with it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
@@ -69,6 +70,17 @@ def plan(spec: SweepSpec, total: Optional[dict] = None) -> Plan:
     return Plan("trial", res.cpu, gpu, max(1, concurrent), cpus, gpus, threads_per_trial=res.threads_per_trial)
 
 
+def spare_trials(concurrent: int) -> int:
+    """How many trials a packed sweep's driver keeps suggested and waiting beyond the `concurrent` running.
+
+    The proxies' CPU shares fill the cluster, so a waiting trial cannot start an actor of its own; when a
+    trial ends, Tune hands its actor (a started process) to a waiting trial, which it does only if one is
+    waiting. Under ASHA several trials of a pack can end within one step of Tune's loop: a few waiting
+    trials keep every one of those actors, more would only suggest configurations earlier than needed.
+    """
+    return min(16, max(2, concurrent // 16))
+
+
 def packed_plan(spec: SweepSpec, cpus: float, gpus: float) -> Plan:
     """Trainers and members per trainer: one trainer per GPU, or, without GPUs, one per core.
 
@@ -80,5 +92,7 @@ def packed_plan(spec: SweepSpec, cpus: float, gpus: float) -> Plan:
     trainers = int(gpus) if gpus >= 1 else max(1, int(cpus))
     pack_size = spec.resources.pack_size or (GPU_PACK_SIZE if gpus else CPU_PACKS_PER_CORE)
     concurrent = min(pack_size * trainers, spec.num_samples, spec.max_concurrent_trials or pack_size * trainers)
-    proxy_cpu = max(0.001, min(1.0, cpus / concurrent))
-    return Plan("packed", round(proxy_cpu, 4), 0.0, concurrent, cpus, gpus, pack_size=pack_size, trainers=trainers)
+    # Ray counts resources in steps of 0.0001: rounded down, `concurrent` shares fit in the cluster's CPUs
+    # (2 / 3 rounded to 0.6667 would fit only 2).
+    proxy_cpu = max(0.001, min(1.0, math.floor(cpus / concurrent * 10_000) / 10_000))
+    return Plan("packed", proxy_cpu, 0.0, concurrent, cpus, gpus, pack_size=pack_size, trainers=trainers)

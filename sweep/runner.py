@@ -33,7 +33,7 @@ from .experiment import (EXPERIMENT_DIR, check_resumable, experiment_dirs, exper
                          read_experiment, restart_ends)
 from .results import SPEC_FILE, Results
 from .drivers import other_drivers
-from .plan import Plan, plan
+from .plan import Plan, plan, spare_trials
 from .searcher import STUDY_URL_ENV
 from .study import finished_in_study, repair_journal, snapshot_name, storage_error, study_path, study_url
 from .spec import SEARCHED, SweepSpec
@@ -309,6 +309,7 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset, driver: int = 0
 
     from .drivers import share
     from .kept import KeepState
+    from .packed import OpenPacks, trainer_names
     from .progress import Progress
     from .searcher import StudySearch
     from .space import SearchSpace
@@ -321,8 +322,10 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset, driver: int = 0
     else:  # an extension (`sweep extend`) runs alone, after the drivers before it have ended
         num_samples = spec.extensions[driver - spec.drivers]
         concurrent = max(1, min(plan.max_concurrent, num_samples))
+    spare = spare_trials(concurrent) if plan.execution == "packed" else 0
     # num_samples: the searcher ends the sweep at that many trials by the study's count, which a resumed
-    # sweep's Ray counter can lag; max_concurrent_trials below reaches it through set_max_concurrency.
+    # sweep's Ray counter can lag; max_concurrent_trials below (with the spare trials that keep the
+    # proxies' actors in use) reaches it through set_max_concurrency.
     searcher = StudySearch(SearchSpace(spec.space), spec.searcher, study_url(study_path(home)), spec.name,
                            spec.epochs, spec.points if driver == 0 else (), num_samples=num_samples,
                            driver=driver, drivers=spec.all_drivers)
@@ -339,10 +342,11 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset, driver: int = 0
     return tune.Tuner(
         trainable(spec, plan, dataset),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
-                                    max_concurrent_trials=concurrent, reuse_actors=True),
+                                    max_concurrent_trials=concurrent + spare, reuse_actors=True),
         run_config=tune.RunConfig(
             name=experiment_name(driver), storage_path=remote or str(home), verbose=0,
-            callbacks=[progress, TensorBoardLogs(), KeepState(), *tracking_callbacks(spec, home)],
+            callbacks=[progress, TensorBoardLogs(), KeepState(), *tracking_callbacks(spec, home),
+                       *([OpenPacks(trainer_names(spec, plan), concurrent)] if plan.execution == "packed" else [])],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
         ),

@@ -137,6 +137,14 @@ def test_declared_gpus_pack_one_trainer_per_gpu_and_device_cpu_opts_out():
     assert runner.plan(reference(train={"device": "cpu"}), {"CPU": 2.0, "GPU": 4.0}).execution == "trial"
 
 
+@pytest.mark.parametrize("cpus, gpus, samples", [(2.0, 1.0, 3), (2.0, 4.0, 12), (96.0, 8.0, 5000), (7.0, 3.0, 700)])
+def test_every_planned_proxy_fits_in_the_clusters_cpus(cpus, gpus, samples):
+    # Ray counts resources in steps of 0.0001: a share rounded up (2 / 3 -> 0.6667) fits one proxy fewer.
+    packed = runner.plan(reference(train={"device": "auto"}, num_samples=samples), {"CPU": cpus, "GPU": gpus})
+    steps = round(packed.cpu_per_trial * 10_000)
+    assert steps == packed.cpu_per_trial * 10_000 and steps * packed.max_concurrent <= cpus * 10_000
+
+
 def test_a_wave_of_trials_that_all_see_equal_loads_is_spread_over_every_trainer(monkeypatch):
     from sweep import packed
 
