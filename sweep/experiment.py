@@ -274,11 +274,18 @@ def error_line(folder: Path, filename: Optional[str]) -> Optional[str]:
     return "error"
 
 
-def trial_folder_record(experiment: Path, trial_id: str, status: str) -> Optional[dict]:
-    """A trial the study saw finish but Ray's last snapshot never listed (it started and ended between
-    two snapshots, and the driver died before the next): read from its own folder, as Ray wrote it."""
+def trial_folder_record(experiment: Path, trial_id: str, status: str, params: dict) -> Optional[dict]:
+    """A trial the study saw finish (with `params`) but Ray's last snapshot never listed (it started and
+    ended between two snapshots, and the driver died before the next): read from its own folder.
+
+    Ray writes a trial's params.json and result.json in the driver's staging folder and copies them into
+    the trial's folder with its snapshots, while the trial writes its checkpoints there itself: a driver
+    killed in between leaves only the checkpoints, whose history holds the trial's rows."""
     folders = [f for f in experiment.glob(f"*_{trial_id}_*") if f.is_dir()]
     record = folder_record(folders[0] / "params.json", trial_id) if folders else None
+    if record is None and folders and (rows := trial_rows(folders[0])):
+        record = {"trial_id": trial_id, "config": dict(params), "last_result": rows[-1], "num_failures": 0,
+                  "error": None, "rows": rows, "snapshot_result": None}
     if record is not None:
         record.update(ray_status="TERMINATED", study_status=status,
                       error=record["error"] if status == Status.ERROR else None)

@@ -263,7 +263,7 @@ def build_tables(home: Path, spec: Optional[SweepSpec] = None) -> Results:
     # RUNNING for a trial that has since ended, or miss a trial that started and ended between two
     # snapshots), so the study's word on how a trial ended wins.
     in_study = _finished_in_study(home, spec)
-    told = {trial_id: status for trial_id, (status, _) in in_study.items()}
+    told = {trial_id: status for trial_id, (status, _, _) in in_study.items()}
     experiments = experiment_dirs(home, spec)
     records = [record for experiment in experiments for record in read_experiment(experiment)]
     for record in records:
@@ -273,7 +273,8 @@ def build_tables(home: Path, spec: Optional[SweepSpec] = None) -> Results:
     known = {record["trial_id"] for record in records}
     for trial_id, status in sorted(told.items()):
         if trial_id not in known and status != Status.ERROR:
-            orphan = next(filter(None, (trial_folder_record(e, trial_id, status) for e in experiments)), None)
+            params = in_study[trial_id][2]
+            orphan = next(filter(None, (trial_folder_record(e, trial_id, status, params) for e in experiments)), None)
             if orphan is not None:
                 records.append(orphan)
     for record in records:

@@ -50,18 +50,18 @@ def is_database_url(url: str) -> bool:
     return "://" in url
 
 
-def finished_trials(storage_url: str, study_name: str) -> dict[str, tuple[str, float | None]]:
-    """Tune trial id -> (status, when the searcher proposed it in epoch seconds), for every trial the
-    study has recorded as finished."""
+def finished_trials(storage_url: str, study_name: str) -> dict[str, tuple[str, float | None, dict]]:
+    """Tune trial id -> (status, when the searcher proposed it in epoch seconds, its parameters), for every
+    trial the study has recorded as finished."""
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url, writer=False))
     return {t.user_attrs["tune_trial_id"]: (t.user_attrs.get("status", Status.COMPLETED),
-                                            t.datetime_start.timestamp() if t.datetime_start else None)
+                                            t.datetime_start.timestamp() if t.datetime_start else None, t.params)
             for t in study.get_trials(deepcopy=False) if t.state.is_finished() and "tune_trial_id" in t.user_attrs}
 
 
 def finished_in_study(storage_url: str, study_name: str) -> dict[str, str]:
     """Tune trial id -> status, for every trial the study has recorded as finished."""
-    return {trial_id: status for trial_id, (status, _) in finished_trials(storage_url, study_name).items()}
+    return {trial_id: status for trial_id, (status, _, _) in finished_trials(storage_url, study_name).items()}
 
 
 def storage_error(exc: Exception) -> str:

@@ -140,3 +140,24 @@ def test_a_finished_trial_that_rays_state_lists_without_a_result_is_ended_with_i
     ends = restart_ends(read_experiment(experiment), ["a", "b", "c"])
     # a: Ray restarts it with no result, so Tune is handed its last epoch; b: Tune has its result; c: not restarted
     assert ends["a"]["epoch"] == 2 and ends["a"]["val_loss"] == 0.5 and ends["b"] is None and ends["c"] is None
+
+
+def test_a_finished_trial_whose_driver_died_before_ray_copied_its_files_is_read_from_its_checkpoints(tmp_path):
+    # Ray copies params.json and result.json from its staging folder with each snapshot; the trial wrote its
+    # checkpoint itself. The study, which saw the trial end, has its parameters.
+    from sweep.experiment import trial_folder_record
+
+    experiment = tmp_path / "ray"
+    checkpoint = experiment / "run_trial_d4_4_latent_dim=30_2026-12-04_23-02-38" / "checkpoint_000000"
+    checkpoint.mkdir(parents=True)
+    rows = [{"epoch": 1, "val_loss": 0.2, "train_loss": 0.3, "status": "stopped"}]
+    (checkpoint / "history.json").write_text(json.dumps(rows))
+    params = {"variant": "vanilla", "latent_dim": 30, "lr": 0.0002}
+
+    record = trial_folder_record(experiment, "d4", "stopped", params)
+
+    assert record["config"] == params and record["rows"] == rows and record["last_result"] == rows[0]
+    assert record["study_status"] == "stopped" and record["error"] is None
+    assert trial_folder_record(experiment, "e5", "stopped", params) is None  # no folder: nothing to read
+    (checkpoint / "history.json").unlink()
+    assert trial_folder_record(experiment, "d4", "stopped", params) is None  # no rows anywhere

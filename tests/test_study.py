@@ -115,7 +115,7 @@ def test_an_older_sweeps_sqlite_study_is_still_read(tmp_path, capsys):
     trial.set_user_attr("status", "stopped")
     study.tell(trial, state=TrialState.PRUNED)
     assert study_path(tmp_path) == tmp_path / LEGACY_STUDY_FILE
-    [(status, proposed)] = _finished_in_study(tmp_path, SPEC).values()
+    [(status, proposed, params)] = _finished_in_study(tmp_path, SPEC).values()
     assert list(_finished_in_study(tmp_path, SPEC)) == ["old1"] and status == "stopped"
     assert proposed == trial.datetime_start.timestamp()
     (tmp_path / STUDY_FILE).write_text("not a journal\n")  # a journal, once there, is the study
