@@ -74,7 +74,9 @@ def trainer_utilisation(epochs: pd.DataFrame) -> list[dict]:
         wall = float(row["end"] - row["start"])
         found.append({"trainer": trainer, "busy_s": float(row["busy"]), "wall_s": wall,
                       "member_epochs": int(row["member_epochs"]),
-                      "utilisation": float(row["busy"]) / wall if wall > 0 else None})
+                      # The span is estimated from the rows' timestamps: a trainer busy all along can come out
+                      # a few ms short of its busy time, which is still all of it.
+                      "utilisation": min(1.0, float(row["busy"]) / wall) if wall > 0 else None})
     return found
 
 

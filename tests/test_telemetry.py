@@ -52,6 +52,16 @@ def test_a_packed_trainer_is_busy_for_its_members_device_seconds_over_its_span()
     assert trainer["utilisation"] == pytest.approx(0.6)
 
 
+def test_a_trainer_busy_all_along_is_at_most_fully_busy():
+    from sweep.telemetry import trainer_utilisation
+
+    # Two back-to-back rounds of one member; the second row's timestamp came 1 ms early.
+    epochs = pd.DataFrame({"trainer": ["t0", "t0"], "device_s": [1.0, 1.0], "pack_size": [1, 1],
+                           "timestamp": [1001.0, 1001.999]})
+    (trainer,) = trainer_utilisation(epochs)
+    assert trainer["busy_s"] == pytest.approx(2.0) and trainer["utilisation"] == 1.0
+
+
 def test_compute_to_the_best_stops_where_its_value_was_first_reached_by_any_trial():
     best = summarise(TRIALS, EPOCHS, "a")["to_best"]
     assert best["val_loss"] == 0.10 and best["reached_by"] == "c"  # c's 0.09 at 1003, before a's 0.10 at 1005
