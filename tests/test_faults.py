@@ -425,16 +425,20 @@ def test_trials_that_ended_between_two_ray_snapshots_are_kept(tmp_path, data_dir
 def test_sigterm_and_ctrl_c_stop_cleanly_and_resume_loses_nothing(tmp_path, data_dir):
     """SIGTERM to the driver, then Ctrl-C (SIGINT to the whole group) during the resume: each ends with
     the tables written, exit 143 / 130 and the command that continues; the last resume finishes exactly."""
-    sets = ["--set", "num_samples=6", "--set", "train.epochs=3"]
+    sets = ["--set", "num_samples=8", "--set", "train.epochs=3"]
     home = tmp_path / "quick"
     tick = time.perf_counter()
     proc = start(tmp_path, *sets)
+
+    def checkpoints():  # written into the trials' folders as they report; Ray copies result.json there later
+        return len(glob.glob(str(home / "ray" / "*" / "checkpoint_*")))
+
     for signum, send, code, command in ((signal.SIGTERM, os.kill, 143, "run"),
                                         (signal.SIGINT, os.killpg, 130, "resume")):
         if command == "resume":
             proc = start(tmp_path, command="resume")
-        seen = sum(len(r) for r in result_rows(home).values())
-        while proc.poll() is None and sum(len(r) for r in result_rows(home).values()) < seen + 3:
+        seen = checkpoints()
+        while proc.poll() is None and checkpoints() < seen + 2:
             time.sleep(0.1)
         send(proc.pid, signum)
         out, _ = proc.communicate(timeout=300)
@@ -443,7 +447,7 @@ def test_sigterm_and_ctrl_c_stop_cleanly_and_resume_loses_nothing(tmp_path, data
         assert (home / "trials.parquet").is_file()
     before = {t: rows for t, rows in result_rows(home).items() if rows[-1]["status"] != "running"}
     finish(start(tmp_path, command="resume"))
-    check_sweep(home, 6, "SIGTERM to the driver, Ctrl-C during `sweep resume`, then `sweep resume`", 2,
+    check_sweep(home, 8, "SIGTERM to the driver, Ctrl-C during `sweep resume`, then `sweep resume`", 2,
                 time.perf_counter() - tick, before)
 
 
@@ -509,5 +513,8 @@ def test_a_sweep_of_two_drivers_survives_killed_drivers_a_stop_and_resumes_exact
     study = optuna.load_study(study_name="quick", storage=open_storage(str(home / "study.journal"), writer=False))
     drivers = pd.Series([t.user_attrs["driver"] for t in study.trials if t.state.is_finished()])
     assert drivers.value_counts().to_dict() == {0: 5, 1: 5}
+    # Each driver's experiment holds its share (a trial's result.json may be missing: Ray copies it there
+    # with its snapshots, and a killed driver misses one; the tables read that trial from its checkpoints).
+    trial_ids = set(load_results(str(home)).trials["trial_id"])
     for folder in ("ray", "ray-1"):
-        assert len(list((home / folder).glob("*/result.json"))) == 5
+        assert sum(1 for t in trial_ids if list((home / folder).glob(f"*_{t}_*"))) == 5
