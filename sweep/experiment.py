@@ -196,7 +196,7 @@ def read_experiment(experiment: Path) -> list[dict]:
         })
     if fallback:
         known = {record["trial_id"] for record in records}
-        records.extend(r for r in map(folder_record, sorted(experiment.glob("*/params.json")))
+        records.extend(r for r in (folder_record(p.parent) for p in sorted(experiment.glob("*/params.json")))
                        if r is not None and r["trial_id"] not in known)
     return records
 
@@ -213,22 +213,25 @@ def restart_ends(records: list[dict], finished: Iterable[str]) -> dict[str, Opti
     return ends
 
 
-def folder_record(params: Path, trial_id: Optional[str] = None) -> Optional[dict]:
-    """A trial read from its own folder alone (params.json, result.json, error.txt), as Ray wrote them. Its
-    id, unless given, is in its results: None for a trial that never reported."""
-    folder = params.parent
+def folder_record(folder: Path, trial_id: Optional[str] = None, config: Optional[dict] = None) -> Optional[dict]:
+    """A trial read from its own folder alone (params.json, result.json, error.txt, its checkpoints), as Ray
+    wrote them. Its id, unless given, is in its results; its config is params.json's, else `config` for a
+    trial with rows. None for a trial these do not identify."""
     results = result_rows(folder)
+    rows = trial_rows(folder, results)
     try:
-        config = json.loads(params.read_text())
-        trial_id = trial_id or results[0]["trial_id"]
-    except (OSError, ValueError, IndexError, KeyError):
+        config = json.loads((folder / "params.json").read_text())
+    except (OSError, ValueError):
+        if config is None or not rows:
+            return None
+    trial_id = trial_id or (results[0].get("trial_id") if results else None)
+    if trial_id is None:
         return None
     error = error_line(folder, None)
-    last = results[-1] if results else {}
+    last = results[-1] if results else rows[-1] if rows else {}
     return {"trial_id": trial_id, "config": config,
             "ray_status": "ERROR" if error else "TERMINATED" if last.get("done") else "RUNNING",
-            "last_result": last, "num_failures": 0, "error": error, "rows": trial_rows(folder, results),
-            "snapshot_result": None}
+            "last_result": last, "num_failures": 0, "error": error, "rows": rows, "snapshot_result": None}
 
 
 def trial_folders(home: Path, trial_id: str) -> list[Path]:
@@ -282,10 +285,7 @@ def trial_folder_record(experiment: Path, trial_id: str, status: str, params: di
     the trial's folder with its snapshots, while the trial writes its checkpoints there itself: a driver
     killed in between leaves only the checkpoints, whose history holds the trial's rows."""
     folders = [f for f in experiment.glob(f"*_{trial_id}_*") if f.is_dir()]
-    record = folder_record(folders[0] / "params.json", trial_id) if folders else None
-    if record is None and folders and (rows := trial_rows(folders[0])):
-        record = {"trial_id": trial_id, "config": dict(params), "last_result": rows[-1], "num_failures": 0,
-                  "error": None, "rows": rows, "snapshot_result": None}
+    record = folder_record(folders[0], trial_id, params) if folders else None
     if record is not None:
         record.update(ray_status="TERMINATED", study_status=status,
                       error=record["error"] if status == Status.ERROR else None)

@@ -430,6 +430,8 @@ class OpenPacks(tune.Callback):
         # The spare trials (plan.spare_trials) wait for an actor another trial leaves.
         live = min(self.concurrent, sum(1 for t in trials if t.status in ("RUNNING", "PENDING")))
         try:
+            # Not _trainer's module-wide cache: the driver outlives a sweep's trainers (the next sweep of a
+            # notebook or test starts new ones under the same names), a proxy does not.
             self.handles = self.handles or [ray.get_actor(name, namespace=NAMESPACE) for name in self.trainers]
             joined = sum(ray.get([h.load.remote() for h in self.handles]))
             if joined != self.joined:
