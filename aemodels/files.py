@@ -6,9 +6,18 @@ importing torch, Ray or pyarrow.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from typing import Callable
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def _temp_beside(target: str) -> tuple[int, str]:
+    return tempfile.mkstemp(dir=os.path.dirname(target) or ".", prefix=f".{os.path.basename(target)}.",
+                            suffix=".tmp")
 
 
 def write_atomic(target, write: Callable[[str], None], *, durable: bool = True) -> None:
@@ -19,8 +28,7 @@ def write_atomic(target, write: Callable[[str], None], *, durable: bool = True) 
     within seconds. The temp file starts as 0600 (mkstemp); `write` may chmod it. Any error removes it.
     """
     target = os.fspath(target)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target) or ".", prefix=f".{os.path.basename(target)}.",
-                               suffix=".tmp")
+    fd, tmp = _temp_beside(target)
     os.close(fd)
     try:
         write(tmp)
@@ -44,3 +52,39 @@ def write_bytes_atomic(target, data: bytes, *, durable: bool = True) -> None:
 
 def write_text_atomic(target, text: str, *, durable: bool = True) -> None:
     write_bytes_atomic(target, text.encode("utf-8"), durable=durable)
+
+
+class ReplacingFile(io.FileIO):
+    """A file open for writing whose bytes appear under `target` only when it is closed, whole: they go to a
+    temp file beside it, renamed onto `target` by close(). For a writer that wants a file object rather than
+    a callback (pyarrow's copies into a sweep's folder, sweep.storage.WholeFiles). A write that raised, or
+    an exception out of its `with` block, discards them. The file gets the permissions a plain open() would
+    give it, not mkstemp's 0600, as others may read a shared results folder."""
+
+    def __init__(self, target):
+        self.target = os.fspath(target)
+        fd, self.tmp = _temp_beside(self.target)
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        super().__init__(fd, "wb")
+        self.failed = False
+
+    def write(self, data) -> int:
+        try:
+            return super().write(data)
+        except BaseException:
+            self.failed = True
+            raise
+
+    def __exit__(self, kind, value, traceback):
+        self.failed = self.failed or kind is not None
+        return super().__exit__(kind, value, traceback)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        super().close()
+        if self.failed:
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp)
+        else:
+            os.replace(self.tmp, self.target)

@@ -177,7 +177,7 @@ def run_one(job: dict) -> dict:
     if job.get("profile"):
         import cProfile
 
-        profiler = cProfile.Profile()
+        profiler = cProfile.Profile(time.thread_time)  # the main thread's CPU: where the driver works, not waits
     def children_cpu() -> float:  # the other drivers (sweep.drivers), once waited for; Ray's processes are not yet
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         return usage.ru_utime + usage.ru_stime
@@ -277,7 +277,7 @@ def main(argv=None) -> int:
                         help="LABEL[:KEY=VALUE,...]; repeat to compare (default: per-epoch reporting as "
                              "before issue 19, and the sweep's defaults now)")
     parser.add_argument("--quick", action="store_true", help="40 trials on 2 declared GPUs")
-    parser.add_argument("--profile", action="store_true", help="cProfile each driver into benchmarks/out/")
+    parser.add_argument("--profile", action="store_true", help="cProfile each driver's main thread (CPU time) into benchmarks/out/")
     parser.add_argument("--out", type=Path, default=OUT / "scale.md")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # a row's job, run in a fresh process
     args = parser.parse_args(argv)

@@ -24,7 +24,8 @@ from aemodels.status import Status
 from . import results as results_mod
 from . import storage
 from .errors import Interrupted, SweepError
-from .experiment import error_line, mend_state, read_experiment, restart_ends, result_rows, trial_rows
+from .experiment import (error_line, read_experiment, restart_ends, restorable, result_rows, state_kinds,
+                         trial_rows)
 from .results import (CONFIRM_TABLES, HYPER_DTYPES, Results, confirmed_best, load_results, plain, ranked_trials,
                       write_file)
 from .spec import SEARCHED
@@ -263,9 +264,6 @@ def confirm(name_or_dir: str, request: Request = Request(), *, address: Optional
         say(f"confirm sweep {spec.name}: top {request.top} configurations x {request.seeds} seeds "
             f"({', '.join(map(str, seeds))}), {epochs} epochs: {len(wanted) - len(left)} of {len(wanted)} runs "
             f"done, {len(left)} to train in {confirm_home(home)}")
-        for run in run_dirs(home)[-1:]:  # Ray restores the newest run only if its state files are complete
-            for line in mend_state(run):
-                say(f"note: {line}")
         unfinished = _unfinished_run(home, records)
         if left or unfinished is not None:
             with ray_for_sweep(address or spec.address, spec) as received:
@@ -280,9 +278,12 @@ def confirm(name_or_dir: str, request: Request = Request(), *, address: Optional
 
 
 def _unfinished_run(home: Path, records: list[dict]) -> Optional[Path]:
-    """The newest confirm run whose request has runs left and that Ray can restore, if any."""
+    """The newest confirm run whose request has runs left and that Ray can restore, if any: Ray restores the
+    newest of each kind of its state files, and cannot one cut short (then the runs left train anew)."""
     runs = run_dirs(home)
     if not runs or not all(any(runs[-1].glob(state)) for state in ("tuner.pkl", "experiment_state-*.json")):
+        return None
+    if any(restorable(files) != files[-1] for files in state_kinds(runs[-1]).values()):
         return None
     try:
         asked = json.loads((runs[-1] / REQUEST_FILE).read_text())["configs"]
@@ -298,7 +299,6 @@ def _fit(spec, home: Path, run: Path, configs: Optional[list[dict]], records: li
     the unfinished one there, with the execution it started with."""
     from ray import tune
 
-    from .kept import KeepState
     from .progress import RESUMED_TRIALS_ENV, Progress
     from .runner import _sweep_services, idle_workers_for_trials, plan, trainable
 
@@ -336,7 +336,8 @@ def _fit(spec, home: Path, run: Path, configs: Optional[list[dict]], records: li
                 finished = restart_ends(restored, _finished_in_run(restored, epochs))
                 tuner = tune.Tuner.restore(str(run) if not remote else storage.join(storage_path, run.name),
                                            trainable=trainable(cspec, run_plan, dataset, finished),
-                                           resume_unfinished=True, resume_errored=False)
+                                           resume_unfinished=True, resume_errored=False,
+                                           storage_filesystem=storage.ray_filesystem(remote))
             else:
                 os.environ[RESUMED_TRIALS_ENV] = "0"
                 run.mkdir(parents=True, exist_ok=True)
@@ -349,7 +350,8 @@ def _fit(spec, home: Path, run: Path, configs: Optional[list[dict]], records: li
                                                 reuse_actors=True),
                     run_config=tune.RunConfig(
                         name=run.name, storage_path=storage_path, verbose=0,
-                        callbacks=[Progress(len(configs), epochs), KeepState()],
+                        storage_filesystem=storage.ray_filesystem(remote),
+                        callbacks=[Progress(len(configs), epochs)],
                         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                         checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
             tuner.fit()

@@ -38,7 +38,7 @@ def run_driver(home: Path, driver: int, address: str) -> None:
             if received:
                 return
             if (experiment / "tuner.pkl").is_file():  # started again after it died, or `sweep resume`
-                check_resumable(home, driver, mend=True)
+                check_resumable(home, driver)
             runner.driver_tuner(spec, plan, home, dataset, driver).fit()
     if received:
         raise SystemExit(128 + received[0])

@@ -1,7 +1,6 @@
 """Ray Tune's experiment folders of a sweep (ray/, and ray-<k>/ of its other drivers and extensions):
 where they are, the trials Ray recorded in them with their result rows, checkpoint histories and
-errors, and whether Ray can resume one. It reads what Ray writes, and writes there only to put back
-a file a crash cut short (below).
+errors, and whether Ray can resume one. It reads what Ray writes and writes nothing there.
 
 No Ray at import: the tables (sweep.results) are built from these records. Ray's own reader,
 ExperimentAnalysis, would import Ray into every notebook that reads a sweep, build a DataFrame of
@@ -10,25 +9,21 @@ every trial's results besides, and its trials name their error file only inside 
 The one private format read here is experiment_state-*.json, for each trial's id, config, status,
 failures and error file; the floor job reads it with the oldest Ray declared, CI with the newest.
 
-Ray copies its state files into the experiment folder in place, so a driver killed mid-copy leaves one
-cut short, which Tuner.restore cannot read. The driver therefore keeps a complete copy of each beside the
-folder (keep_state, from the sweep.kept.KeepState callback); before a restore, mend_state puts a cut-short
-file back from it, or sets it aside for Ray's older snapshot; the tables read the newest complete state,
-and the trials it lacks from their own folders.
+Ray copies its state files into the experiment folder in place; the sweep has it write them through
+sweep.storage.WholeFiles, so that a driver killed mid-copy leaves the file before, whole. A folder that
+has a cut-short one anyway (copied by other means, a full disk) is refused for a resume in one line
+(check_resumable), and the tables read its newest complete state and the trials it lacks from their
+own folders.
 """
 from __future__ import annotations
 
 import contextlib
 import fnmatch
 import json
-import os
 import pickletools
-import shutil
-import time
 from pathlib import Path
 from typing import Iterable, Optional
 
-from aemodels.files import write_atomic, write_bytes_atomic
 from aemodels.status import Status
 
 from . import storage
@@ -54,12 +49,6 @@ def experiment_path(home: Path, remote: Optional[str], driver: int = 0) -> str:
     one, else in its local folder `home`."""
     name = experiment_name(driver)
     return storage.join(remote, name) if remote else str(home / name)
-
-
-def kept_dir(experiment: Path) -> Path:
-    """Where the driver keeps complete copies of Ray's state files: beside the experiment folder, hidden, so
-    that nothing globbing the sweep's folders (ray*, run-*) meets it."""
-    return experiment.parent / f".{experiment.name}.kept"
 
 
 def state_files(folder: Path) -> list[Path]:
@@ -90,24 +79,6 @@ def complete(data: bytes, name: str) -> bool:
         return False
 
 
-def keep_state(experiment: Path, kept_versions: dict[str, tuple]) -> None:
-    """Copy into kept_dir each state file that changed since it was last copied (`kept_versions`: name -> the
-    size and mtime of its copy, updated here), when the bytes read are complete: a file caught mid-copy is
-    left for the next call, and the copy kept stays the last complete one."""
-    kept = kept_dir(experiment)
-    for path in state_files(experiment):
-        with contextlib.suppress(FileNotFoundError):
-            stat = path.stat()
-            version = (stat.st_size, stat.st_mtime_ns)
-            if kept_versions.get(path.name) == version:
-                continue
-            data = path.read_bytes()
-            if complete(data, path.name):
-                kept.mkdir(exist_ok=True)
-                write_bytes_atomic(kept / path.name, data, durable=False)
-                kept_versions[path.name] = version
-
-
 def state_kinds(experiment: Path) -> dict[str, list[Path]]:
     """Ray's state files by kind (state_kind), oldest first."""
     kinds: dict[str, list[Path]] = {}
@@ -116,55 +87,21 @@ def state_kinds(experiment: Path) -> dict[str, list[Path]]:
     return kinds
 
 
-def restorable(experiment: Path, files: list[Path]) -> Optional[Path]:
-    """Of one kind's files (oldest first), the one Ray restores once mend_state has run: the newest that is
-    complete, or whose complete copy the driver kept (then that copy). None: every one was cut short."""
-    for path in reversed(files):
-        for candidate in (path, kept_dir(experiment) / path.name):
-            if candidate.is_file() and complete(candidate.read_bytes(), candidate.name):
-                return candidate
-    return None
-
-
-def mend_state(experiment: Path) -> list[str]:
-    """Before Tuner.restore: for each kind of Ray's state file whose newest one a crash cut short, put it back
-    from the driver's complete copy, else set it aside (as NAME.cut-short) so that Ray restores its older
-    snapshot. Returns one line per file mended; a kind with no complete file left is for check_resumable
-    to refuse."""
-    mended = []
-    for files in state_kinds(experiment).values():
-        source = restorable(experiment, files)
-        for cut in (f for f in files if source is None or f.name > source.name):
-            os.replace(cut, cut.with_name(cut.name + ".cut-short"))
-            mended.append(f"{cut} was cut short by a crash and no copy was kept; set aside as {cut.name}.cut-short"
-                          + (f", so Ray restores {source.name}" if source is not None else ""))
-        if source is not None and source.parent != experiment:  # the driver's copy of a file cut short
-            target = experiment / source.name
-            mode = target.stat().st_mode & 0o777
-
-            def put_back(tmp: str) -> None:
-                shutil.copyfile(source, tmp)
-                os.chmod(tmp, mode)  # as Ray made it, not the temp file's 0600
-
-            write_atomic(target, put_back)
-            mended.append(f"{target} was cut short by a crash; put back from the copy kept at "
-                          f"{time.strftime('%H:%M:%S', time.localtime(source.stat().st_mtime))}")
-    return mended
+def restorable(files: list[Path]) -> Optional[Path]:
+    """Of one kind's files (oldest first), the newest that is complete: Ray restores it when no newer one
+    was cut short. None: every one was."""
+    return next((path for path in reversed(files) if path.is_file() and complete(path.read_bytes(), path.name)), None)
 
 
 def read_state(experiment: Path) -> tuple[Optional[dict], Optional[Path], bool]:
-    """Ray's newest complete experiment state, from its folder or the driver's copies, the file it was read
-    from, and whether a newer one was cut short by a crash (then Ray's snapshot misses what happened after
-    it). (None, None, True) when none is complete; (None, None, False) when Ray wrote none."""
+    """Ray's newest complete experiment state, the file it was read from, and whether a newer one was cut
+    short (then Ray's snapshot misses what happened after it). (None, None, True) when none is complete;
+    (None, None, False) when Ray wrote none."""
     written = sorted(experiment.glob("experiment_state-*.json"))
-    cut = [p.name for p in experiment.glob("experiment_state-*.json.cut-short")]
-    candidates = sorted([(p.name, 1, p) for p in written] +
-                        [(p.name, 0, p) for p in kept_dir(experiment).glob("experiment_state-*.json")], reverse=True)
-    for name, _, path in candidates:
+    for path in reversed(written):
         with contextlib.suppress(OSError, ValueError):
-            state = json.loads(path.read_bytes())
-            return state, path, not written or path != written[-1] or any(c > name for c in cut)
-    return None, None, bool(written or cut)
+            return json.loads(path.read_bytes()), path, path != written[-1]
+    return None, None, bool(written)
 
 
 def read_experiment(experiment: Path) -> list[dict]:
@@ -176,7 +113,7 @@ def read_experiment(experiment: Path) -> list[dict]:
         return []
     if fallback:
         print(f"note: {experiment}: Ray's newest experiment state was cut short by a crash; its trials are read "
-              f"from {'an older complete copy and ' if state is not None else ''}their own folders", flush=True)
+              f"from {'an older snapshot and ' if state is not None else ''}their own folders", flush=True)
     try:
         entries = [(json.loads(t), json.loads(r)) for t, r in state["trial_data"]] if state is not None else []
     except (ValueError, KeyError, TypeError) as exc:
@@ -292,27 +229,29 @@ def trial_folder_record(experiment: Path, trial_id: str, status: str, params: di
     return record
 
 
-def check_resumable(home: Path, driver: int = 0, *, mend: bool = False) -> None:
-    """Fail loudly on a sweep (a driver's experiment) Ray could only resume with a fresh searcher (ray#30861).
+def check_resumable(home: Path, driver: int = 0) -> None:
+    """Fail loudly on a sweep (a driver's experiment) Ray could not resume, or only with a fresh searcher
+    (ray#30861).
 
-    Ray itself silently skips a missing searcher state and goes on with a fresh one, and its files
-    are pickles (the .json of search_gen_state too): each must unpickle to its mapping. `mend`: first put
-    back the files a crash cut short (mend_state), saying so, as a resume about to restore it does.
+    Ray restores the newest of each kind of its state files and fails on one cut short; it silently skips
+    a missing searcher state and goes on with a fresh one. Its files are pickles (the .json of
+    search_gen_state too): each must unpickle to its mapping.
     """
     import ray.cloudpickle as cloudpickle  # Ray pickled them
 
     from .searcher import STATE_FORMAT
 
     experiment = home / experiment_name(driver)
-    for line in mend_state(experiment) if mend else ():
-        print(f"note: {line}", flush=True)
     kinds = state_kinds(experiment)
     for kind in RAY_STATE:
-        found = restorable(experiment, kinds.get(kind, []))
-        cut = kinds.get(kind) or sorted(experiment.glob(f"{kind}.cut-short"))
-        if found is None and cut:
-            raise SweepError(f"{cut[-1].parent / cut[-1].name.removesuffix('.cut-short')} was cut short by a crash and "
-                             "no complete copy of it is left, so Ray cannot resume the sweep; rerun it with --overwrite")
+        files = kinds.get(kind, [])
+        found = restorable(files)
+        if files and found is None:
+            raise SweepError(f"{files[-1]} is cut short and no complete one is left, so Ray cannot resume the sweep; "
+                             "rerun it with --overwrite")
+        if files and found != files[-1]:
+            raise SweepError(f"{files[-1]} is cut short, so Ray cannot resume from it; move it out of {experiment} "
+                             f"so that Ray resumes from {found.name}, or rerun the sweep with --overwrite")
         if found is None and kind == "tuner.pkl":
             raise SweepError(f"{experiment} has no tuner.pkl: the sweep never started; run it again with --overwrite")
         if found is None:

@@ -308,7 +308,6 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset, driver: int = 0
     from ray.tune.schedulers import ASHAScheduler
 
     from .drivers import share
-    from .kept import KeepState
     from .packed import OpenPacks, trainer_names
     from .progress import Progress
     from .searcher import StudySearch
@@ -323,6 +322,7 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset, driver: int = 0
         num_samples = spec.extensions[driver - spec.drivers]
         concurrent = max(1, min(plan.max_concurrent, num_samples))
     spare = spare_trials(concurrent) if plan.execution == "packed" else 0
+    remote = results_mod.remote_home(spec)
     # num_samples: the searcher ends the sweep at that many trials by the study's count, which a resumed
     # sweep's Ray counter can lag; max_concurrent_trials below (with the spare trials that keep the
     # proxies' actors in use) reaches it through set_max_concurrency.
@@ -334,7 +334,6 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset, driver: int = 0
     scheduler = ASHAScheduler(time_attr="epoch", metric="val_loss", mode="min", max_t=spec.epochs,
                               grace_period=spec.scheduler.grace_period,
                               reduction_factor=spec.scheduler.reduction_factor, brackets=spec.scheduler.brackets)
-    remote = results_mod.remote_home(spec)
     # Tune snapshots the whole experiment (every trial's state, a cost that grows with the sweep) each time
     # a trial has written num_to_keep checkpoints since the last snapshot, so that no snapshot names a
     # checkpoint it has deleted. Keeping one per report epoch, a trial that reports at its rungs forces none.
@@ -344,8 +343,9 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset, driver: int = 0
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
                                     max_concurrent_trials=concurrent + spare, reuse_actors=True),
         run_config=tune.RunConfig(
-            name=experiment_name(driver), storage_path=remote or str(home), verbose=0,
-            callbacks=[progress, TensorBoardLogs(), KeepState(), *tracking_callbacks(spec, home),
+            name=experiment_name(driver), storage_path=remote or str(home),
+            storage_filesystem=storage.ray_filesystem(remote), verbose=0,
+            callbacks=[progress, TensorBoardLogs(), *tracking_callbacks(spec, home),
                        *([OpenPacks(trainer_names(spec, plan), concurrent)] if plan.execution == "packed" else [])],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
@@ -510,10 +510,10 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
     tracking.check(spec)
     with claim(home, f"wait for it to end, or `sweep stop {home.name}` ends it cleanly"):
         results_mod.sync_down(home, spec)
-        check_resumable(home, mend=True)
+        check_resumable(home)
         for driver in range(1, spec.all_drivers):  # one that never started its experiment starts it now
             if (home / experiment_name(driver) / "tuner.pkl").is_file():
-                check_resumable(home, driver, mend=True)
+                check_resumable(home, driver)
         finished = check_consistent(home, spec)
         repair_journal(study_path(home))  # before any driver opens it: drivers sharing it cut nothing
         os.environ[STUDY_URL_ENV] = study_url(study_path(home))  # the study is here now, wherever it was
@@ -560,9 +560,11 @@ def driver_tuner(spec: SweepSpec, sweep_plan: Plan, home: Path, dataset, driver:
     # is not trained again.
     if finished is None:
         finished = finished_in_study(study_url(study_path(home)), spec.name)
-    return tune.Tuner.restore(experiment_path(home, results_mod.remote_home(spec), driver),
+    remote = results_mod.remote_home(spec)
+    return tune.Tuner.restore(experiment_path(home, remote, driver),
                               trainable=trainable(spec, sweep_plan, dataset, restart_ends(restored, finished)),
-                              resume_unfinished=True, resume_errored=False)
+                              resume_unfinished=True, resume_errored=False,
+                              storage_filesystem=storage.ray_filesystem(remote))
 
 
 def fit_extension(spec: SweepSpec, sweep_plan: Plan, home: Path, dataset, driver: int) -> None:

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 import pyarrow.fs as pafs
+from fsspec.implementations.local import LocalFileSystem
 
-from aemodels.files import write_bytes_atomic
+from aemodels.files import ReplacingFile, write_bytes_atomic
 
 HEAVY = ("state.pt",)  # model weights stay remote; everything else is small
 
@@ -35,6 +36,28 @@ def basename(uri: str) -> str:
     """The last part of the URI's path (its bucket when it has no path), without the query."""
     split = urllib.parse.urlsplit(uri)
     return split.path.rstrip("/").rsplit("/", 1)[-1] or split.netloc
+
+
+class WholeFiles(LocalFileSystem):
+    """The local file system Ray writes a sweep's experiments through (RunConfig's and Tuner.restore's
+    storage_filesystem): a file Ray writes appears under its name only once whole. Ray copies its state
+    files (experiment_state-*.json, the searcher's, tuner.pkl) and the trials' results into the experiment
+    folder in place, so a driver killed mid-copy would leave one cut short, which Tuner.restore cannot read.
+    The temp file of a copy a kill interrupted stays behind, hidden (.NAME.*.tmp), matching none of Ray's
+    names."""
+
+    def _open(self, path, mode="rb", block_size=None, **kwargs):
+        if "w" not in mode:
+            return super()._open(path, mode, block_size, **kwargs)
+        path = self._strip_protocol(path)
+        self.makedirs(self._parent(path), exist_ok=True)
+        return ReplacingFile(path)
+
+
+def ray_filesystem(remote: Optional[str]) -> Optional[pafs.FileSystem]:
+    """What Ray writes a sweep's experiment through: for an object store (`remote`) the store's own file
+    system, which replaces an object whole (None: Ray picks it from the URI); else WholeFiles."""
+    return None if remote else pafs.PyFileSystem(pafs.FSSpecHandler(WholeFiles()))
 
 
 def _fs(uri: str):

@@ -1,15 +1,17 @@
-"""Ray's experiment state cut short by a crash: Ray copies its state files into the experiment folder in
-place, so a driver killed mid-copy leaves one truncated. The driver keeps complete copies; a resume puts
-one back, and the tables read the trials from the copy and their own folders. No Ray is started here."""
+"""Ray's experiment state and a crash: Ray copies its state files into the experiment folder in place, so
+the sweep has it write through sweep.storage.WholeFiles, and a driver killed mid-copy leaves the file before
+whole. A folder with a cut-short file anyway is read from its older snapshot and the trials' own folders,
+and a resume is refused in one line. No Ray is started here."""
 import json
 import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 
 from sweep.errors import SweepError
-from sweep.experiment import (check_resumable, complete, keep_state, kept_dir, mend_state, read_experiment,
-                              restorable)
+from sweep.experiment import check_resumable, complete, read_experiment, state_files
 
 STATE = "experiment_state-2026-12-04_10-00-00.json"
 OLDER = "experiment_state-2026-12-03_10-00-00.json"
@@ -39,21 +41,17 @@ def state_of(experiment, trials: dict[str, str]) -> bytes:
 
 @pytest.fixture
 def experiment(tmp_path):
-    """Trial a ended before the kept copy was made; b ended after it, c failed after it; then the driver
-    died while Ray was copying its newest state into the folder."""
+    """Trial a ended before Ray's older snapshot; b ended after it, c failed after it; then the newest state
+    file was cut short (copied by hand, a full disk)."""
     experiment = tmp_path / "ray"
     trial_folder(experiment, "a", 2)
-    keep_state_of(experiment, state_of(experiment, {"a": "TERMINATED"}))
+    (experiment / OLDER).write_bytes(state_of(experiment, {"a": "TERMINATED"}))
     trial_folder(experiment, "b", 3)
     trial_folder(experiment, "c", 1, done=False, error="ValueError: lr too large")
     newest = state_of(experiment, {"a": "TERMINATED", "b": "TERMINATED", "c": "ERROR"})
     (experiment / STATE).write_bytes(newest[: len(newest) // 2])
+    (experiment / "tuner.pkl").write_bytes(pickle.dumps({}))
     return experiment
-
-
-def keep_state_of(experiment, data: bytes) -> None:
-    (experiment / STATE).write_bytes(data)
-    keep_state(experiment, {})
 
 
 def test_a_state_file_cut_anywhere_is_incomplete():
@@ -64,67 +62,67 @@ def test_a_state_file_cut_anywhere_is_incomplete():
         assert not any(complete(data[:cut], name) for cut in range(len(data)))
 
 
-def test_the_kept_copy_is_the_last_complete_one(tmp_path):
+KILLED_MID_COPY = """
+import os, sys
+import pyarrow.fs as pafs
+from sweep.storage import ray_filesystem
+source, target = sys.argv[1:]
+fs = ray_filesystem(None)
+pafs.copy_files(source, target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+out = fs.open_output_stream(target)  # Ray's next snapshot, its copy killed halfway
+data = open(source, "rb").read().replace(b"{}", b'{"epoch": 2}')
+out.write(data[: len(data) // 2])
+out.flush()
+os._exit(9)
+"""
+
+
+def test_a_driver_killed_while_ray_copies_its_state_leaves_the_file_before_whole(tmp_path):
     experiment = tmp_path / "ray"
     experiment.mkdir()
-    versions: dict = {}
-    first, second = (json.dumps({"trial_data": [], "n": n}).encode() for n in (1, 22))
-    (experiment / STATE).write_bytes(first)
-    keep_state(experiment, versions)
-    assert (kept_dir(experiment) / STATE).read_bytes() == first
-    (experiment / STATE).write_bytes(second[:-3])  # caught mid-copy: not kept
-    keep_state(experiment, versions)
-    assert (kept_dir(experiment) / STATE).read_bytes() == first
-    (experiment / STATE).write_bytes(second)
-    keep_state(experiment, versions)
-    assert (kept_dir(experiment) / STATE).read_bytes() == second
-    assert sorted(p.name for p in experiment.parent.glob("ray*")) == ["ray"]  # hidden from the sweep's globs
+    source = tmp_path / "staging.json"
+    source.write_bytes(json.dumps({"trial_data": [["{}", "{}"]] * 2000}).encode())
+    proc = subprocess.run([sys.executable, "-c", KILLED_MID_COPY, str(source), str(experiment / STATE)])
+
+    assert proc.returncode == 9
+    assert (experiment / STATE).read_bytes() == source.read_bytes()  # the first copy, whole
+    assert (experiment / STATE).stat().st_mode & 0o777 == 0o666 & ~_umask()  # as a plain open makes it
+    left = [p.name for p in experiment.iterdir() if p.name != STATE]
+    assert len(left) == 1 and left[0].startswith(f".{STATE}.")  # the cut copy, hidden from Ray's globs
+    assert state_files(experiment) == [experiment / STATE] and list(experiment.glob("experiment_state-*")) == \
+        [experiment / STATE]
 
 
-def test_the_tables_read_a_cut_short_state_from_the_kept_copy_and_the_trials_folders(experiment, capsys):
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_the_tables_read_a_cut_short_state_from_the_older_snapshot_and_the_trials_folders(experiment, capsys):
     records = {r["trial_id"]: r for r in read_experiment(experiment)}
     assert sorted(records) == ["a", "b", "c"]
     assert [records[t]["ray_status"] for t in "abc"] == ["TERMINATED", "TERMINATED", "ERROR"]
     assert [len(records[t]["rows"]) for t in "abc"] == [2, 3, 1]
     assert records["c"]["error"] == "ValueError: lr too large"
     assert "cut short by a crash" in capsys.readouterr().out
-    for path in kept_dir(experiment).iterdir():  # no copy kept: every trial from its own folder
-        path.unlink()
+    (experiment / OLDER).unlink()  # no snapshot left: every trial from its own folder
     records = {r["trial_id"]: r for r in read_experiment(experiment)}
     assert [records[t]["ray_status"] for t in "abc"] == ["TERMINATED", "TERMINATED", "ERROR"]
 
 
-def test_a_resume_puts_back_the_kept_copy(experiment):
-    kept = (kept_dir(experiment) / STATE).read_bytes()
-    os.chmod(experiment / STATE, 0o644)
-    # What Ray will restore, as `sweep best` judges whether `sweep resume` can go on, before anything is written
-    assert restorable(experiment, [experiment / STATE]) == kept_dir(experiment) / STATE
-    lines = mend_state(experiment)
-    assert len(lines) == 1 and "put back from the copy kept at" in lines[0]
-    assert (experiment / STATE).read_bytes() == kept
-    assert (experiment / STATE).stat().st_mode & 0o777 == 0o644  # as Ray made it
-    assert mend_state(experiment) == []  # complete now: nothing more to do
-
-
-def test_without_a_copy_a_resume_sets_the_cut_file_aside_for_rays_older_snapshot(experiment, capsys):
-    (experiment / OLDER).write_bytes(state_of(experiment, {"a": "TERMINATED"}))
-    for path in kept_dir(experiment).iterdir():
-        path.unlink()
-    lines = mend_state(experiment)
-    assert len(lines) == 1 and f"so Ray restores {OLDER}" in lines[0]
-    assert sorted(p.name for p in experiment.glob("experiment_state-*")) == [OLDER, STATE + ".cut-short"]
-    # The tables still count b and c, which the older snapshot lacks.
-    assert sorted(r["trial_id"] for r in read_experiment(experiment)) == ["a", "b", "c"]
-
-
-def test_with_no_complete_state_left_a_resume_is_refused_in_one_line(experiment):
-    for path in kept_dir(experiment).iterdir():
-        path.unlink()
-    (experiment / "tuner.pkl").write_bytes(pickle.dumps({}))
-    with pytest.raises(SweepError, match="cut short by a crash and no complete copy of it is left.*--overwrite") as info:
-        check_resumable(experiment.parent, mend=True)
+def test_a_resume_of_a_cut_short_state_is_refused_in_one_line_that_says_what_to_move(experiment):
+    before = {p.name: p.read_bytes() for p in experiment.iterdir() if p.is_file()}
+    with pytest.raises(SweepError, match=f"{STATE} is cut short.*move it out of .* so that Ray resumes from {OLDER}"
+                                         ".*--overwrite") as info:
+        check_resumable(experiment.parent)
     assert "\n" not in str(info.value)
-    assert os.path.exists(experiment / (STATE + ".cut-short"))
+    (experiment / OLDER).unlink()
+    del before[OLDER]
+    with pytest.raises(SweepError, match="cut short and no complete one is left.*--overwrite") as info:
+        check_resumable(experiment.parent)
+    assert "\n" not in str(info.value)
+    assert {p.name: p.read_bytes() for p in experiment.iterdir() if p.is_file()} == before  # nothing written
 
 
 def test_a_finished_trial_that_rays_state_lists_without_a_result_is_ended_with_its_last_row(tmp_path):

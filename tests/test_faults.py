@@ -8,7 +8,6 @@ import glob
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -178,34 +177,30 @@ def test_killed_driver_then_resume_finishes_the_sweep_exactly(tmp_path, data_dir
     assert {t.user_attrs["tune_trial_id"] for t in told} == set(trials["trial_id"])
 
 
-def test_resume_puts_back_state_files_a_crash_cut_short_and_refuses_when_no_copy_is_left(tmp_path, data_dir):
+def test_a_resume_refuses_a_cut_short_state_in_one_line_and_resumes_once_it_is_moved_out(tmp_path, data_dir):
     finish(start(tmp_path, "--set", "num_samples=2", "--set", "train.epochs=1"))
     home = tmp_path / "quick"
+    finish(start(tmp_path, command="resume"))  # Ray's second snapshot of each state beside its first
     before = load_results(str(home)).trials
-    cut = [sorted(glob.glob(str(home / "ray" / pattern)))[-1]
-           for pattern in ("experiment_state-*.json", "searcher-state-*.pkl")]
-    for state in cut:  # as a driver killed while Ray copied them into the folder leaves them
-        data = Path(state).read_bytes()
-        Path(state).write_bytes(data[: len(data) // 2])
-    out = finish(start(tmp_path, command="resume"))
-    assert out.count("was cut short by a crash; put back from the copy kept at") == 2, out
-    kept = home / ".ray.kept"
-    assert all(Path(state).read_bytes() == (kept / Path(state).name).read_bytes() for state in cut)
-    after = load_results(str(home)).trials
-    assert dict(zip(after["trial_id"], after["status"])) == dict(zip(before["trial_id"], before["status"]))
+    for pattern in ("experiment_state-*.json", "searcher-state-*.pkl"):
+        states = sorted(glob.glob(str(home / "ray" / pattern)))
+        assert len(states) == 2, states  # the run's and the resume's
+        data = Path(states[-1]).read_bytes()  # Ray writes it whole (sweep.storage.WholeFiles); cut it by hand
+        Path(states[-1]).write_bytes(data[: len(data) // 2])
 
-    shutil.rmtree(kept)  # no copy kept, and every older snapshot cut too: refused, the cut files set aside
-    searcher_states = sorted(glob.glob(str(home / "ray" / "searcher-state-*.pkl")))
-    assert len(searcher_states) == 2  # the resume's own, and the run's
-    for state in searcher_states:
-        Path(state).write_bytes(Path(state).read_bytes()[:100])
     proc = subprocess.run([sys.executable, "-m", "sweep.cli", "resume", str(home)], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-    assert "cut short by a crash and no complete copy of it is left" in proc.stderr
-    for state in searcher_states:
-        os.unlink(state + ".cut-short")
+    cut = proc.stderr.split(" is cut short")[0].split("error: ", 1)[1]
+    assert f"move it out of {home / 'ray'} so that Ray resumes from" in proc.stderr, proc.stderr
+    os.replace(cut, tmp_path / Path(cut).name)  # as told; the next refusal names the other file
     proc = subprocess.run([sys.executable, "-m", "sweep.cli", "resume", str(home)], capture_output=True, text=True)
-    assert proc.returncode == 2 and "fresh searcher" in proc.stderr
+    assert proc.returncode == 2 and " is cut short" in proc.stderr and cut not in proc.stderr, proc.stderr
+    cut = proc.stderr.split(" is cut short")[0].split("error: ", 1)[1]
+    os.replace(cut, tmp_path / Path(cut).name)
+
+    finish(start(tmp_path, command="resume"))
+    after = load_results(str(home)).trials
+    assert dict(zip(after["trial_id"], after["status"])) == dict(zip(before["trial_id"], before["status"]))
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path, data_dir, monkeypatch, caplog, small):

@@ -1,7 +1,7 @@
 """aemodels.files: the one atomic writer every table, state, status and download goes through."""
 import pytest
 
-from aemodels.files import write_atomic, write_text_atomic
+from aemodels.files import ReplacingFile, write_atomic, write_text_atomic
 
 
 @pytest.mark.parametrize("durable", [True, False])
@@ -26,3 +26,20 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temp_file(tmp_path):
         write_atomic(target, fails_halfway)
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]
+
+
+def test_a_streamed_file_appears_whole_on_close_and_a_failed_one_not_at_all(tmp_path):
+    target = tmp_path / "experiment_state.json"
+    target.write_text("old\n")
+    out = ReplacingFile(target)
+    out.write(b"new")
+    assert target.read_text() == "old\n"  # nothing shows before close
+    out.write(b"\n")
+    out.close()
+    assert target.read_text() == "new\n" and [p.name for p in tmp_path.iterdir()] == [target.name]
+
+    with pytest.raises(RuntimeError):
+        with ReplacingFile(target) as out:
+            out.write(b"half")
+            raise RuntimeError("the copy's source went away")
+    assert target.read_text() == "new\n" and [p.name for p in tmp_path.iterdir()] == [target.name]

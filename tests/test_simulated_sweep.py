@@ -61,7 +61,21 @@ def test_packed_sweep_runs_one_trainer_per_declared_gpu_without_cuda(cluster, tm
     assert checkpoints and max(p.stat().st_size for p in checkpoints) < 16_384
 
 
-def test_trial_execution_replays_the_same_way(cluster, tmp_path):
+def test_trial_execution_replays_the_same_way(cluster, tmp_path, monkeypatch):
+    import sweep.storage
+    from sweep.experiment import state_files
+
+    written = []
+
+    class Recorded(sweep.storage.ReplacingFile):
+        def __init__(self, target):
+            written.append(target)
+            super().__init__(target)
+
+    monkeypatch.setattr(sweep.storage, "ReplacingFile", Recorded)  # the driver's writes; workers import their own
     found = runner.run(simulated(tmp_path, 6, "resources.execution=trial", "resources.gpu=0.5"), argv=["test"])
     complete(found, 6)
     assert set(found.trials["execution"]) == {"trial"}
+    # Ray wrote its state into the folder through WholeFiles, so that a kill mid-copy leaves the file before.
+    state = state_files(found.home / "ray")
+    assert len(state) >= 3 and {str(p) for p in state} <= set(written), (state, written[:5])
