@@ -328,7 +328,8 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset, driver: int = 0
     # proxies' actors in use) reaches it through set_max_concurrency.
     searcher = StudySearch(SearchSpace(spec.space), spec.searcher, study_url(study_path(home)), spec.name,
                            spec.epochs, spec.points if driver == 0 else (), num_samples=num_samples,
-                           driver=driver, drivers=spec.all_drivers)
+                           driver=driver, drivers=spec.all_drivers,
+                           mirror=storage.join(remote, study_path(home).name) if remote else None)
     progress = Progress(num_samples, spec.epochs, others=searcher.others if spec.all_drivers > 1 else None,
                         sweep_samples=spec.num_samples)
     scheduler = ASHAScheduler(time_attr="epoch", metric="val_loss", mode="min", max_t=spec.epochs,

@@ -18,6 +18,7 @@ import math
 import os
 import pickle
 import time
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -27,6 +28,7 @@ from ray.tune.search import Searcher
 from aemodels.pack import derived_seed
 from aemodels.status import Status
 
+from . import storage
 from .epochs import epoch_rows
 from .space import SearchSpace
 from .spec import SearcherSpec
@@ -65,13 +67,14 @@ class StudySearch(Searcher):
     _driver, _drivers = 0, 1  # class defaults: a pickle without these fields is a single driver's
 
     def __init__(self, space: SearchSpace, spec: SearcherSpec, storage_url: str, study_name: str, max_epochs: int,
-                 points: tuple = (), num_samples: int | None = None, driver: int = 0, drivers: int = 1):
+                 points: tuple = (), num_samples: int | None = None, driver: int = 0, drivers: int = 1,
+                 mirror: str | None = None):
         super().__init__(metric="val_loss", mode="min")
         self._space, self._max_epochs = space, max_epochs
         # Each driver's own stream: two drivers with one seed would propose the same first trials.
         self._spec = spec if driver == 0 else dataclasses.replace(spec, seed=derived_seed(spec.seed, "driver", driver))
         self._storage_url, self._study_name, self._num_samples = storage_url, study_name, num_samples
-        self._driver, self._drivers = driver, drivers
+        self._driver, self._drivers, self._mirror = driver, drivers, mirror
         self._points = [dict(p) for p in points]
         self._max_concurrent = 0  # 0: no limit of its own (set_max_concurrency)
         self._running: dict[str, dict] = {}  # Tune trial id -> params, values {epoch: val_loss}, start
@@ -183,8 +186,19 @@ class StudySearch(Searcher):
         with open(checkpoint_path, "wb") as fh:
             pickle.dump(self._portable(), fh)
         if not is_database_url(self._storage_url) or self._storage_url.startswith("sqlite:///"):
-            snapshot_study(self._storage_url, os.path.join(os.path.dirname(checkpoint_path),
-                                                           snapshot_name(self._storage_url)))
+            snapshot = os.path.join(os.path.dirname(checkpoint_path), snapshot_name(self._storage_url))
+            snapshot_study(self._storage_url, snapshot)
+            if getattr(self, "_mirror", None):  # a searcher pickled before mirrors has none
+                self._put_mirror(snapshot)
+
+    def _put_mirror(self, snapshot: str) -> None:
+        """Copy the study to the object store (`mirror`) before Ray uploads its snapshot. Ray uploads its files
+        in no set order, so a driver killed mid-upload can leave Ray's experiment state in the store newer than
+        Ray's copy of the study; this copy, put first, is at least as new as any state of Ray's there."""
+        try:
+            storage.upload(Path(snapshot), self._mirror)
+        except OSError as exc:  # the sweep goes on; a resume elsewhere falls back to Ray's copy
+            logger.warning("could not copy the study to %s (%s)", self._mirror, str(exc).splitlines()[0])
 
     def restore(self, checkpoint_path: str):
         with open(checkpoint_path, "rb") as fh:
