@@ -148,16 +148,21 @@ def sync_down(home: Path, spec: SweepSpec) -> None:
             storage.download_tree(storage.join(remote, experiment_name(driver)), home / experiment_name(driver))
     if not study_path(home).is_file():  # a driver on another machine wrote the study: take its newest copy
         for name in (STUDY_FILE, LEGACY_STUDY_FILE):
-            copies = [home / EXPERIMENT_DIR / snapshot_name(study_url(home / name))]
-            if remote and storage.download(storage.join(remote, name), home / f".{name}.store"):
-                copies.append(home / f".{name}.store")
-            found = [c for c in copies if c.is_file()]
-            if found:
-                # Ray's copy, or the store's, which the searcher puts before each of Ray's uploads
-                # (StudySearch._put_mirror): Ray's can be the older one. A journal only grows.
-                newest = max(found, key=lambda c: c.stat().st_size) if name == STUDY_FILE else found[0]
-                shutil.copyfile(newest, home / name)
-                break
+            stored = home / f".{name}.store"  # the store's copy (remote sweeps only), to compare
+            try:
+                copies = [home / EXPERIMENT_DIR / snapshot_name(study_url(home / name))]
+                if remote and storage.download(storage.join(remote, name), stored):
+                    copies.append(stored)
+                found = [c for c in copies if c.is_file()]
+                if found:
+                    # Ray's copy, or the store's, which the searcher puts before each of Ray's uploads
+                    # (StudySearch._put_mirror): Ray's can be the older one. A journal only grows.
+                    newest = max(found, key=lambda c: c.stat().st_size) if name == STUDY_FILE else found[0]
+                    shutil.copyfile(newest, home / name)
+                    break
+            finally:
+                if stored.exists():
+                    stored.unlink()
 
 
 def sync_up(home: Path, spec: SweepSpec, names=(SPEC_FILE,)) -> None:

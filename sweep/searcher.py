@@ -65,6 +65,7 @@ class StudySearch(Searcher):
     _LIVE = ("_study", "_tpe", "_rows", "_tried", "_finished", "_seen", "_synced", "_others")  # from the study
     SYNC_S = 1.0
     _driver, _drivers = 0, 1  # class defaults: a pickle without these fields is a single driver's
+    _mirror = None  # ... and has no copy of the study in an object store to keep
 
     def __init__(self, space: SearchSpace, spec: SearcherSpec, storage_url: str, study_name: str, max_epochs: int,
                  points: tuple = (), num_samples: int | None = None, driver: int = 0, drivers: int = 1,
@@ -188,7 +189,7 @@ class StudySearch(Searcher):
         if not is_database_url(self._storage_url) or self._storage_url.startswith("sqlite:///"):
             snapshot = os.path.join(os.path.dirname(checkpoint_path), snapshot_name(self._storage_url))
             snapshot_study(self._storage_url, snapshot)
-            if getattr(self, "_mirror", None):  # a searcher pickled before mirrors has none
+            if self._mirror:
                 self._put_mirror(snapshot)
 
     def _put_mirror(self, snapshot: str) -> None:

@@ -203,6 +203,7 @@ def test_s3_storage_holds_checkpoints_and_results_and_resumes_from_the_uri_alone
     assert len(trials) == 6 and trials["trial_id"].is_unique and set(trials["status"]) <= {"completed", "stopped"}
     epochs = pd.read_parquet(other / "results" / "quick" / "epochs.parquet")
     assert len(epochs) == trials["epochs"].sum() and not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert not list((other / "results" / "quick").glob(".*.store"))  # the store's study copy, once compared
     assert "sweeps/quick/status.json" in keys
     elsewhere = tmp_path / "reader"
     elsewhere.mkdir()
