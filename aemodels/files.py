@@ -15,57 +15,25 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
-def _temp_beside(target: str) -> tuple[int, str]:
-    return tempfile.mkstemp(dir=os.path.dirname(target) or ".", prefix=f".{os.path.basename(target)}.",
-                            suffix=".tmp")
-
-
-def write_atomic(target, write: Callable[[str], None], *, durable: bool = True) -> None:
-    """Call `write(tmp)` with the path of a fresh temp file beside `target`, then rename it onto `target`.
-
-    durable=True fsyncs the temp file before the rename, so a power cut cannot leave an empty file
-    under the final name; durable=False skips it, for a file about to be copied elsewhere or rewritten
-    within seconds. The temp file starts as 0600 (mkstemp); `write` may chmod it. Any error removes it.
-    """
-    target = os.fspath(target)
-    fd, tmp = _temp_beside(target)
-    os.close(fd)
-    try:
-        write(tmp)
-        if durable:
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def write_bytes_atomic(target, data: bytes, *, durable: bool = True) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-
-    write_atomic(target, write, durable=durable)
-
-
-def write_text_atomic(target, text: str, *, durable: bool = True) -> None:
-    write_bytes_atomic(target, text.encode("utf-8"), durable=durable)
-
-
 class ReplacingFile(io.FileIO):
     """A file open for writing whose bytes appear under `target` only when it is closed, whole: they go to a
-    temp file beside it, renamed onto `target` by close(). For a writer that wants a file object rather than
-    a callback (pyarrow's copies into a sweep's folder, sweep.storage.WholeFiles). A write that raised, or
-    an exception out of its `with` block, discards them. The file gets the permissions a plain open() would
-    give it, not mkstemp's 0600, as others may read a shared results folder."""
+    temp file beside it (`.NAME.*.tmp`, which no reader of a sweep's folder globs for), renamed onto `target`
+    by close(). A write that raised, or an exception out of its `with` block, discards them. The file gets
+    the permissions a plain open() would give it, not mkstemp's 0600, as others may read a shared results
+    folder. For a writer that wants a file object (pyarrow's copies into a sweep's folder,
+    sweep.storage.WholeFiles); write_atomic serves one that wants a path."""
 
     def __init__(self, target):
         self.target = os.fspath(target)
-        fd, self.tmp = _temp_beside(self.target)
-        os.fchmod(fd, 0o666 & ~_UMASK)
-        super().__init__(fd, "wb")
+        fd, self.tmp = tempfile.mkstemp(dir=os.path.dirname(self.target) or ".",
+                                        prefix=f".{os.path.basename(self.target)}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, 0o666 & ~_UMASK)
+            super().__init__(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            os.unlink(self.tmp)
+            raise
         self.failed = False
 
     def write(self, data) -> int:
@@ -82,9 +50,45 @@ class ReplacingFile(io.FileIO):
     def close(self) -> None:
         if self.closed:
             return
-        super().close()
-        if self.failed:
-            with contextlib.suppress(OSError):
-                os.unlink(self.tmp)
-        else:
-            os.replace(self.tmp, self.target)
+        try:
+            super().close()
+        except BaseException:
+            self.failed = True
+            raise
+        finally:
+            if self.failed:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.tmp)
+            else:
+                os.replace(self.tmp, self.target)
+
+
+def write_atomic(target, write: Callable[[str], None], *, durable: bool = True) -> None:
+    """Call `write(tmp)` with the path of a fresh temp file beside `target` (a ReplacingFile's), then rename
+    it onto `target`; any error removes it.
+
+    For a writer that takes a path (torch.save, pandas, sqlite's backup). `write` may write the path
+    afresh or replace it. durable=True fsyncs the file before the rename, so a power cut cannot leave an
+    empty file under the final name; durable=False skips it, for a file about to be copied elsewhere or
+    rewritten within seconds.
+    """
+    with ReplacingFile(target) as placeholder:
+        write(placeholder.tmp)
+        if durable:
+            # The placeholder's descriptor may name a file `write` has since replaced: sync by path.
+            fd = os.open(placeholder.tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def write_bytes_atomic(target, data: bytes, *, durable: bool = True) -> None:
+    with ReplacingFile(target) as fh:
+        fh.write(data)
+        if durable:
+            os.fsync(fh.fileno())
+
+
+def write_text_atomic(target, text: str, *, durable: bool = True) -> None:
+    write_bytes_atomic(target, text.encode("utf-8"), durable=durable)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -266,18 +265,9 @@ def trains_like_the_seed_article(spec) -> bool:
 
 # ---- writing --------------------------------------------------------------------------------------
 
-def _write(path: Path, write: Callable[[str], None]) -> None:
-    """Atomically, and readable by all like any report (the temp file starts as 0600)."""
-    def write_readable(tmp: str) -> None:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-
-    write_file(path, write_readable)
-
-
 def _save(fig: Figure, path: Path) -> None:
     FigureCanvasAgg(fig)  # render with Agg whatever matplotlib's default backend is
-    _write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+    write_file(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
     fig.clear()  # free the artists now; a bare Figure is in no pyplot registry to close
 
 
@@ -331,7 +321,7 @@ def write_report(results: Results, *, quiet: bool = False) -> Path:
     page = render_page(_page_context(results, best, flags, figures, importances, notes, evaluator, why_not,
                                      model_lines, retrained))
     index = out / "index.html"
-    _write(index, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    write_file(index, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
     for stale in out.glob("*.png"):  # figures of an earlier report that this sweep no longer has
         if stale.name not in figures:
             stale.unlink()

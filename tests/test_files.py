@@ -43,3 +43,15 @@ def test_a_streamed_file_appears_whole_on_close_and_a_failed_one_not_at_all(tmp_
             out.write(b"half")
             raise RuntimeError("the copy's source went away")
     assert target.read_text() == "new\n" and [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_every_writer_gives_the_permissions_of_a_plain_open(tmp_path):
+    # Others read a shared results folder: a table must not keep the temp file's 0600.
+    (tmp_path / "plain").write_text("")
+    expected = (tmp_path / "plain").stat().st_mode & 0o777
+    write_text_atomic(tmp_path / "best_config.yaml", "x: 1\n")
+    write_atomic(tmp_path / "trials.parquet", lambda tmp: open(tmp, "w").close())
+    with ReplacingFile(tmp_path / "experiment_state.json") as out:
+        out.write(b"{}")
+    for name in ("best_config.yaml", "trials.parquet", "experiment_state.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == expected, name
