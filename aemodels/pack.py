@@ -134,21 +134,16 @@ def _family_module(family: str) -> torch.nn.Module:
         return variant.module(1, **{k.name: k.default for k in variant.knobs})
 
 
-def _state_names(family: str) -> list[str]:
-    """The names of the family's parameters and buffers, as its modules' state_dicts hold them."""
-    return list(_family_module(family).state_dict())
-
-
 _CONVOLUTIONS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
                  torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
 
 
-def _convolves(family: str) -> bool:
-    return any(isinstance(layer, _CONVOLUTIONS) for layer in _family_module(family).modules())
+def _convolves(module: torch.nn.Module) -> bool:
+    return any(isinstance(layer, _CONVOLUTIONS) for layer in module.modules())
 
 
-def _slot_shapes(config: TrainConfig) -> dict[str, torch.Size]:
-    return {name: tensor.shape for name, tensor in _meta_module(config).state_dict().items()}
+def _slot_shapes(module: torch.nn.Module) -> dict[str, torch.Size]:
+    return {name: tensor.shape for name, tensor in module.state_dict().items()}
 
 
 def _batched(module: torch.nn.Module):
@@ -206,11 +201,12 @@ class Pack:
         if forward_path == "auto" and self.device.type != "cpu":
             forward_path = "batched"
         self.forward_path = forward_path  # "auto" here: decided by the members, in _runs_batched
-        self.convolves = _convolves(family)
+        family_module = _family_module(family)
+        self.convolves = _convolves(family_module)
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         self.matmul_precision = matmul_precision
         self.members: list[_Member] = []
-        self.names = _state_names(family)
+        self.names = list(family_module.state_dict())  # the family's parameters and buffers, as state_dicts name them
         self.params: dict[str, torch.Tensor] = {}
         self.exp_avg: dict[str, torch.Tensor] = {}
         self.exp_avg_sq: dict[str, torch.Tensor] = {}
@@ -263,8 +259,9 @@ class Pack:
             if key in keep:
                 raise ValueError(f"member {key!r} is already in the pack")
         kept = [m for m in self.members if m.key in keep]
-        new = [_Member(key, s.config, s.epoch, s.adam_step, list(s.history), s.status, _slot_shapes(s.config),
-                       _meta_module(s.config).eval())
+        modules = {key: _meta_module(s.config).eval() for key, s in add.items()}
+        new = [_Member(key, s.config, s.epoch, s.adam_step, list(s.history), s.status, _slot_shapes(modules[key]),
+                       modules[key])
                for key, s in add.items()]
         incoming = {key: {"params": s.model, "exp_avg": s.exp_avg, "exp_avg_sq": s.exp_avg_sq}
                     for key, s in add.items()}
