@@ -164,6 +164,7 @@ def run_one(job: dict) -> dict:
     import ray
 
     from sweep import results, runner
+    from sweep.plan import driver_pools
     from sweep.spec import apply_override, parse
 
     raw = sweep_raw(job["trials"], job["gpus"], job["concurrent"], job["storage"])
@@ -172,7 +173,8 @@ def run_one(job: dict) -> dict:
     spec = parse(raw, source="scale")
     ray.init(num_cpus=os.cpu_count(), num_gpus=job["gpus"], include_dashboard=False, _node_ip_address="127.0.0.1",
              log_to_driver=False, configure_logging=False,
-             _system_config={"preload_python_modules": list(runner.TRIAL_CODE), "enable_worker_prestart": True})
+             _system_config={"preload_python_modules": list(runner.TRIAL_CODE), "enable_worker_prestart": True},
+             resources=driver_pools(spec.drivers))  # as the sweep's own local Ray (runner.connect)
     profiler = None
     if job.get("profile"):
         import cProfile

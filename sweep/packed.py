@@ -406,7 +406,7 @@ def trainers(spec, plan, home: Path, dataset=None):
 
 
 class OpenPacks(tune.Callback):
-    """Opens the sweep's trainers once every trial Tune has started or is starting has joined one.
+    """Opens the sweep's trainers once every trial of the first wave, every driver's, has joined one.
 
     Tune reuses a finished trial's actor for the next trial only when that trial is already waiting,
     and then ends the actor it had begun to start for it, work lost. A proxy's process takes about a
@@ -417,8 +417,10 @@ class OpenPacks(tune.Callback):
     trial. The trainers open on their own after FILL_S in any case.
     """
 
-    def __init__(self, trainers: list[str], concurrent: int):
+    def __init__(self, trainers: list[str], concurrent: int, wave: Optional[int] = None):
+        # concurrent: this driver's trials at once; wave: the sweep's, every driver's (the trainers are shared)
         self.trainers, self.concurrent, self.handles, self.opened = trainers, concurrent, [], False
+        self.others = max(0, (wave or concurrent) - concurrent)
         self.checked = self.changed = time.monotonic()
         self.joined = 0
 
@@ -428,7 +430,7 @@ class OpenPacks(tune.Callback):
             return
         self.checked = now
         # The spare trials (plan.spare_trials) wait for an actor another trial leaves.
-        live = min(self.concurrent, sum(1 for t in trials if t.status in ("RUNNING", "PENDING")))
+        live = min(self.concurrent, sum(1 for t in trials if t.status in ("RUNNING", "PENDING"))) + self.others
         try:
             # Not _trainer's module-wide cache: the driver outlives a sweep's trainers (the next sweep of a
             # notebook or test starts new ones under the same names), a proxy does not.
@@ -447,7 +449,8 @@ class OpenPacks(tune.Callback):
             self.opened = True
 
 
-def make_packed_trainable(spec, plan, base: dict, finished: Optional[dict[str, Optional[dict]]] = None):
+def make_packed_trainable(spec, plan, base: dict, finished: Optional[dict[str, Optional[dict]]] = None,
+                          slot: Optional[dict[str, float]] = None):
     fn = tune.with_parameters(run_packed_trial, base=base, trainers=trainer_names(spec, plan),
                               reporting=Reporting.of(spec), finished=finished)
-    return tune.with_resources(fn, {"cpu": plan.cpu_per_trial})
+    return tune.with_resources(fn, {"cpu": plan.cpu_per_trial, **(slot or {})})

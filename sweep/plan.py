@@ -81,6 +81,28 @@ def spare_trials(concurrent: int) -> int:
     return min(16, max(2, concurrent // 16))
 
 
+DRIVER_POOL = "aesweep_driver_{}"  # a Ray resource: driver k's proxy slots, on a Ray the sweep starts
+POOL_UNITS = 1_000_000_000
+
+
+def driver_pools(drivers: int) -> dict[str, float]:
+    """The resources a Ray started for a packed sweep of several drivers declares: a pool per driver, of
+    which each of its proxies takes its share (driver_slot).
+
+    Without them the drivers' proxies draw on one pool of CPU shares: the share a driver's stopped actor
+    frees goes to whichever driver's waiting trial Ray places first, and that trial starts a process of its
+    own, so the spare trials that keep every proxy in use (spare_trials) start processes instead. Ray has no
+    public way to add a resource to a running cluster, so a cluster started by hand goes without.
+    """
+    return {DRIVER_POOL.format(k): float(POOL_UNITS) for k in range(drivers)} if drivers > 1 else {}
+
+
+def driver_slot(driver: int, concurrent: int) -> dict[str, float]:
+    """What each proxy of driver `driver` takes from its pool: exactly `concurrent` fit in it (whole units,
+    rounded down; for any `concurrent` up to sqrt(POOL_UNITS)), so its spare trials never start one."""
+    return {DRIVER_POOL.format(driver): float(POOL_UNITS // concurrent)}
+
+
 def packed_plan(spec: SweepSpec, cpus: float, gpus: float) -> Plan:
     """Trainers and members per trainer: one trainer per GPU, or, without GPUs, one per core.
 

@@ -33,7 +33,7 @@ from .experiment import (EXPERIMENT_DIR, check_resumable, experiment_dirs, exper
                          read_experiment, restart_ends)
 from .results import SPEC_FILE, Results
 from .drivers import other_drivers
-from .plan import Plan, plan, spare_trials
+from .plan import Plan, driver_pools, driver_slot, plan, spare_trials
 from .searcher import STUDY_URL_ENV
 from .study import finished_in_study, repair_journal, snapshot_name, storage_error, study_path, study_url
 from .spec import SEARCHED, SweepSpec
@@ -211,7 +211,8 @@ def connect(address: Optional[str], dashboard: bool, spec: Optional[SweepSpec] =
     config = {name: value for name, value in wanted.items() if f"RAY_{name}" not in os.environ}  # Ray's own wins
     # "local", not None: None would join whatever cluster `ray start` last left on this machine.
     ray.init(address="local", include_dashboard=dashboard, _node_ip_address="127.0.0.1", log_to_driver=False,
-             configure_logging=False, _system_config=config)
+             configure_logging=False, _system_config=config,
+             resources=driver_pools(spec.drivers) if spec is not None else None)
     return True
 
 
@@ -277,19 +278,21 @@ def idle_workers_for_trials():
         defaults.update(saved)
 
 
-def trainable(spec: SweepSpec, plan: Plan, dataset, finished: Optional[dict[str, Optional[dict]]] = None):
+def trainable(spec: SweepSpec, plan: Plan, dataset, finished: Optional[dict[str, Optional[dict]]] = None,
+              slot: Optional[dict[str, float]] = None):
     """The Tune trainable; `dataset` (read once here) reaches every worker through Ray's object store.
 
     `finished`: the trials that ended after Ray's last snapshot of a restored experiment
     (sweep.experiment.restart_ends). Ray restarts them as unfinished; each returns at once, and Tune ends
-    it with the last result it had (sweep.trial.ended_before)."""
+    it with the last result it had (sweep.trial.ended_before). `slot`: what a packed trial takes from its
+    driver's pool besides its CPU share (proxy_slot)."""
     from ray import tune
 
     base = {**spec.train, "dataset": spec.dataset, "data_dir": spec.data_dir}
     if plan.execution == "packed":
         from .packed import make_packed_trainable
 
-        return make_packed_trainable(spec, plan, base, finished)
+        return make_packed_trainable(spec, plan, base, finished, slot)
     from .trial import Reporting, SharedDataset, run_trial
 
     if spec.simulate is not None:
@@ -307,7 +310,6 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset, driver: int = 0
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from .drivers import share
     from .packed import OpenPacks, trainer_names
     from .progress import Progress
     from .searcher import StudySearch
@@ -315,12 +317,7 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset, driver: int = 0
     from .tblogs import TensorBoardLogs
     from .tracking import callbacks as tracking_callbacks
 
-    if driver < spec.drivers:
-        num_samples = share(spec.base_samples, spec.drivers, driver)
-        concurrent = max(1, share(plan.max_concurrent, spec.drivers, driver))
-    else:  # an extension (`sweep extend`) runs alone, after the drivers before it have ended
-        num_samples = spec.extensions[driver - spec.drivers]
-        concurrent = max(1, min(plan.max_concurrent, num_samples))
+    num_samples, concurrent = driver_share(spec, plan, driver)
     spare = spare_trials(concurrent) if plan.execution == "packed" else 0
     remote = results_mod.remote_home(spec)
     # num_samples: the searcher ends the sweep at that many trials by the study's count, which a resumed
@@ -340,18 +337,47 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset, driver: int = 0
     # checkpoint it has deleted. Keeping one per report epoch, a trial that reports at its rungs forces none.
     keep = max(2, len(spec.report_epochs or ()))
     return tune.Tuner(
-        trainable(spec, plan, dataset),
+        trainable(spec, plan, dataset, slot=proxy_slot(spec, plan, driver)),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
                                     max_concurrent_trials=concurrent + spare, reuse_actors=True),
         run_config=tune.RunConfig(
             name=experiment_name(driver), storage_path=remote or str(home),
             storage_filesystem=storage.ray_filesystem(remote), verbose=0,
             callbacks=[progress, TensorBoardLogs(), *tracking_callbacks(spec, home),
-                       *([OpenPacks(trainer_names(spec, plan), concurrent)] if plan.execution == "packed" else [])],
+                       *([OpenPacks(trainer_names(spec, plan), concurrent, first_wave(spec, plan, driver))]
+                         if plan.execution == "packed" else [])],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
         ),
     )
+
+
+def driver_share(spec: SweepSpec, plan: Plan, driver: int) -> tuple[int, int]:
+    """Driver `driver`'s trials and trials at once: its share of the sweep's, or an extension's own."""
+    from .drivers import share
+
+    if driver < spec.drivers:
+        return (share(spec.base_samples, spec.drivers, driver),
+                max(1, share(plan.max_concurrent, spec.drivers, driver)))
+    # an extension (`sweep extend`) runs alone, after the drivers before it have ended
+    num_samples = spec.extensions[driver - spec.drivers]
+    return num_samples, max(1, min(plan.max_concurrent, num_samples))
+
+
+def proxy_slot(spec: SweepSpec, plan: Plan, driver: int) -> dict[str, float]:
+    """What each proxy of driver `driver` takes from the driver's pool (sweep.plan.driver_pools), where the
+    cluster has one: nothing for one driver, an extension (it runs alone) or trial execution."""
+    import ray
+
+    if plan.execution != "packed" or spec.drivers == 1 or driver >= spec.drivers:
+        return {}
+    slot = driver_slot(driver, driver_share(spec, plan, driver)[1])
+    return slot if set(slot) <= set(ray.cluster_resources()) else {}
+
+
+def first_wave(spec: SweepSpec, plan: Plan, driver: int) -> int:
+    """How many trials the sweep's first wave holds, for OpenPacks: every driver's, as the trainers are shared."""
+    return plan.max_concurrent if driver < spec.drivers else driver_share(spec, plan, driver)[1]
 
 
 # ---- running ----------------------------------------------------------------------------------
@@ -563,7 +589,8 @@ def driver_tuner(spec: SweepSpec, sweep_plan: Plan, home: Path, dataset, driver:
         finished = finished_in_study(study_url(study_path(home)), spec.name)
     remote = results_mod.remote_home(spec)
     return tune.Tuner.restore(experiment_path(home, remote, driver),
-                              trainable=trainable(spec, sweep_plan, dataset, restart_ends(restored, finished)),
+                              trainable=trainable(spec, sweep_plan, dataset, restart_ends(restored, finished),
+                                                  proxy_slot(spec, sweep_plan, driver)),
                               resume_unfinished=True, resume_errored=False,
                               storage_filesystem=storage.ray_filesystem(remote))
 

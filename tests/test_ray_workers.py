@@ -162,3 +162,48 @@ def test_a_wave_of_trials_that_all_see_equal_loads_is_spread_over_every_trainer(
     assert {id(packed._trainer(names, f"x_{i:05d}")) for i in range(4)} == {id(packed._handles["t1"]),
                                                                             id(packed._handles["t2"])}
     assert packed._trial_number("not-numbered") == packed._trial_number("not-numbered")
+
+
+@pytest.mark.parametrize("concurrent", [1, 2, 3, 7, 256, 2048, 31_000])
+def test_exactly_a_drivers_trials_at_once_fit_in_its_pool(concurrent):
+    from sweep.plan import POOL_UNITS, driver_slot
+
+    (units,) = driver_slot(1, concurrent).values()
+    assert units == int(units) and POOL_UNITS // units == concurrent  # whole units: Ray's 0.0001 steps lose none
+
+
+@pytest.mark.slow
+def test_a_driver_of_a_packed_sweep_places_no_more_trials_than_its_share(tmp_path):
+    """Two drivers share the proxies' CPU shares: a spare trial of one (waiting for a proxy another trial
+    leaves) must not take a share the other driver's trials need, or every trial start costs a process."""
+    import ray
+
+    sweep = reference(drivers=2, num_samples=4, resources={"execution": "packed"})
+    assert runner.connect(None, False, sweep)
+    try:
+        plan = runner.plan(sweep)
+        assert plan.max_concurrent == 4
+
+        @ray.remote
+        class Proxy:
+            def ready(self):
+                return True
+
+        def proxies(driver: int, n: int) -> list:
+            slot = runner.proxy_slot(sweep, plan, driver)
+            assert slot  # the pools are declared by the Ray the sweep started
+            return [Proxy.options(num_cpus=plan.cpu_per_trial, resources=slot).remote() for _ in range(n)]
+
+        first = proxies(0, 3)  # driver 0's two trials at once and a spare
+        running = [p.ready.remote() for p in first[:2]]
+        spare = first[2].ready.remote()
+        assert len(ray.wait(running, num_returns=2, timeout=90)[0]) == 2
+        # Driver 1's trials start: the spare took none of their shares. (Held: an actor ends, and frees
+        # its share, once its handles are gone.)
+        second = proxies(1, 2)
+        assert len(ray.wait([p.ready.remote() for p in second], num_returns=2, timeout=90)[0]) == 2
+        assert not ray.wait([spare], timeout=1)[0]
+        ray.kill(first[0])  # a proxy driver 0 no longer needs: its spare takes the share
+        assert ray.wait([spare], timeout=90)[0]
+    finally:
+        ray.shutdown()
