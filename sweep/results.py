@@ -269,7 +269,6 @@ def _finished_in_study(home: Path, spec: SweepSpec) -> dict[str, tuple[str, floa
 
 def build_tables(home: Path, spec: Optional[SweepSpec] = None) -> Results:
     spec = spec or read_spec(home)
-    trial_rows, epoch_frames = [], []
     # The study records each trial's end as it happens; Ray's snapshot can lag (it may still say
     # RUNNING for a trial that has since ended, or miss a trial that started and ended between two
     # snapshots), so the study's word on how a trial ended wins.
@@ -288,16 +287,17 @@ def build_tables(home: Path, spec: Optional[SweepSpec] = None) -> Results:
             orphan = next(filter(None, (trial_folder_record(e, trial_id, status, params) for e in experiments)), None)
             if orphan is not None:
                 records.append(orphan)
-    for record in records:
-        rows = [r for r in record["rows"] if "epoch" in r]
+    # One frame for every trial's rows: a frame per trial costs milliseconds, a minute at 5,000 trials.
+    every = pd.DataFrame([{**row, "trial_id": record["trial_id"], "_trial": k}
+                          for k, record in enumerate(records) for row in record["rows"] if "epoch" in row])
+    if not every.empty:
         # A restored trial re-reports the epochs between its checkpoint and the crash: keep the last of each.
-        epochs = pd.DataFrame(rows).drop_duplicates("epoch", keep="last").sort_values("epoch") if rows else None
-        if epochs is not None:
-            epochs["trial_id"] = record["trial_id"]
-            epoch_frames.append(epochs.reindex(columns=EPOCH_COLUMNS))
-        trial_rows.append(_trial_row(record, epochs, spec))
+        every = every.drop_duplicates(["_trial", "epoch"], keep="last").sort_values(["_trial", "epoch"], kind="stable")
+        every = every.reset_index(drop=True)
+    by_trial = dict(iter(every.groupby("_trial", sort=False))) if not every.empty else {}
+    trial_rows = [_trial_row(record, by_trial.get(k), spec) for k, record in enumerate(records)]
     trials = pd.DataFrame(trial_rows, columns=TRIAL_COLUMNS).astype(HYPER_DTYPES)
-    epochs = pd.concat(epoch_frames, ignore_index=True) if epoch_frames else pd.DataFrame(columns=EPOCH_COLUMNS)
+    epochs = every.reindex(columns=EPOCH_COLUMNS) if not every.empty else pd.DataFrame(columns=EPOCH_COLUMNS)
     best = ranked_trials(trials)
     best_id = None if best.empty else best.iloc[0]["trial_id"]
     best_config = None
