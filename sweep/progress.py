@@ -47,6 +47,9 @@ class Progress(Callback):
         self.compute = LiveTotals()
         self.status = StatusFile.from_env()  # None outside `sweep run` / `resume` (a test, a notebook)
         self.finished_at_start: int | None = None  # trials a resumed driver restored finished: not this run's rate
+        # trial id -> (Tune's status, the sweep's status, epochs) of a trial Tune has ended, which no longer
+        # changes: the view's tally of a long sweep then costs a status check per trial.
+        self.ended: dict[str, tuple[str, str, int]] = {}
 
     def __getstate__(self):  # Ray pickles callbacks with the tuner: keep only the settings
         return {"num_samples": self.num_samples, "max_epochs": self.max_epochs, "interval_s": self.interval_s,
@@ -99,38 +102,49 @@ class Progress(Callback):
         """Rewrite this driver's status file when it is due (every few seconds; `force`: now)."""
         if self.status is None or not (force or self.status.due()):
             return
-        counts = self.counts(trials)
+        counts, epochs, waiting = self.tally(trials)
         done = sum(n for s, n in counts.items() if s != Status.RUNNING)
         if self.finished_at_start is None:
             self.finished_at_start = done
-        counts[Status.PENDING.value] = max(0, self.num_samples - len(trials)) + sum(
-            1 for t in trials if t.status in ("PENDING", "PAUSED"))
+        counts[Status.PENDING.value] = max(0, self.num_samples - len(trials)) + waiting
         value, trial_id, config = self.best
         best = None if trial_id is None else {
             "val_loss": value, "trial_id": trial_id,
             "params": {k: config[k] for k in SEARCHED if config.get(k) is not None}}
-        self.status.write({"state": "running", "counts": counts, "epochs": self.epochs(trials), "best": best,
+        self.status.write({"state": "running", "counts": counts, "epochs": epochs, "best": best,
                            "num_samples": self.num_samples, "finished_this_run": done - self.finished_at_start,
                            "compute": self.compute.totals()},
                           force=force)
 
-    def counts(self, trials) -> dict[str, int]:
-        """Derived from Tune's own trial list, so a resumed sweep counts what it restored too."""
+    def tally(self, trials) -> tuple[dict[str, int], int, int]:
+        """Trials by status, epochs run, and trials waiting to start, from Tune's own trial list, so that a
+        resumed sweep counts what it restored too."""
         counts = {s.value: 0 for s in (Status.RUNNING, *FINISHED)}
+        epochs = waiting = 0
         for trial in trials:
-            if trial.status == "RUNNING":
+            status = trial.status
+            if status in ("TERMINATED", "ERROR"):
+                ended = self.ended.get(trial.trial_id)
+                if ended is None or ended[0] != status:
+                    how = Status.ERROR if status == "ERROR" else trial_status(trial.last_result, False, self.max_epochs)
+                    ended = self.ended[trial.trial_id] = (status, how, self._epochs(trial))
+                counts[ended[1]] += 1
+                epochs += ended[2]
+                continue
+            if status == "RUNNING":
                 counts[Status.RUNNING] += 1
-            elif trial.status == "TERMINATED":
-                counts[trial_status(trial.last_result, False, self.max_epochs)] += 1
-            elif trial.status == "ERROR":
-                counts[Status.ERROR] += 1
-        return counts
+            elif status in ("PENDING", "PAUSED"):
+                waiting += 1
+            epochs += self._epochs(trial)
+        return counts, epochs, waiting
+
+    def _epochs(self, trial) -> int:
+        return max(int((trial.last_result or {}).get("epoch", 0)), self.newest_epoch.get(trial.trial_id, 0))
 
     def status_line(self, trials) -> str:
         self.last_print = time.monotonic()
-        counts = self.counts(trials)
+        counts, epochs, _ = self.tally(trials)
         done = sum(n for s, n in counts.items() if s != Status.RUNNING)
-        epochs = self.epochs(trials)
         parts = [f"{counts[Status.RUNNING]} running"] + [f"{n} {s}" for s, n in counts.items()
                                                          if n and s != Status.RUNNING]
         line = (f"[{time.monotonic() - self.start:6.0f}s] {done}/{self.num_samples} trials done | "
@@ -139,10 +153,6 @@ class Progress(Callback):
             trials, other_epochs = self.others()
             line += f" | all drivers: {done + trials}/{self.sweep_samples} trials, {epochs + other_epochs} epochs"
         return line
-
-    def epochs(self, trials) -> int:
-        return sum(max(int((t.last_result or {}).get("epoch", 0)), self.newest_epoch.get(t.trial_id, 0))
-                   for t in trials)
 
     def _best_text(self) -> str:
         value, trial_id, config = self.best
