@@ -30,6 +30,7 @@ from . import storage
 from .epochs import HISTORY_FILE, epoch_rows
 from .errors import ResultsError, SweepError
 from .spec import SweepSpec
+from .storage import RAY_STATE
 
 EXPERIMENT_DIR = "ray"
 
@@ -55,8 +56,6 @@ def state_files(folder: Path) -> list[Path]:
     """Ray's state files in an experiment folder: every top-level .json and .pkl, as its restore copies them."""
     return sorted(p for p in folder.glob("*") if p.suffix in (".json", ".pkl") and p.is_file())
 
-
-RAY_STATE = ("tuner.pkl", "experiment_state-*.json", "searcher-state-*.pkl", "search_gen_state-*.json")
 
 
 def state_kind(name: str) -> str:
