@@ -92,6 +92,28 @@ def test_a_driver_killed_while_ray_copies_its_state_leaves_the_file_before_whole
     assert state_files(experiment) == [experiment / STATE] and list(experiment.glob("experiment_state-*")) == \
         [experiment / STATE]
 
+def test_every_file_ray_copies_into_a_sweeps_folder_arrives_byte_for_byte(tmp_path):
+    """Ray's snapshot copy of a staging folder, twice (the second over the first, as each snapshot does):
+    state files and trials' files, a name that looks compressed included, land unchanged, and nothing
+    else appears."""
+    import pyarrow.fs as pafs
+
+    from sweep.storage import ray_filesystem
+
+    staging = tmp_path / "staging"
+    files = {STATE: json.dumps({"trial_data": []}).encode(), "tuner.pkl": pickle.dumps({"a": 1}),
+             "run_trial_a/result.json": b'{"epoch": 1}\n', "run_trial_a/artifact.csv.gz": os.urandom(300),
+             "run_trial_a/events.out.tfevents.1.host": os.urandom(200)}
+    for name, data in files.items():
+        (staging / name).parent.mkdir(parents=True, exist_ok=True)
+        (staging / name).write_bytes(data)
+    target = tmp_path / "ray"
+    for _ in range(2):
+        pafs.copy_files(str(staging), str(target), destination_filesystem=ray_filesystem(None))
+    landed = {p.relative_to(target).as_posix(): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    assert landed == files
+
+
 
 def _umask() -> int:
     mask = os.umask(0o022)
