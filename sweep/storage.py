@@ -9,6 +9,7 @@ driver on any machine can `sweep resume` or `sweep analyze` from the URI alone.
 from __future__ import annotations
 
 import fnmatch
+import io
 import os
 import urllib.parse
 from pathlib import Path
@@ -43,6 +44,21 @@ def basename(uri: str) -> str:
 RAY_STATE = ("tuner.pkl", "experiment_state-*.json", "searcher-state-*.pkl", "search_gen_state-*.json")
 
 
+class OverwritingFile(io.FileIO):
+    """A file written over its old bytes instead of emptied first, and cut to the new length when closed:
+    until then, the new bytes written so far followed by the old ones past them."""
+
+    def __init__(self, path):
+        super().__init__(os.open(path, os.O_WRONLY | os.O_CREAT, 0o666), "wb")
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self.truncate(self.tell())
+            finally:
+                super().close()
+
+
 class WholeFiles(pafs.FileSystemHandler):
     """The local file system Ray writes a sweep's experiments through (RunConfig's and Tuner.restore's
     storage_filesystem): a state file of Ray's (RAY_STATE) appears under its name only once whole. Ray
@@ -50,11 +66,12 @@ class WholeFiles(pafs.FileSystemHandler):
     which Tuner.restore cannot read. The temp file of a copy a kill interrupted stays behind, hidden
     (.NAME.*.tmp), matching none of Ray's names.
 
-    Every other call goes to pyarrow's own local file system, which moves the bytes in C++ without
-    Python's lock: Ray copies the whole experiment folder (every trial's params.json, result.json, logs)
-    with each snapshot, and a file written through Python took the driver's lock from its loop once per
-    file. A result.json cut short loses only lines its checkpoints hold, and its readers skip a cut line
-    (sweep.experiment.result_rows)."""
+    Ray copies the whole experiment folder with each snapshot, every trial's params.json, result.json and
+    logs again over themselves; those files are only ever appended to or left as they are, so a copy
+    over one writes it without emptying it first (OverwritingFile): a kill mid-copy leaves the file as
+    it was or longer, never a finished trial's params.json empty. A new file, and every other call, goes
+    to pyarrow's own local file system, which moves the bytes in C++ without taking Python's lock from
+    the driver's loop, as a temp file per file per snapshot would."""
 
     def __init__(self):
         self.local = pafs.LocalFileSystem()  # its Python methods guess compression from a name: never here
@@ -106,10 +123,12 @@ class WholeFiles(pafs.FileSystemHandler):
 
     def open_output_stream(self, path, metadata):
         name = path.rsplit("/", 1)[-1]
-        if not any(fnmatch.fnmatch(name, pattern) for pattern in RAY_STATE):
-            return self.local.open_output_stream(path, compression=None, metadata=metadata)
-        self.local.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        return pa.PythonFile(ReplacingFile(path), mode="w")
+        if any(fnmatch.fnmatch(name, pattern) for pattern in RAY_STATE):
+            self.local.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            return pa.PythonFile(ReplacingFile(path), mode="w")
+        if os.path.isfile(path):
+            return pa.PythonFile(OverwritingFile(path), mode="w")
+        return self.local.open_output_stream(path, compression=None, metadata=metadata)
 
     def open_append_stream(self, path, metadata):
         return self.local.open_append_stream(path, compression=None, metadata=metadata)

@@ -92,6 +92,37 @@ def test_a_driver_killed_while_ray_copies_its_state_leaves_the_file_before_whole
     assert state_files(experiment) == [experiment / STATE] and list(experiment.glob("experiment_state-*")) == \
         [experiment / STATE]
 
+KILLED_MID_RECOPY = """
+import os, sys
+import pyarrow.fs as pafs
+from sweep.storage import ray_filesystem
+folder, target = sys.argv[1:]
+fs = ray_filesystem(None)
+pafs.copy_files(folder, target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+params, rows = (open(os.path.join(folder, name), "rb").read() for name in ("params.json", "result.json"))
+streams = []  # Ray's next snapshot, killed before either copy is done
+for name, data in (("params.json", params), ("result.json", rows + b'{"epoch": 3}\\n')):
+    streams.append(fs.open_output_stream(os.path.join(target, name)))
+    streams[-1].write(data[: len(data) // 3])
+    streams[-1].flush()
+os._exit(9)
+"""
+
+
+def test_a_driver_killed_while_ray_copies_a_trials_files_again_leaves_them_as_they_were(tmp_path):
+    """Ray copies a trial's params.json and its growing result.json again with each snapshot: a kill in
+    the middle of a copy leaves neither shorter than before (a finished trial's params.json empty would
+    leave it unreadable)."""
+    staging = trial_folder(tmp_path / "staging", "a", 2)
+    target = tmp_path / "ray" / staging.name
+    target.mkdir(parents=True)  # as Ray makes the folder before it copies into it
+    proc = subprocess.run([sys.executable, "-c", KILLED_MID_RECOPY, str(staging), str(target)])
+
+    assert proc.returncode == 9
+    assert json.loads((target / "params.json").read_text()) == json.loads((staging / "params.json").read_text())
+    assert (target / "result.json").read_bytes() == (staging / "result.json").read_bytes()
+
+
 def test_every_file_ray_copies_into_a_sweeps_folder_arrives_byte_for_byte(tmp_path):
     """Ray's snapshot copy of a staging folder, twice (the second over the first, as each snapshot does):
     state files and trials' files, a name that looks compressed included, land unchanged, and nothing
