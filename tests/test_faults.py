@@ -110,14 +110,16 @@ def kill_workers(proc, home: Path, count: int, per_trial: int = 1, only=None, sa
     is then surely still running that trial. (The driver can write a result to result.json late; a
     stale row's worker may have moved on to another trial, and a reused worker killed while it
     starts its next trial fails that trial for good: Ray Tune retries only RUNNING trials; see
-    RELIABILITY.md.)
+    RELIABILITY.md.)  The members of a pack report at once, so one look may find several to kill:
+    on a loaded machine the driver can write their rows so late that a later look finds none fresh.
     """
     killed: list[tuple[int, str]] = []
     while proc.poll() is None and len(killed) < count:
         for trial_id, rows in result_rows(home).items():
             last = rows[-1]
             times = sum(1 for _, t in killed if t == trial_id)
-            if last["status"] != "running" or times >= per_trial or (only and trial_id != only) \
+            if len(killed) >= count or last["status"] != "running" or times >= per_trial \
+                    or (only and trial_id != only) \
                     or (safe_epochs and last["epoch"] not in safe_epochs) \
                     or (safe_epochs and time.time() - last.get("reported_at", 0) > 0.9 * last["epoch_s"]) \
                     or any(pid == last["pid"] for pid, _ in killed):
@@ -127,7 +129,6 @@ def kill_workers(proc, home: Path, count: int, per_trial: int = 1, only=None, sa
                 killed.append((last["pid"], trial_id))
             except ProcessLookupError:
                 pass
-            break
         time.sleep(0.05)
     return [t for _, t in killed]
 
