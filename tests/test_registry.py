@@ -5,7 +5,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from aemodels import REGISTRY, Knob, Pack, TrainConfig, TrainState, load_dataset, register_variant, train

@@ -2,7 +2,6 @@
 and merged; refusals in one line; and one real (simulated) sweep watched, stopped and resumed."""
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys

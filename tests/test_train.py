@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import aemodels.data
-from aemodels import DataError, TrainConfig, TrainState, create_model, load_dataset, train
+from aemodels import DataError, TrainState, create_model, load_dataset, train
 from aemodels.pack import epoch_order, generator
 
 LOSSES = ("train_loss", "val_loss")
