@@ -194,10 +194,11 @@ def test_a_driver_of_a_packed_sweep_places_no_more_trials_than_its_share(tmp_pat
             assert slot  # the pools are declared by the Ray the sweep started
             return [Proxy.options(num_cpus=plan.cpu_per_trial, resources=slot).remote() for _ in range(n)]
 
-        first = proxies(0, 3)  # driver 0's two trials at once and a spare
-        running = [p.ready.remote() for p in first[:2]]
-        spare = first[2].ready.remote()
-        assert len(ray.wait(running, num_returns=2, timeout=90)[0]) == 2
+        # Driver 0's two trials at once, then a spare. (Created together, Ray could place the spare first.)
+        first = proxies(0, 2)
+        assert len(ray.wait([p.ready.remote() for p in first], num_returns=2, timeout=90)[0]) == 2
+        spare_proxy = proxies(0, 1)
+        spare = spare_proxy[0].ready.remote()
         # Driver 1's trials start: the spare took none of their shares. (Held: an actor ends, and frees
         # its share, once its handles are gone.)
         second = proxies(1, 2)
