@@ -332,10 +332,11 @@ def make_tuner(spec: SweepSpec, plan: Plan, home: Path, dataset, driver: int = 0
     scheduler = ASHAScheduler(time_attr="epoch", metric="val_loss", mode="min", max_t=spec.epochs,
                               grace_period=spec.scheduler.grace_period,
                               reduction_factor=spec.scheduler.reduction_factor, brackets=spec.scheduler.brackets)
-    # Tune snapshots the whole experiment (every trial's state, a cost that grows with the sweep) each time
+    # Tune snapshots the whole experiment (every trial's state, a cost that grows with the sweep) as soon as
     # a trial has written num_to_keep checkpoints since the last snapshot, so that no snapshot names a
-    # checkpoint it has deleted. Keeping one per report epoch, a trial that reports at its rungs forces none.
-    keep = max(2, len(spec.report_epochs or ()))
+    # checkpoint it has deleted. Keeping one more than a trial writes at its reports, a trial that reports
+    # only at its rungs forces none, and the snapshots follow Tune's period instead of the trials' ends.
+    keep = max(2, len(spec.report_epochs or ()) + 1)
     return tune.Tuner(
         trainable(spec, plan, dataset, slot=proxy_slot(spec, plan, driver)),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,

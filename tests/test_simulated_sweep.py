@@ -1,6 +1,8 @@
 """A simulated sweep on GPUs declared to Ray (none present): configs/mnist.yaml's shape through the packed
 plan (one trainer per declared GPU, proxies, ASHA, checkpoints, study, tables), and through trial execution."""
 import json
+import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -65,11 +67,13 @@ def test_trial_execution_replays_the_same_way(cluster, tmp_path, monkeypatch):
     import sweep.storage
     from sweep.experiment import state_files
 
-    written = []
+    written, snapshots = [], []
 
     class Recorded(sweep.storage.ReplacingFile):
         def __init__(self, target):
             written.append(target)
+            if Path(target).name.startswith("experiment_state-"):
+                snapshots.append(time.monotonic())
             super().__init__(target)
 
     monkeypatch.setattr(sweep.storage, "ReplacingFile", Recorded)  # the driver's writes; workers import their own
@@ -81,3 +85,7 @@ def test_trial_execution_replays_the_same_way(cluster, tmp_path, monkeypatch):
     assert len(state) >= 3 and {str(p) for p in state} <= set(written), (state, written[:5])
     # The trials' files, which Ray copies again with every snapshot, are written in place as Ray does.
     assert not [w for w in written if w.endswith(("params.json", "result.json", "progress.csv"))]
+    # Tune's period (at least 10 s) spaces its snapshots; one forced by a trial's checkpoints would not be, and
+    # each serialises every trial. The last snapshot is the one Tune takes at the end.
+    gaps = [b - a for a, b in zip(snapshots[:-2], snapshots[1:-1])]
+    assert len(snapshots) >= 2 and all(gap >= 9 for gap in gaps), gaps
