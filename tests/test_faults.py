@@ -492,15 +492,18 @@ def test_a_sweep_of_two_drivers_survives_killed_drivers_a_stop_and_resumes_exact
     resumed = start(tmp_path, command="resume")
     while resumed.poll() is None and not (driver_pid(home, 1) and driver_1_rows() > rows_before):
         time.sleep(0.1)
+    # Checked before the crash: once the first driver is gone, driver 1 may notice and release its lock
+    # before this test looks again (its process then lives on for a while, tearing down).
+    lock = runner.driver_lock(home, 1)
+    assert runner.lock_held(lock), "driver 1 holds its lock while it runs its trials"
     os.killpg(resumed.pid, signal.SIGKILL)
     resumed.wait()
-    orphan = driver_pid(home, 1)
-    assert orphan, "driver 1 runs on after the first driver's crash until it notices"
-    assert runner.lock_held(runner.driver_lock(home, 1))
+    assert driver_pid(home, 1), "driver 1 runs on after the first driver's crash until it notices"
     deadline = time.monotonic() + STOP_GRACE_S + 30
-    while driver_pid(home, 1) and time.monotonic() < deadline:
+    while (driver_pid(home, 1) or runner.lock_held(lock)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert driver_pid(home, 1) is None, "driver 1 must end once the first driver is gone"
+    assert not runner.lock_held(lock), "and release its lock, so that `sweep resume` may run"
 
     before = {t: rows for t, rows in result_rows(home).items() if rows[-1]["status"] != "running"}
     finish(start(tmp_path, command="resume"))
