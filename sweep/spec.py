@@ -421,6 +421,11 @@ class StrictLoader(yaml.SafeLoader):
     silently) and aliases that expand past MAX_YAML_VALUES values: a "billion laughs" file is a few
     lines whose aliases expand to 10^9 values, which anything that walks it (a repr) never finishes."""
 
+    # YAML 1.2's booleans, true and false only: YAML 1.1's yes/no/on/off would make `--set name=no` a sweep
+    # named False and a categorical choice [on, off] two booleans. A scalar that spells them is a string.
+    yaml_implicit_resolvers = {first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+                               for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
     def compose_document(self):
         node = super().compose_document()
         _check_expansion(node)
@@ -441,6 +446,10 @@ class StrictLoader(yaml.SafeLoader):
                                   f"line {first + 1}); keep one")
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep)
+
+
+StrictLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
 
 
 def _check_expansion(root) -> None:

@@ -200,6 +200,23 @@ def test_overrides_reach_nested_keys():
     assert spec.epochs == 7 and spec.space["lr"].high == 1e-2
 
 
+def test_yes_no_on_off_are_words_and_only_true_false_are_booleans(tmp_path):
+    """YAML 1.2's booleans: a sweep named `no`, or a choice of `on`, keeps the word the user wrote."""
+    raw = copy.deepcopy(BASE)
+    apply_override(raw, "name=no")
+    apply_override(raw, "train.cuda_graphs=False")
+    spec = parse(raw)
+    assert spec.name == "no" and spec.train["cuda_graphs"] is False
+    path = tmp_path / "s.yaml"
+    path.write_text("name: off\ntrain: {epochs: 2, cuda_graphs: true}\n"
+                    "space: {variant: {choice: [vanilla]}, latent_dim: {choice: [on, 'yes', 4]}}\n")
+    with pytest.raises(SpecError, match="latent_dim"):  # 'on' is no latent size, and is not read as 1
+        load(path)
+    path.write_text("name: off\ntrain: {epochs: 2, cuda_graphs: TRUE}\nspace: {variant: {choice: [vanilla]}}\n")
+    spec = load(path)
+    assert spec.name == "off" and spec.train["cuda_graphs"] is True
+
+
 def test_null_override_removes_a_key():
     raw = copy.deepcopy(BASE)
     apply_override(raw, "space.noise_factor=null")
