@@ -15,6 +15,7 @@ import numbers
 
 from ray.tune.logger import TBXLoggerCallback
 from tensorboardX import SummaryWriter
+from tensorboardX.proto.summary_pb2 import Summary
 from tensorboardX.summary import hparams
 
 from .epochs import CARRIED, epoch_rows
@@ -43,8 +44,12 @@ class TensorBoardLogs(TBXLoggerCallback):
             step = row.get("epoch", result.get("training_iteration"))
             scalars = {TAG + k: float(v) for k, v in row.items() if k not in UNLOGGED
                        and isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)}
-            for tag, value in scalars.items():
-                writer.add_scalar(tag, value, global_step=step)
+            # The epoch's scalars in one event, which TensorBoard reads as it reads an event each (add_scalar):
+            # this runs on the Tune driver's only thread, at every epoch of every trial.
+            if scalars:
+                writer.file_writer.add_summary(
+                    Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in scalars.items()]),
+                    global_step=step)
         self.writers[trial] = (writer, scalars)
 
     def log_trial_end(self, trial, failed: bool = False):
