@@ -128,13 +128,20 @@ def read_experiment(experiment: Path) -> list[dict]:
             "last_result": results[-1] if results else runtime.get("last_result") or {},
             "num_failures": runtime.get("num_failures", 0),
             "error": error_line(folder, runtime.get("error_filename")), "rows": trial_rows(folder, results),
-            "snapshot_result": bool(runtime.get("last_result")),
+            "snapshot_result": reported(runtime.get("last_result") or {}),
         })
     if fallback:
         known = {record["trial_id"] for record in records}
         records.extend(r for r in (folder_record(p.parent) for p in sorted(experiment.glob("*/params.json")))
                        if r is not None and r["trial_id"] not in known)
     return records
+
+
+def reported(result: dict) -> bool:
+    """Whether a trial's last result in Ray's state is one the trial reported. Before the first report,
+    Tune's state may hold the trial's auto-filled keys alone (its id, host, pid, date, config), which end a
+    restarted trial without the metric its scheduler needs; each reported result counts training_iteration."""
+    return "training_iteration" in result
 
 
 def restart_ends(records: list[dict], finished: Iterable[str]) -> dict[str, Optional[dict]]:

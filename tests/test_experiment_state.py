@@ -182,15 +182,20 @@ def test_a_finished_trial_that_rays_state_lists_without_a_result_is_ended_with_i
     from sweep.experiment import restart_ends
 
     experiment = tmp_path / "ray"
-    for trial_id in "abc":
+    for trial_id in "abcd":
         trial_folder(experiment, trial_id, 2)
-    data = json.loads(state_of(experiment, {"a": "RUNNING", "b": "RUNNING", "c": "TERMINATED"}))
-    trial, runtime = data["trial_data"][1]
-    data["trial_data"][1][1] = json.dumps({**json.loads(runtime), "last_result": {"epoch": 2, "val_loss": 0.5}})
+    data = json.loads(state_of(experiment, {"a": "RUNNING", "b": "RUNNING", "c": "TERMINATED", "d": "RUNNING"}))
+    for at, last_result in ((1, {"epoch": 2, "val_loss": 0.5, "training_iteration": 1, "trial_id": "b"}),
+                            (3, {"trial_id": "d", "pid": 4242, "hostname": "vm", "date": "2026-12-05_14-22-07",
+                                 "config": {"variant": "vanilla", "lr": 0.001}})):
+        runtime = json.loads(data["trial_data"][at][1])
+        data["trial_data"][at][1] = json.dumps({**runtime, "last_result": last_result})
     (experiment / STATE).write_text(json.dumps(data))
-    ends = restart_ends(read_experiment(experiment), ["a", "b", "c"])
-    # a: Ray restarts it with no result, so Tune is handed its last epoch; b: Tune has its result; c: not restarted
+    ends = restart_ends(read_experiment(experiment), ["a", "b", "c", "d"])
+    # a: Ray restarts it with no result, so Tune is handed its last epoch; b: Tune has its result; c: not
+    # restarted; d: Tune's state holds only the keys it fills in before a trial's first report, no metric
     assert ends["a"]["epoch"] == 2 and ends["a"]["val_loss"] == 0.5 and ends["b"] is None and ends["c"] is None
+    assert ends["d"]["epoch"] == 2 and ends["d"]["val_loss"] == 0.5
 
 
 def test_a_finished_trial_whose_driver_died_before_ray_copied_its_files_is_read_from_its_checkpoints(tmp_path):
