@@ -459,19 +459,32 @@ def driver_pid(home: Path, driver: int) -> int | None:
     return None
 
 
+def driver_running_a_trial(home: Path, driver: int) -> bool:
+    """Whether driver `driver` runs a trial now, as its own status file says (its PID, a running trial): a
+    trial's rows reach Ray's folder only with Ray's snapshots, which may come only at the driver's end."""
+    pid = driver_pid(home, driver)
+    try:
+        status = json.loads((home / f"status-{driver}.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(pid) and status["driver"]["pid"] == pid and status["state"] == "running" \
+        and status.get("counts", {}).get("running", 0) >= 1
+
+
 def test_a_sweep_of_two_drivers_survives_killed_drivers_a_stop_and_resumes_exactly(tmp_path):
     """Two Tune drivers share one study. Driver 1, SIGKILLed mid-sweep, is started again and resumes its
     experiment; SIGTERM to the sweep then stops both cleanly. `sweep resume` is then killed as a crash
     would (the first driver and its Ray): driver 1 holds its lock (which refuses another resume,
-    test_runner) until it stops by itself. The last `sweep resume` finishes each driver's share, nothing lost."""
-    sets = ["--set", "drivers=2", "--set", "num_samples=10", "--set", "train.epochs=4",
-            "--set", "simulate.seconds_per_epoch=0.4"]
+    test_runner) until it stops by itself. The last `sweep resume` finishes each driver's share, nothing lost.
+    Each driver has 8 trials of 2.4 s: enough that each kill finds driver 1 with trials left to run."""
+    sets = ["--set", "drivers=2", "--set", "num_samples=16", "--set", "train.epochs=4",
+            "--set", "simulate.seconds_per_epoch=0.6"]
     home = tmp_path / "quick"
     tick = time.perf_counter()
     proc = start(tmp_path, *sets)
     pid = None
     while proc.poll() is None and not (glob.glob(str(home / "ray-1" / "*" / "result.json")) and
-                                       (pid := driver_pid(home, 1))):
+                                       driver_running_a_trial(home, 1) and (pid := driver_pid(home, 1))):
         time.sleep(0.1)
     os.kill(pid, signal.SIGKILL)
     # Stopped as soon as driver 1 runs again: the sweep cannot end before it has (whatever the load),
@@ -485,15 +498,9 @@ def test_a_sweep_of_two_drivers_survives_killed_drivers_a_stop_and_resumes_exact
     assert "stopped by SIGTERM" in out and f"sweep resume {home}" in out and "Traceback" not in out
     assert driver_pid(home, 1) is None, "the stop must reach every driver"
 
-    def driver_1_rows():
-        return sum(1 for path in (home / "ray-1").glob("*/result.json") for line in open(path) if line.strip())
-
-    rows_before = driver_1_rows()
     resumed = start(tmp_path, command="resume")
-    while resumed.poll() is None and not (driver_pid(home, 1) and driver_1_rows() > rows_before):
+    while resumed.poll() is None and not driver_running_a_trial(home, 1):
         time.sleep(0.1)
-    # Checked before the crash: once the first driver is gone, driver 1 may notice and release its lock
-    # before this test looks again (its process then lives on for a while, tearing down).
     lock = runner.driver_lock(home, 1)
     assert runner.lock_held(lock), "driver 1 holds its lock while it runs its trials"
     os.killpg(resumed.pid, signal.SIGKILL)
@@ -507,13 +514,13 @@ def test_a_sweep_of_two_drivers_survives_killed_drivers_a_stop_and_resumes_exact
 
     before = {t: rows for t, rows in result_rows(home).items() if rows[-1]["status"] != "running"}
     finish(start(tmp_path, command="resume"))
-    check_sweep(home, 10, "two drivers: driver 1 SIGKILLed, SIGTERM to the sweep, `sweep resume` SIGKILLed, "
+    check_sweep(home, 16, "two drivers: driver 1 SIGKILLed, SIGTERM to the sweep, `sweep resume` SIGKILLed, "
                 "then `sweep resume`", 3, time.perf_counter() - tick, before)
     study = optuna.load_study(study_name="quick", storage=open_storage(str(home / "study.journal"), writer=False))
     drivers = pd.Series([t.user_attrs["driver"] for t in study.trials if t.state.is_finished()])
-    assert drivers.value_counts().to_dict() == {0: 5, 1: 5}
+    assert drivers.value_counts().to_dict() == {0: 8, 1: 8}
     # Each driver's experiment holds its share (a trial's result.json may be missing: Ray copies it there
     # with its snapshots, and a killed driver misses one; the tables read that trial from its checkpoints).
     trial_ids = set(load_results(str(home)).trials["trial_id"])
     for folder in ("ray", "ray-1"):
-        assert sum(1 for t in trial_ids if list((home / folder).glob(f"*_{t}_*"))) == 5
+        assert sum(1 for t in trial_ids if list((home / folder).glob(f"*_{t}_*"))) == 8
