@@ -3,8 +3,8 @@
 One `PackTrainer` actor per GPU (one per node without GPUs) holds an `aemodels.Pack` per shape of
 model and trains, epoch by epoch in lockstep, every member whose trial has asked for its next epoch.
 Each Tune trial stays an ordinary trial (Optuna samples it, ASHA stops it, it has its own checkpoints
-and table rows): it runs `run_packed_trial`, a proxy that joins a trainer, asks for one epoch at a
-time and reports to Tune as `TrialRecord` decides (at ASHA's rungs by default). Proxies never import torch;
+and table rows): it runs `run_packed_trial`, a proxy that joins a trainer, asks for the epochs up to
+its next report (ASHA's next rung by default, `TrialRecord`) and reports them to Tune. Proxies never import torch;
 each is a Ray worker process of its own, started once and handed from trial to trial (OpenPacks). Trials
 join and leave between epochs. This module imports no torch at the top: the trainer imports it inside.
 """
@@ -16,6 +16,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -38,6 +39,7 @@ STALE_S = 300.0  # a member that has not asked for an epoch this long is dropped
 FILL_S = 120.0  # the longest a sweep's trainers wait for its first wave of trials to join (see OpenPacks)
 QUIET_S = 20.0  # ... or, once some have joined, for the next one
 IN_PACK = "in_pack_s"  # a row's wall time in its pack's round, for the proxy's wait_s; not kept in the tables
+BETWEEN = "between_s"  # a row's wall time since its member's previous epoch in the same request; likewise
 
 
 # ---- the trainer ------------------------------------------------------------------------------
@@ -51,7 +53,10 @@ class _Slot:
     ready: bool = False
     future: Optional[asyncio.Future] = None
     last_seen: float = field(default_factory=time.monotonic)
-    with_state: bool = True  # whether its proxy wants the state after this epoch
+    until: int = 0  # the epoch its proxy reports next: the member trains up to it, or to its end
+    state_by: float = math.inf  # time.monotonic() from which its proxy wants the state (a checkpoint is due)
+    rows: list = field(default_factory=list)  # the rows of the epochs trained for this request
+    ended_at: float = 0.0  # time.monotonic() when its last epoch was trained
 
 
 class PackTrainer:
@@ -88,7 +93,7 @@ class PackTrainer:
         # Where this trainer runs: in its report and each member's rows.
         self.name, self.node_id, self.gpu_ids = context.get_actor_name(), context.get_node_id(), ray.get_gpu_ids()
         self.pid = os.getpid()
-        self.stats = {"rounds": 0, "member_epochs": 0, "train_s": 0.0, "serialize_s": 0.0, "wait_s": 0.0,
+        self.stats = {"rounds": 0, "member_epochs": 0, "requests": 0, "train_s": 0.0, "serialize_s": 0.0, "wait_s": 0.0,
                       "restack_s": 0.0, "started": time.time()}
         threading.Thread(target=self._train_forever, name="pack-trainer", daemon=True).start()
 
@@ -123,17 +128,21 @@ class PackTrainer:
 
         return TrainState.from_dict(torch.load(io.BytesIO(state_bytes), map_location="cpu", weights_only=True))
 
-    async def next_epoch(self, trial_id: str, with_state: bool = True):
-        """Wait for this member's next epoch: (metrics row, serialized state or None). The state comes
-        when asked for and at the member's last epoch: a proxy reports only at rungs, and serializing
-        every member's state each round is work on the trainer's one training thread."""
+    async def next_epochs(self, trial_id: str, until: int, state_after_s: float = math.inf):
+        """Train this member up to epoch `until`, or fewer: to its end (completed, diverged), or to the first
+        epoch that ends `state_after_s` seconds from now or later (its proxy's checkpoint is due).
+        Returns (the rows of those epochs, the serialized state after the last of them, or None when it
+        diverged). A proxy reports only at rungs, so nothing is decided in between: the member stays in
+        its pack without a round trip per epoch, and its state is serialized only when reported."""
         future = asyncio.get_running_loop().create_future()
+        now = time.monotonic()
         with self.cond:
             slot = self.members.get(trial_id)
             if slot is None:
                 raise KeyError(f"trial {trial_id} is not a member of this trainer (it was dropped); rejoin")
-            slot.ready, slot.future, slot.last_seen = True, future, time.monotonic()
-            slot.with_state = with_state
+            slot.ready, slot.future, slot.last_seen, slot.rows = True, future, now, []
+            slot.until, slot.state_by = until, now + state_after_s
+            self.stats["requests"] += 1
             self.cond.notify_all()
         return await future
 
@@ -221,17 +230,31 @@ class PackTrainer:
             shared_s = (time.monotonic() - started) / len(batch)
             shared_cpu = (time.process_time() - started_cpu) / len(batch)
             tick = time.monotonic()
+            going_on = []
             for slot in batch:
                 own, own_cpu = time.monotonic(), time.process_time()
                 row = {**rows[slot.trial_id], "device": str(pack.device), "trainer": self.name,
                        "trainer_pid": self.pid}
-                wanted = slot.with_state or row["status"] == Status.COMPLETED
-                wanted = wanted and row["status"] != Status.DIVERGED
-                payload = self._serialize(pack.snapshot(slot.trial_id)) if wanted else None
+                if slot.rows:  # a later epoch of one request: its wait since the member's previous epoch
+                    row[BETWEEN] = max(0.0, started - slot.ended_at)
+                ended = row["status"] in (Status.COMPLETED, Status.DIVERGED)
+                last = ended or row["epoch"] >= slot.until or own >= slot.state_by
+                payload = self._serialize(pack.snapshot(slot.trial_id)) \
+                    if last and row["status"] != Status.DIVERGED else None
                 row["device_s"] = shared_s + time.monotonic() - own
                 row["cpu_s"] = shared_cpu + time.process_time() - own_cpu
                 row[IN_PACK] = time.monotonic() - started  # the wall time the member spent in this round
-                self._resolve(slot, (row, payload))
+                slot.rows.append(row)
+                slot.ended_at = time.monotonic()
+                if last:
+                    self._resolve(slot, (slot.rows, payload))
+                else:
+                    going_on.append(slot)
+            with self.cond:  # ready for the next round, unless its trial left meanwhile
+                for slot in going_on:
+                    if self.members.get(slot.trial_id) is slot:
+                        slot.ready = True
+                        self.cond.notify_all()
             self.stats["serialize_s"] += time.monotonic() - tick
             done = {s.trial_id for s in batch if rows[s.trial_id]["status"] in (Status.COMPLETED, Status.DIVERGED)}
             if done:
@@ -338,8 +361,9 @@ def run_packed_trial(config: dict, *, base: dict, trainers: list[str], reporting
                      finished: Optional[dict[str, Optional[dict]]] = None) -> None:
     """The Tune function trainable of packed execution (imports no torch).
 
-    It asks for one epoch at a time, so members still join and leave the pack between any two epochs,
-    and the trainer sends the state only for an epoch the proxy will report (`TrialRecord.due`).
+    It asks for the epochs up to its next report (`TrialRecord.next_report`) in one request: the trainer
+    sends the state only with the last of them, which the proxy reports with the epochs before it.
+    Members still join and leave the pack between any two epochs.
     """
     if ended_before(finished):
         return
@@ -353,16 +377,24 @@ def run_packed_trial(config: dict, *, base: dict, trainers: list[str], reporting
     joined = record.restore(lambda path: ray.get(trainer.join.remote(trial_id, settings, path.read_bytes())))
     if joined is None:
         ray.get(trainer.join.remote(trial_id, settings, None))
+    epochs = int(settings["epochs"])
     try:
         while True:
-            # Decided before the epoch, so that the state comes exactly with the epochs that are reported.
-            due = record.due((record.history[-1]["epoch"] if record.history else 0) + 1)
-            row, payload = ray.get(trainer.next_epoch.remote(trial_id, due))
-            write = (lambda path: path.write_bytes(payload)) if payload is not None else None
-            waited = clock.lap(row.pop(IN_PACK))
-            record.report({**row, **where, "wait_s": waited["wait_s"], "started_at": waited["started_at"]},
-                          write, due=due)
-            if row["status"] in (Status.COMPLETED, Status.DIVERGED):
+            until, state_after_s = record.next_report((record.history[-1]["epoch"] if record.history else 0) + 1,
+                                                      epochs)
+            rows, payload = ray.get(trainer.next_epochs.remote(trial_id, until, state_after_s))
+            # The request's wall time beyond its epochs' rounds is the first epoch's wait; each later epoch
+            # waited only for its next round.
+            waited = clock.lap(sum(r.pop(IN_PACK) + r.get(BETWEEN, 0.0) for r in rows))
+            for i, row in enumerate(rows, 1):
+                wait_s = row.pop(BETWEEN, waited["wait_s"])
+                row = {**row, **where, "wait_s": wait_s, "started_at": waited["started_at"]}
+                if i < len(rows):
+                    record.report(row, None, due=False)
+                else:
+                    write = (lambda path: path.write_bytes(payload)) if payload is not None else None
+                    record.report(row, write, due=True)
+            if rows[-1]["status"] in (Status.COMPLETED, Status.DIVERGED):
                 return
     finally:  # also when ASHA stops the trial: Tune ends the trial's thread inside tune.report
         with contextlib.suppress(Exception):

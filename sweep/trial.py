@@ -126,6 +126,15 @@ class TrialRecord:
         """Whether epoch `epoch`, if it does not end the trial, goes to Tune (and wants the state)."""
         return self.reporting.due(epoch, time.monotonic() - self.checkpointed)
 
+    def next_report(self, epoch: int, epochs: int) -> tuple[int, float]:
+        """What goes to Tune next, from epoch `epoch` of `epochs` on, unless the trial ends first: the next
+        reporting epoch (the last epoch when none is left), and the seconds from now after which a
+        checkpoint is due, so that the epoch ending then goes to Tune with the state."""
+        reports = self.reporting.epochs
+        until = epoch if reports is None else min((e for e in reports if e >= epoch), default=epochs)
+        since = time.monotonic() - self.checkpointed
+        return until, max(0.0, self.reporting.checkpoint_every_s - since)
+
     def report(self, row: dict, write_state: Optional[Callable[[Path], None]], due: Optional[bool] = None) -> None:
         """Record one epoch; send it to Tune, with the epochs held since the last result and a checkpoint
         when `write_state` writes the state file, if it is `due` (None: `self.due(epoch)`) or ends the

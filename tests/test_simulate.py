@@ -79,3 +79,52 @@ def test_simulation_imports_no_torch():
             "import sweep.packed; p = sweep.packed.PackTrainer(simulate={'seconds_per_epoch': 0}); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class _NotAnActor:
+    """What ray.get_runtime_context() says outside an actor, without starting Ray."""
+
+    was_current_actor_reconstructed = False
+
+    def get_actor_id(self):
+        return None
+
+    def get_actor_name(self):
+        return "trainer"
+
+    def get_node_id(self):
+        return "node"
+
+
+def test_a_trainer_trains_a_member_up_to_its_next_report_in_one_request(monkeypatch):
+    """A proxy asks once per report: the rows of every epoch up to it, the state with the last alone, and an
+    earlier end when the trial completes or its checkpoint falls due."""
+    import asyncio
+
+    import ray
+
+    from sweep.packed import BETWEEN, PackTrainer
+
+    monkeypatch.setattr(ray, "get_runtime_context", _NotAnActor)
+    monkeypatch.setattr(ray, "get_gpu_ids", list)
+
+    async def scenario():
+        trainer = PackTrainer(gather_s=0.0, simulate={"seconds_per_epoch": 0})
+        await trainer.join("a", settings(epochs=5), None)
+        await trainer.join("b", settings("conv", epochs=5), None)
+        (a_rows, a_state), (b_rows, b_state) = await asyncio.gather(trainer.next_epochs("a", 3),
+                                                                    trainer.next_epochs("b", 1))
+        due_rows, due_state = await trainer.next_epochs("b", 4, state_after_s=0.0)  # a checkpoint is due now
+        end_rows, end_state = await trainer.next_epochs("a", 9)
+        return a_rows, a_state, b_rows, b_state, due_rows, due_state, end_rows, end_state
+
+    a_rows, a_state, b_rows, b_state, due_rows, due_state, end_rows, end_state = asyncio.run(scenario())
+    assert [r["epoch"] for r in a_rows] == [1, 2, 3] and SimState.from_bytes(a_state).epoch == 3
+    assert [BETWEEN in r for r in a_rows] == [False, True, True]
+    assert [r["epoch"] for r in b_rows] == [1] and SimState.from_bytes(b_state).epoch == 1
+    assert [r["epoch"] for r in due_rows] == [2] and SimState.from_bytes(due_state).epoch == 2
+    assert [r["epoch"] for r in end_rows] == [4, 5] and end_rows[-1]["status"] == "completed"
+    assert SimState.from_bytes(end_state).epoch == 5
+    alone = []
+    train(settings(epochs=5), report=alone.append)
+    assert [r["val_loss"] for r in a_rows + end_rows] == [r["val_loss"] for r in alone]

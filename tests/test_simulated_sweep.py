@@ -59,6 +59,10 @@ def test_packed_sweep_runs_one_trainer_per_declared_gpu_without_cuda(cluster, tm
     trainers = json.loads((found.home / "trainers.json").read_text())
     assert len(trainers) == DECLARED_GPUS and all(t["member_epochs"] > 0 for t in trainers)
     assert not any(t["torch_imported"] for t in trainers), "a simulated trainer must not touch torch or CUDA"
+    # A proxy asks for the epochs up to its next report at once: one request per Tune result, not per epoch.
+    results = sum(len(f.read_text().splitlines()) for f in (found.home / "ray").glob("*/result.json"))
+    assert sum(t["requests"] for t in trainers) == results < len(found.epochs)
+    assert not {"in_pack_s", "between_s"} & set(found.epochs.columns)
     checkpoints = list((found.home / "ray").glob("*/checkpoint_*/state.pt"))
     assert checkpoints and max(p.stat().st_size for p in checkpoints) < 16_384
 
