@@ -7,7 +7,9 @@ ExperimentAnalysis, would import Ray into every notebook that reads a sweep, bui
 every trial's results besides, and its trials name their error file only inside a running Ray
 (Trial.error_file asks for the Ray session's folder), so the tables of a failed sweep would need one.
 The one private format read here is experiment_state-*.json, for each trial's id, config, status,
-failures and error file; the floor job reads it with the oldest Ray declared, CI with the newest.
+failures and error file; the floor job reads it with the oldest Ray declared, CI with the newest. A
+layout this module does not know, as a later Ray may write, is read through ExperimentAnalysis instead
+(public_entries): a Ray upgrade that changes it slows the tables down instead of failing them.
 
 Ray copies its state files into the experiment folder in place; the sweep has it write them through
 sweep.storage.WholeFiles, so that a driver killed mid-copy leaves the file before, whole. A folder that
@@ -22,7 +24,7 @@ import fnmatch
 import json
 import pickletools
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, NamedTuple, Optional
 
 from aemodels.status import Status
 
@@ -114,27 +116,68 @@ def read_experiment(experiment: Path) -> list[dict]:
         print(f"note: {experiment}: Ray's newest experiment state was cut short by a crash; its trials are read "
               f"from {'an older snapshot and ' if state is not None else ''}their own folders", flush=True)
     try:
-        entries = [(json.loads(t), json.loads(r)) for t, r in state["trial_data"]] if state is not None else []
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ResultsError(f"{state_file}: Ray's experiment state cannot be read ({type(exc).__name__}); restore it "
-                           "from a copy (the trials' own folders beside it are intact)") from None
+        entries = snapshot_entries(state) if state is not None else []
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        entries = public_entries(state_file, exc)
     records = []
-    for trial, runtime in entries:
-        folder = experiment / trial["relative_logdir"]
+    for entry in entries:
+        folder = experiment / entry.folder
         results = result_rows(folder)
         # result.json is written with each result, the snapshot every few seconds: its last row is newer.
         records.append({
-            "trial_id": trial["trial_id"], "config": trial["config"], "ray_status": trial["status"],
-            "last_result": results[-1] if results else runtime.get("last_result") or {},
-            "num_failures": runtime.get("num_failures", 0),
-            "error": error_line(folder, runtime.get("error_filename")), "rows": trial_rows(folder, results),
-            "snapshot_result": reported(runtime.get("last_result") or {}),
+            "trial_id": entry.trial_id, "config": entry.config, "ray_status": entry.status,
+            "last_result": results[-1] if results else entry.last_result,
+            "num_failures": entry.num_failures,
+            "error": error_line(folder, entry.error_file), "rows": trial_rows(folder, results),
+            "snapshot_result": reported(entry.last_result),
         })
     if fallback:
         known = {record["trial_id"] for record in records}
         records.extend(r for r in (folder_record(p.parent) for p in sorted(experiment.glob("*/params.json")))
                        if r is not None and r["trial_id"] not in known)
     return records
+
+
+class Entry(NamedTuple):
+    """What Ray's snapshot holds of a trial: its id, config, Ray status, folder (its name in the experiment
+    folder), last result, failures and error file's name (None: error.txt if there is one)."""
+    trial_id: str
+    config: dict
+    status: str
+    folder: str
+    last_result: dict
+    num_failures: int
+    error_file: Optional[str]
+
+
+def snapshot_entries(state: dict) -> list[Entry]:
+    """The trials of Ray's experiment state, read as the Ray versions this project is tested with write it
+    (a JSON document per trial and one of its runtime data). KeyError, TypeError, ValueError or
+    AttributeError: a layout they do not write."""
+    entries = []
+    for trial, runtime in state["trial_data"]:
+        trial, runtime = json.loads(trial), json.loads(runtime)
+        last = runtime.get("last_result") or {}
+        if not isinstance(last, dict):
+            raise TypeError("last_result is not a mapping")
+        entries.append(Entry(trial["trial_id"], trial["config"], trial["status"], trial["relative_logdir"], last,
+                             int(runtime.get("num_failures", 0)), runtime.get("error_filename")))
+    return entries
+
+
+def public_entries(state_file: Path, why: Exception) -> list[Entry]:
+    """The trials of a state file whose layout snapshot_entries does not know (a newer Ray may write
+    another), read through Ray's public reader instead: slower (it reads every trial's results too), and it
+    imports Ray, which only this case needs. A file that reader cannot read either is a one-line error."""
+    try:
+        from ray.tune import ExperimentAnalysis
+
+        trials = ExperimentAnalysis(str(state_file)).trials
+        return [Entry(t.trial_id, t.config, t.status, Path(t.path).name, t.last_result or {}, t.num_failures, None)
+                for t in trials]
+    except Exception:  # whatever Ray raises on a file it cannot parse: the error names the file either way
+        raise ResultsError(f"{state_file}: Ray's experiment state cannot be read ({type(why).__name__}); restore it "
+                           "from a copy (the trials' own folders beside it are intact)") from None
 
 
 def reported(result: dict) -> bool:

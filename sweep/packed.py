@@ -254,7 +254,6 @@ class PackTrainer:
                 for slot in going_on:
                     if self.members.get(slot.trial_id) is slot:
                         slot.ready = True
-                        self.cond.notify_all()
             self.stats["serialize_s"] += time.monotonic() - tick
             done = {s.trial_id for s in batch if rows[s.trial_id]["status"] in (Status.COMPLETED, Status.DIVERGED)}
             if done:

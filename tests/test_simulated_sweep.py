@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 
 from sweep import runner
@@ -93,3 +94,18 @@ def test_trial_execution_replays_the_same_way(cluster, tmp_path, monkeypatch):
     # each serialises every trial. The last snapshot is the one Tune takes at the end.
     gaps = [b - a for a, b in zip(snapshots[:-2], snapshots[1:-1])]
     assert len(snapshots) >= 2 and all(gap >= 9 for gap in gaps), gaps
+    # A state file in a layout sweep.experiment does not know (a later Ray's) is read through Ray's public
+    # reader, to the same tables.
+    import sweep.experiment
+    from sweep.results import build_tables
+
+    def unknown_layout(state):
+        raise KeyError("trial_data")
+
+    known = build_tables(found.home)
+    monkeypatch.setattr(sweep.experiment, "snapshot_entries", unknown_layout)
+    public = build_tables(found.home)
+    for frame, keys in (("trials", ["trial_id"]), ("epochs", ["trial_id", "epoch"])):
+        a, b = (getattr(r, frame).sort_values(keys).reset_index(drop=True) for r in (known, public))
+        pd.testing.assert_frame_equal(a, b)
+    assert len(public.trials) == 6
