@@ -19,7 +19,7 @@ from aemodels import load_dataset
 from . import results as results_mod
 from . import runner
 from . import status as status_mod
-from .experiment import check_resumable, experiment_name
+from .experiment import can_continue, check_resumable, experiment_name
 from .searcher import STUDY_URL_ENV
 from .study import study_path, study_url
 
@@ -37,7 +37,7 @@ def run_driver(home: Path, driver: int, address: str) -> None:
         with runner.idle_workers_for_trials(), status_mod.kept(home, spec, driver):
             if received:
                 return
-            if (experiment / "tuner.pkl").is_file():  # started again after it died, or `sweep resume`
+            if can_continue(experiment):  # started again after it died, or `sweep resume`
                 check_resumable(home, driver)
             runner.driver_tuner(spec, plan, home, dataset, driver).fit()
     if received:

@@ -278,6 +278,14 @@ def trial_folder_record(experiment: Path, trial_id: str, status: str, params: di
     return record
 
 
+def can_continue(experiment: Path) -> bool:
+    """Whether Ray began this experiment (its folder is one Tuner.restore can continue), by Ray's own check:
+    then a run continues it instead of starting a new one."""
+    from ray.tune import Tuner
+
+    return Tuner.can_restore(str(experiment))
+
+
 def check_resumable(home: Path, driver: int = 0) -> None:
     """Fail loudly on a sweep (a driver's experiment) Ray could not resume, or only with a fresh searcher
     (ray#30861).

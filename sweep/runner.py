@@ -30,7 +30,7 @@ from . import storage
 from . import tracking
 from .errors import Interrupted, SweepError
 from .experiment import (EXPERIMENT_DIR, check_resumable, experiment_dirs, experiment_name, experiment_path,
-                         read_experiment, restart_ends)
+                         read_experiment, restart_ends, can_continue)
 from .results import SPEC_FILE, Results
 from .drivers import other_drivers
 from .plan import Plan, driver_pools, driver_slot, plan, spare_trials
@@ -540,7 +540,7 @@ def resume(name_or_dir: str, *, address: Optional[str] = None) -> Results:
         results_mod.sync_down(home, spec)
         check_resumable(home)
         for driver in range(1, spec.all_drivers):  # one that never started its experiment starts it now
-            if (home / experiment_name(driver) / "tuner.pkl").is_file():
+            if can_continue(home / experiment_name(driver)):
                 check_resumable(home, driver)
         finished = check_consistent(home, spec)
         repair_journal(study_path(home))  # before any driver opens it: drivers sharing it cut nothing
@@ -579,7 +579,7 @@ def driver_tuner(spec: SweepSpec, sweep_plan: Plan, home: Path, dataset, driver:
     from .progress import RESUMED_TRIALS_ENV
 
     experiment = home / experiment_name(driver)
-    if not (experiment / "tuner.pkl").is_file():
+    if not can_continue(experiment):
         os.environ[RESUMED_TRIALS_ENV] = "0"
         return make_tuner(spec, sweep_plan, home, dataset, driver)
     restored = read_experiment(experiment)
