@@ -29,8 +29,8 @@ from . import status as status_mod
 from . import storage
 from . import tracking
 from .errors import Interrupted, SweepError
-from .experiment import (EXPERIMENT_DIR, check_resumable, experiment_dirs, experiment_name, experiment_path,
-                         read_experiment, restart_ends, can_continue)
+from .experiment import (EXPERIMENT_DIR, can_continue, check_resumable, experiment_dirs, experiment_name,
+                         experiment_path, read_experiment, restart_ends)
 from .results import SPEC_FILE, Results
 from .drivers import other_drivers
 from .plan import Plan, driver_pools, driver_slot, plan, spare_trials
