@@ -51,15 +51,20 @@ def retrain(name_or_dir: str, epochs: Optional[int] = None, quiet: bool = False,
                                                       f"val_loss {m['val_loss']:.5f}  ({m['epoch_s']:.2f} s)"))
     finally:
         torch.set_num_threads(before)
+    shared = trial_pack_size(found.epochs, found.best_trial)
     metrics = {"sweep": found.spec.name, "trial_id": found.best_trial, "status": result.status,
                "val_loss": result.val_loss, "trial_val_loss": float(row["final_val_loss"]),
-               "trial_epochs": int(row["epochs"]), "threads": threads, "history": result.history}
+               "trial_epochs": int(row["epochs"]), "threads": threads, "trial_pack_size": shared,
+               "history": result.history}
     write_file(out / "model.pt", lambda path: torch.save(result.model.state_dict(), path))
     write_file(out / "state.pt", lambda path: result.state.save(path))
     write_file(out / "config.yaml", lambda path: Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False)))
     write_file(out / "metrics.json", lambda path: Path(path).write_text(json.dumps(metrics, indent=2)))
     say(f"val_loss {result.val_loss:.6f} (the sweep's trial: {metrics['trial_val_loss']:.6f} after "
         f"{metrics['trial_epochs']} epochs); saved to {out}/")
+    if shared > 1:
+        say(f"note: the trial trained in a pack of up to {shared} trials, whose kernels sum in another order "
+            "than one model's alone, and Adam can amplify that past the last digits: expect a close val_loss, not the same")
     return result
 
 
@@ -71,6 +76,12 @@ def _check_writable(out: Path) -> None:
     except OSError as exc:
         raise ResultsError(f"cannot write to {out} ({exc.strerror or exc}); fix its permissions, or copy the "
                            "sweep's folder somewhere writable and retrain the copy") from None
+
+
+def trial_pack_size(epochs, trial_id: str) -> int:
+    """The most trials a trial shared its pack with, itself included (1: it trained alone)."""
+    sizes = epochs.loc[epochs["trial_id"] == trial_id, "pack_size"].dropna()
+    return int(sizes.max()) if len(sizes) else 1
 
 
 def trial_threads(spec, row) -> int:

@@ -57,13 +57,18 @@ def test_study_sees_packed_trials_like_any_others(packed):
         assert states[row.trial_id] == expected
 
 
-def test_a_packed_trial_computes_what_its_config_computes_alone(packed):
-    # `sweep retrain` trains the best config alone with aemodels.train: same seed, same numbers.
+def test_a_packed_trial_computes_what_its_config_computes_alone(packed, capsys):
+    # `sweep retrain` trains the best config alone with aemodels.train: same seed, same numbers, to rounding.
+    capsys.readouterr()
     assert main(["retrain", str(packed.home)]) == 0
     metrics = json.loads((packed.home / "retrain" / "metrics.json").read_text())
     assert metrics["val_loss"] == pytest.approx(metrics["trial_val_loss"], rel=1e-3)
-    curve = packed.epochs[packed.epochs["trial_id"] == packed.best_trial]["val_loss"].tolist()
-    assert [h["val_loss"] for h in metrics["history"]] == pytest.approx(curve, rel=1e-3)
+    rows = packed.epochs[packed.epochs["trial_id"] == packed.best_trial]
+    assert [h["val_loss"] for h in metrics["history"]] == pytest.approx(rows["val_loss"].tolist(), rel=1e-3)
+    # ... and says so when the trial shared its pack, whose sums run in another order
+    assert metrics["trial_pack_size"] == rows["pack_size"].max()
+    said = "note: the trial trained in a pack of up to" in capsys.readouterr().out
+    assert said == (metrics["trial_pack_size"] > 1)
 
 
 def test_trainer_time_is_recorded(packed):
