@@ -64,7 +64,8 @@ def retrain(name_or_dir: str, epochs: Optional[int] = None, quiet: bool = False,
         f"{metrics['trial_epochs']} epochs); saved to {out}/")
     if shared > 1:
         say(f"note: the trial trained in a pack of up to {shared} trials, whose kernels sum in another order "
-            "than one model's alone, and Adam can amplify that past the last digits: expect a close val_loss, not the same")
+            "than one model's alone, and Adam can amplify that past the last digits: expect a close val_loss, "
+            "not the same")
     return result
 
 
